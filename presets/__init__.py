@@ -1,0 +1,1 @@
+"""Shipped presets: TOML data files, read with importlib.resources."""
