@@ -1,0 +1,54 @@
+"""The pretrain engine's workload: our GPT on memory-mapped token files (nanoGPT-style)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import config as cfgmod
+from .data import TokenData, prepare
+from .hardware import flops_per_token
+from .model import GPT, GPTConfig
+
+
+def gpt_config(cfg: cfgmod.Config, vocab_size: int) -> GPTConfig:
+    m = cfg.model
+    return GPTConfig(block_size=m.block_size, vocab_size=vocab_size, n_layer=m.n_layer, n_head=m.n_head,
+                     n_embd=m.n_embd, dropout=m.dropout, bias=m.bias)
+
+
+class PretrainWorkload:
+    def __init__(self, cfg: cfgmod.Config, data: TokenData | None = None, progress=None):
+        self.cfg = cfg
+        self.data = data or prepare(cfg.data.source, cfg.data.tokenizer, cfg.data.val_fraction,
+                                    cfg.model.block_size, progress=progress)
+        self.tokenizer = self.data.tokenizer()
+        self.model = GPT(gpt_config(cfg, self.data.vocab_size))
+
+    def sample_batch(self, split: str, n: int, gen: torch.Generator, step: int | None):
+        T = self.cfg.model.block_size
+        offsets = torch.randint(self.data.num_windows(split, T), (n,), generator=gen).numpy()
+        rows = torch.from_numpy(self.data.windows(split, offsets, T))
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt)
+        if ids:
+            return ids
+        # an empty prompt starts from a document boundary: EOT for BPE, a newline for chars
+        if self.tokenizer.eot is not None:
+            return [self.tokenizer.eot]
+        return self.tokenizer.encode("\n") or [0]
+
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, gen: torch.Generator) -> str:
+        device = next(self.model.parameters()).device
+        ids = self.encode_prompt(prompt)
+        idx = torch.tensor([ids], dtype=torch.long, device=device)
+        out = self.model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None, generator=gen)
+        return prompt + self.tokenizer.decode(out[0, len(ids):].tolist())
+
+    def flops_per_token(self) -> float:
+        m = self.cfg.model
+        return flops_per_token(self.model.num_params(), m.n_layer, m.n_embd, m.block_size)
+
+    def on_checkpoint(self, run_dir, iter: int, best: bool) -> None:
+        pass  # the checkpoint holds everything; `gpt2-cockpit export` makes a Hugging Face folder from it
