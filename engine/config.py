@@ -106,14 +106,15 @@ PRETRAIN_ONLY = {"model.n_layer", "model.n_head", "model.n_embd", "model.dropout
 FINETUNE_ONLY = {"model.pretrained", "train.epochs", "data.text_column"}
 
 
-def _split_key(key: str) -> tuple[str, str]:
+def _split_key(key: str, origin: str = "") -> tuple[str, str]:
+    where = f"{origin}: " if origin else ""
     parts = key.split(".")
     if len(parts) != 2 or parts[0] not in TABLES:
-        raise UserError(f"unknown key '{key}': keys look like model.n_layer, data.source or train.learning_rate")
+        raise UserError(f"{where}unknown key '{key}': keys look like model.n_layer, data.source or train.learning_rate")
     table, name = parts
     if name not in {f.name for f in dataclasses.fields(TABLES[table])}:
         known = ", ".join(f.name for f in dataclasses.fields(TABLES[table]))
-        raise UserError(f"unknown key '{key}' (the [{table}] keys are: {known})")
+        raise UserError(f"{where}unknown key '{key}' (the [{table}] keys are: {known})")
     return table, name
 
 
@@ -198,7 +199,7 @@ def from_dict(raw: dict[str, Any], origin: str = "<config>") -> Config:
             for name, v in value.items():
                 full = f"{key}.{name}"
                 if name not in hints:
-                    _split_key(full)  # raises the 'unknown key' message
+                    _split_key(full, origin)  # raises the 'unknown key' message
                 setattr(table, name, _coerce(v, hints[name], f"{origin}: {full}"))
         else:
             raise UserError(f"{origin}: unknown key '{key}' (expected name, description, engine, [model], [data], [train])")

@@ -44,7 +44,10 @@ class EventWriter:
         line = json.dumps(_clean(event), separators=(",", ":"), allow_nan=False) + "\n"
         os.write(self.fd, line.encode("utf-8"))
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except OSError:  # a closed terminal or pipe must not stop the run
+                pass
         return event
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import config as cfgmod
@@ -25,6 +26,14 @@ from .runs import RunDir, create, format_age, list_dirs, resolve, summarize
 def create_run(preset: str | None, overrides: list[str], name: str | None) -> RunDir:
     """Resolve the preset and overrides, and make the run directory with its config.toml."""
     cfg = presets.load(preset or presets.default_name(), overrides)
+    if not cfg.data.source.startswith(("builtin:", "hf:", "url:")):
+        from .data import source_identity
+
+        source_identity(cfg.data.source)  # a missing local corpus fails now, before a run exists
+        # the run process works in its own directory: pin a relative path to where the user was
+        cfg.data.source = str(Path(cfg.data.source).expanduser().resolve())
+    if cfg.engine == "finetune" and Path(cfg.model.pretrained).expanduser().exists():
+        cfg.model.pretrained = str(Path(cfg.model.pretrained).expanduser().resolve())
     return create(cfg, name)
 
 

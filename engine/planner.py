@@ -1,0 +1,646 @@
+"""The planner: what a config will cost before you run it. Arithmetic only, no torch.
+
+    plan = make_plan(presets.load("gpt2-40m-12gb"), gpu=GpuSpec.named("RTX 4070 Ti"))
+    plan.rows()      # [(label, value), ...] for the cockpit's plan pane and `gpt2-cockpit plan`
+    plan.to_dict()   # `gpt2-cockpit plan --json`
+
+Parameters are counted from the model's shape, tokens from the batch arithmetic, FLOPs as
+6·N + 12·L·T·d per token (hardware.flops_per_token), VRAM from a per-tensor account of what
+training keeps on the GPU (estimate_vram, below), time from an assumed MFU on the GPU's peak
+(or from a measured ms/iter), energy at the GPU's power limit.
+
+The cockpit imports this module, and the cockpit never loads torch: keep it that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config as cfgmod
+from .errors import UserError
+from .hardware import GPUS, display_name, known_gpu, memory_gb_from_name, nvml_gpus, peak_tflops
+from .hardware import flops_per_token as _flops_per_token
+
+DEFAULT_MFU = 0.35  # a well-tuned GPT-2 run with torch.compile + flash attention gets 0.35-0.5 on
+#                     A100/H100; small models (d=384) and GeForce cards sit lower, so be modest
+TOKENS_PER_PARAM_OPTIMAL = 20  # Chinchilla (Hoffmann et al. 2022): ~20 tokens per parameter
+GIB = 1024 ** 3
+CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspaces and allocator slack, per GPU
+FIT_FRACTION = 0.95  # leave 5% of VRAM for fragmentation and the odd temporary
+PRICE_ENV = "GPT2_COCKPIT_PRICE_PER_KWH"
+
+# Hugging Face GPT-2 checkpoints: (n_layer, n_head, n_embd); vocab 50257, 1024 positions, biases.
+HF_GPT2 = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+    "distilgpt2": (6, 12, 768),
+}
+HF_GPT2_VOCAB = 50257
+GPT2_VOCAB_PADDED = 50304  # 50257 rounded up to a multiple of 64, as nanoGPT and engine/model.py
+CHAR_VOCAB_GUESS = 256  # char-level before the corpus is tokenized: the corpus decides
+
+
+# --------------------------------------------------------------------------- the model's shape
+
+
+@dataclass
+class ModelShape:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_positions: int  # rows of the position embedding (pretrain: block_size; HF GPT-2: 1024)
+    block_size: int  # context length trained on
+    vocab_size: int
+    bias: bool
+    dropout: float
+    vocab_note: str  # where vocab_size came from, for the reader
+    hf: bool = False  # a Hugging Face GPT2LMHeadModel (finetune) rather than engine/model.py
+
+
+def _char_vocab(cfg: cfgmod.Config) -> tuple[int, str]:
+    """The cached corpus's vocabulary if it was tokenized already, else a guess."""
+    try:
+        from .data import cached_vocab_size  # torch-free; reads the token cache's meta.json
+
+        v = cached_vocab_size(cfg)
+    except (ImportError, AttributeError):
+        v = None
+    if v:
+        return int(v), f"char, {v} symbols in the cached corpus"
+    return CHAR_VOCAB_GUESS, f"char, ~{CHAR_VOCAB_GUESS} guessed (the corpus decides)"
+
+
+def _hf_shape(cfg: cfgmod.Config) -> ModelShape:
+    """A finetune's architecture: a hub GPT-2 size by name, or a local folder's config.json."""
+    name = cfg.model.pretrained.strip()
+    key = name.split("/")[-1] if name.startswith(("openai-community/", "distilbert/")) else name
+    if key in HF_GPT2:
+        n_layer, n_head, n_embd = HF_GPT2[key]
+        return ModelShape(n_layer, n_head, n_embd, 1024, cfg.model.block_size, HF_GPT2_VOCAB, True, 0.1,
+                          f"GPT-2 BPE, {HF_GPT2_VOCAB:,} ({key})", hf=True)
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        sizes = ", ".join(HF_GPT2)
+        raise UserError(f"model.pretrained = {name!r}: the planner knows the hub GPT-2 sizes ({sizes}) "
+                        f"and local folders with a config.json, and this is neither")
+    try:
+        hc = json.loads(path.read_text(encoding="utf-8"))
+        shape = ModelShape(int(hc["n_layer"]), int(hc["n_head"]), int(hc["n_embd"]), int(hc.get("n_positions", 1024)),
+                           cfg.model.block_size, int(hc["vocab_size"]), True, float(hc.get("resid_pdrop", 0.1)),
+                           f"{hc['vocab_size']:,} from {path}", hf=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a GPT-2 config.json ({e.__class__.__name__}: {e})") from None
+    return shape
+
+
+def model_shape(cfg: cfgmod.Config, vocab_size: int | None = None) -> ModelShape:
+    if cfg.engine == "finetune":
+        shape = _hf_shape(cfg)
+        if vocab_size:
+            shape.vocab_size, shape.vocab_note = vocab_size, f"{vocab_size:,} (given)"
+        return shape
+    m = cfg.model
+    if vocab_size:
+        note = f"{vocab_size:,} (given)"
+    elif cfg.data.tokenizer == "gpt2":
+        vocab_size, note = GPT2_VOCAB_PADDED, f"GPT-2 BPE, 50,257 padded to {GPT2_VOCAB_PADDED:,}"
+    else:
+        vocab_size, note = _char_vocab(cfg)
+    return ModelShape(m.n_layer, m.n_head, m.n_embd, m.block_size, m.block_size, vocab_size, m.bias, m.dropout, note)
+
+
+def _param_counts(s: ModelShape) -> dict[str, int]:
+    d = s.n_embd
+    # per block: LayerNorm gains 2d; attention c_attn d·3d + c_proj d·d; MLP c_fc d·4d + c_proj 4d·d
+    per_layer = 2 * d + 12 * d * d
+    if s.bias:  # LayerNorm biases 2d; Linear biases 3d + d + 4d + d
+        per_layer += 2 * d + 9 * d
+    ln_f = d * (2 if s.bias else 1)
+    wte = s.vocab_size * d  # tied with lm_head: one matrix
+    wpe = s.n_positions * d
+    body = s.n_layer * per_layer + ln_f
+    return {"params": body + wte, "params_total": body + wte + wpe, "params_non_embedding": body}
+
+
+def count_params(cfg: cfgmod.Config, vocab_size: int | None = None) -> tuple[int, int]:
+    """(parameters without position embeddings, as nanoGPT's get_num_params reports; all parameters).
+
+    The token embedding is counted (once: it is the output layer too). GPT-2 small from the
+    hub: (123,653,376, 124,439,808); without any embedding it would be 85,056,000.
+    """
+    c = _param_counts(model_shape(cfg, vocab_size))
+    return c["params"], c["params_total"]
+
+
+# --------------------------------------------------------------------------- the GPU
+
+
+@dataclass
+class GpuSpec:
+    name: str
+    mem_total_gb: float | None  # GiB
+    power_limit_w: float | None
+    peak_tflops: float | None  # dense bf16 tensor TFLOP/s (hardware.peak_tflops)
+    bf16: bool = True
+    source: str = "detected"  # "detected" (NVML) or "--gpu" (a GPU you don't have)
+
+    @classmethod
+    def detect(cls, nvml=None, peak_override: float = 0.0) -> "GpuSpec | None":
+        """This machine's first GPU through NVML (no torch); None without one."""
+        gpus = nvml_gpus(nvml)
+        if not gpus:
+            return None
+        g = gpus[0]
+        known = known_gpu(g.name)
+        bf16 = g.compute_capability >= (8, 0) if g.compute_capability else (known.bf16 if known else True)
+        return cls(g.name, g.mem_total / GIB if g.mem_total else (known.mem_gb if known else None),
+                   g.power_limit_w or (known.watts if known else None), peak_tflops(g.name, peak_override),
+                   bf16, "detected")
+
+    @classmethod
+    def named(cls, name: str, peak_override: float = 0.0) -> "GpuSpec":
+        """A GPU from the table by (loose) name, e.g. "RTX 4070 Ti", "A100 40GB", "h100"."""
+        known = known_gpu(name)
+        peak = peak_tflops(name, peak_override)
+        if known is None and peak is None:
+            names = ", ".join(sorted({g.key for g in GPUS}))
+            raise UserError(f"--gpu {name!r} is not in the GPU table (known: {names}); "
+                            f"give its bf16 TFLOP/s with --peak-tflops to plan for it anyway")
+        mem = memory_gb_from_name(name) or (known.mem_gb if known else None)
+        if known:  # "rtx4070ti" -> "RTX 4070 Ti", keeping a memory size the user gave ("A100 40GB")
+            name = display_name(known) + (f" {memory_gb_from_name(name):g}GB" if memory_gb_from_name(name) else "")
+        return cls(name, mem, known.watts if known else None, peak, known.bf16 if known else True, "--gpu")
+
+
+# --------------------------------------------------------------------------- VRAM
+
+
+def estimate_vram(shape: ModelShape, micro_batch: int, dtype: str, compiled: bool, on_gpu: bool = True,
+                  world_size: int = 1, fused_attention: bool = True) -> dict[str, float]:
+    """Bytes on one GPU at the peak of a training step (the start of backward), by part.
+
+    P = all parameters. AdamW training keeps, per parameter:
+      weights 4 B (fp32 master copy; autocast adds a 2 B bf16/fp16 copy, cached for the step),
+      grads 4 B (fp32; DDP adds 4 B of bucket copies), AdamW m and v 8 B.  -> 16-18 B/param
+    Activations saved for backward, per token per layer, with e = 2 B (autocast) or 4 B (fp32),
+    d = n_embd, for engine/model.py's block:
+      two LayerNorm inputs (the residual stream, fp32 even under autocast)      8d
+      c_attn input e·d, q/k/v 3e·d, SDPA output e·d, c_proj input e·d,
+      c_fc input e·d, GELU input 4e·d, GELU output (c_proj input) 4e·d          15e·d
+      -> 38d bytes under bf16 autocast, 68d in fp32; dropout > 0 adds two 1-byte masks.
+      Fused SDPA (flash on sm_80+ in bf16/fp16, memory-efficient otherwise, and a flash kernel
+      on CPU since torch 2.2) keeps no T×T matrix, only a logsumexp per row. The math kernel,
+      which only very old GPUs fall back to, keeps n_head·T score rows per token: 4 + e bytes.
+      Hugging Face GPT-2 (finetune) also keeps its gelu_new's intermediates (3 × 4e·d).
+    Logits, B·T·V, are the largest single term at GPT-2's vocabulary: the caller's logits (e),
+      cross-entropy's fp32 log-softmax output (4) and, in backward, its fp32 gradient in and out
+      (4 + 4): 14 B/token/vocab under autocast, 16 in fp32. torch.compile fuses the loss and keeps
+      about e + 4 + e (8 B).
+    Plus CUDA context and allocator slack, ~0.5 GiB.
+
+    Accuracy: a first-principles account, not yet calibrated against torch.cuda.max_memory_allocated
+    on a GPU; expect it within ~25%, erring high with torch.compile (which recomputes some
+    elementwise results instead of saving them). Check one datapoint: nanoGPT issue #88, GPT-2
+    124M at B=32, T=1024, fp16, no compile, on a 16 GB V100 failed allocating 6.14 GiB: exactly
+    one fp32 B·T·V tensor (32·1024·50304·4 B), the log-softmax above. nanoGPT's own default,
+    124M at B=12 with compile and bf16, comes out at ~11 GiB here, comfortably inside the 40 GB
+    A100s it was run on. The 12 GB-card preset, 40.6M at B=16, comes out at ~10 GiB (fits a
+    4070 Ti, but only with torch.compile: ~14.6 GiB without).
+    """
+    s = shape
+    d, T, V = s.n_embd, s.block_size, s.vocab_size
+    mixed = dtype in ("bfloat16", "float16") and on_gpu
+    e = 2 if mixed else 4
+    P = _param_counts(s)["params_total"]
+    tokens = micro_batch * T
+
+    weights = 4 * P + (2 * P if mixed else 0)
+    grads = 4 * P + (4 * P if world_size > 1 else 0)
+    optimizer = 8 * P
+
+    per_layer = 8 * d + 15 * e * d
+    if s.dropout > 0:
+        per_layer += 2 * d  # residual dropout masks (attention dropout inside fused SDPA keeps none)
+    if s.hf:
+        per_layer += 12 * e * d  # gelu_new is built from elementwise ops that each save a tensor
+    if not fused_attention:
+        per_layer += s.n_head * T * (4 + (e if mixed else 0) + (1 + e if s.dropout > 0 else 0))
+    head = 4 * d + e * d  # final LayerNorm input, lm_head input
+    activations = tokens * (s.n_layer * per_layer + head)
+
+    logit_bytes = (e + 4 + (e if mixed else 0)) if compiled else (e + 4 + 4 + 4)
+    logits = tokens * V * logit_bytes
+
+    overhead = CUDA_CONTEXT_GIB * GIB if on_gpu else 0.0
+    return {"weights": float(weights), "grads": float(grads), "optimizer": float(optimizer),
+            "activations": float(activations), "logits": float(logits), "overhead": float(overhead)}
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    preset: str
+    engine: str
+    shape: ModelShape
+    params: int
+    params_total: int
+    params_non_embedding: int
+    micro_batch: int
+    grad_accum: int
+    world_size: int
+    max_iters: int
+    tokens_per_step: int
+    total_tokens: int
+    flops_per_token: float
+    flops_attention_per_token: float
+    flops_total: float
+    tokens_per_param: float
+    dtype: str
+    compiled: bool
+    vram_breakdown: dict[str, float]  # GiB per GPU
+    vram_gb: float
+    gpu: GpuSpec | None
+    fits: bool | None
+    max_micro_batch: int | None
+    mfu: float
+    hours: float | None
+    ms_per_iter_estimate: float | None
+    ms_per_iter_measured: float | None
+    measured_from: str | None
+    hours_measured: float | None
+    kwh: float | None
+    kwh_measured: float | None
+    price_per_kwh: float | None
+    cost: float | None
+    cost_measured: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        g = self.gpu
+        return {
+            "preset": self.preset,
+            "engine": self.engine,
+            "model": {k: v for k, v in asdict(self.shape).items() if k != "vocab_note"},
+            "vocab_size": self.shape.vocab_size,
+            "params": self.params,  # without position embeddings (nanoGPT's count)
+            "params_total": self.params_total,
+            "params_non_embedding": self.params_non_embedding,  # Kaplan's N: no token or position embedding
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.grad_accum,
+            "world_size": self.world_size,
+            "max_iters": self.max_iters,
+            "tokens_per_step": self.tokens_per_step,
+            "total_tokens": self.total_tokens,
+            "flops_per_token": self.flops_per_token,
+            "flops_total": self.flops_total,
+            "tokens_per_param": round(self.tokens_per_param, 2),
+            "compute_optimal_tokens": TOKENS_PER_PARAM_OPTIMAL * self.params,
+            "dtype": self.dtype,
+            "compile": self.compiled,
+            "vram_gb": round(self.vram_gb, 3),
+            "vram_breakdown": {k: round(v, 3) for k, v in self.vram_breakdown.items()},
+            "gpu_name": g.name if g else None,
+            "gpu_source": g.source if g else None,
+            "gpu_mem_gb": round(g.mem_total_gb, 2) if g and g.mem_total_gb else None,
+            "gpu_peak_tflops": g.peak_tflops if g else None,
+            "gpu_power_w": g.power_limit_w if g else None,
+            "fits": self.fits,
+            "max_micro_batch": self.max_micro_batch,
+            "mfu": self.mfu,
+            "hours": _round(self.hours, 3),
+            "ms_per_iter_estimate": _round(self.ms_per_iter_estimate, 1),
+            "ms_per_iter_measured": self.ms_per_iter_measured,
+            "measured_from": self.measured_from,
+            "hours_measured": _round(self.hours_measured, 3),
+            "kwh": _round(self.kwh, 3),  # upper bound: every GPU at its power limit the whole time
+            "kwh_measured": _round(self.kwh_measured, 3),
+            "price_per_kwh": self.price_per_kwh,
+            "cost": _round(self.cost, 2),
+            "cost_measured": _round(self.cost_measured, 2),
+            "notes": self.notes,
+        }
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs, values short enough for an 80-column terminal."""
+        s, g = self.shape, self.gpu
+        rows = [
+            ("preset", f"{self.preset} ({self.engine})"),
+            ("model", f"{s.n_layer} layers x {s.n_head} heads x {s.n_embd} wide, context {s.block_size:,}"),
+            ("vocabulary", s.vocab_note),
+            ("parameters", f"{_si(self.params)} (with position embeddings {_si(self.params_total)})"),
+            ("", f"{_si(self.params_non_embedding)} without any embedding"),
+            ("tokens/step", f"{self.tokens_per_step:,} = {self.micro_batch} x {s.block_size:,} x {self.grad_accum} accum"
+                            + (f" x {self.world_size} GPUs" if self.world_size > 1 else "")),
+            ("total tokens", f"{_si(self.total_tokens)} in {self.max_iters:,} iters"),
+            ("tokens/param", f"{self.tokens_per_param:,.0f} (compute-optimal ~{TOKENS_PER_PARAM_OPTIMAL}: "
+                             f"{_si(TOKENS_PER_PARAM_OPTIMAL * self.params)} tokens)"),
+            ("FLOPs/token", f"{_si(self.flops_per_token)} = 6N {_si(self.flops_per_token - self.flops_attention_per_token)}"
+                            f" + attention {_si(self.flops_attention_per_token)}"),
+            ("FLOPs total", f"{self.flops_total:.3g} ({_si(self.flops_total, 'FLOP')})".replace("e+", "e")),
+            ("precision", f"{_DTYPE_LABEL[self.dtype]}{', torch.compile' if self.compiled else ''}"),
+        ]
+        b = self.vram_breakdown
+        if g:
+            where = f"of {g.mem_total_gb:.1f} GiB" if g.mem_total_gb else "(GPU memory unknown)"
+            verdict = ""
+            if self.fits is not None:
+                pct = self.vram_gb / g.mem_total_gb
+                verdict = f": fits ({pct:.0%})" if self.fits else f": does NOT fit ({pct:.0%})"
+            rows.append(("VRAM estimate", f"{self.vram_gb:.1f} GiB {where}{verdict}"))
+        else:
+            rows.append(("memory estimate", f"{self.vram_gb:.2f} GiB of RAM (no GPU: on the CPU)"))
+        rows.append(("", f"weights+grads+AdamW {b['weights'] + b['grads'] + b['optimizer']:.2f}, "
+                         f"activations {b['activations']:.2f}, logits {b['logits']:.2f}"
+                         + (f", CUDA {b['overhead']:.1f}" if b["overhead"] else "")))
+        if self.max_micro_batch is not None:
+            if self.max_micro_batch < 1:
+                rows.append(("", "even micro_batch 1 does not fit: a smaller model or a bigger GPU"))
+            elif not self.fits or self.micro_batch < self.max_micro_batch < 8 * self.micro_batch:
+                rows.append(("", f"largest micro_batch that fits: ~{self.max_micro_batch} "
+                                 f"(keep tokens/step with grad_accum)"))
+        if g:
+            peak = f"{g.peak_tflops:g} TFLOP/s" if g.peak_tflops else "peak unknown"
+            power = f", {g.power_limit_w:.0f} W" if g.power_limit_w else ""
+            rows.append(("GPU", f"{_short_gpu(g.name)} ({'detected' if g.source == 'detected' else 'from --gpu'}): "
+                                f"{peak}{power}"))
+        else:
+            rows.append(("GPU", "none detected; plan for one with --gpu \"RTX 4070 Ti\""))
+        if self.hours is not None:
+            rows.append(("time", f"{_duration(self.hours)} at {self.mfu:.0%} MFU (~{_ms(self.ms_per_iter_estimate)}/iter)"))
+        else:
+            rows.append(("time", "n/a without a GPU peak (--gpu NAME or --peak-tflops)"))
+        if self.hours_measured is not None:
+            rows.append(("time measured", f"{_duration(self.hours_measured)} at {_ms(self.ms_per_iter_measured)}/iter"
+                                          f" ({self.measured_from})"))
+        if self.kwh is not None or self.kwh_measured is not None:
+            parts = []
+            if self.kwh is not None:
+                parts.append(f"{_kwh(self.kwh)} kWh")
+            if self.kwh_measured is not None:
+                parts.append(f"{_kwh(self.kwh_measured)} kWh measured")
+            n = f"{self.world_size} x " if self.world_size > 1 else ""
+            rows.append(("energy", f"at most {', '.join(parts)} (GPU at {n}{g.power_limit_w:.0f} W)"))
+        else:
+            rows.append(("energy", "n/a (GPU power limit unknown)"))
+        if self.price_per_kwh is not None:
+            costs = [f"{c:,.2f}" for c in (self.cost, self.cost_measured) if c is not None]
+            rows.append(("cost", f"{' / '.join(costs) or 'n/a'} at {self.price_per_kwh:g}/kWh"))
+        else:
+            rows.append(("cost", f"n/a (--price-per-kwh or ${PRICE_ENV})"))
+        for note in self.notes:
+            rows.append(("note", note))
+        return rows
+
+
+_DTYPE_LABEL = {"bfloat16": "bf16 autocast", "float16": "fp16 autocast + grad scaler", "float32": "float32"}
+
+
+def _price(price: float | None) -> float | None:
+    if price is not None:
+        return price
+    env = os.environ.get(PRICE_ENV, "").strip()
+    if not env:
+        return None
+    try:
+        value = float(env)
+    except ValueError:
+        raise UserError(f"${PRICE_ENV}={env!r} is not a number (a price per kWh, e.g. 0.30)") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise UserError(f"${PRICE_ENV}={env!r} must be a price of 0 or more")
+    return value
+
+
+def make_plan(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_size: int = 1,
+              mfu: float = DEFAULT_MFU, ms_per_iter: float | None = None,
+              price_per_kwh: float | None = None, measured_from: str | None = None) -> Plan:
+    """Everything the plan pane shows, for one config on one kind of GPU (× world_size).
+
+    gpu: "auto" detects this machine's GPU through NVML (None on a CPU box), a GpuSpec plans
+    for that GPU, None plans for the CPU. Without a GPU peak, hours are n/a: a CPU's attainable
+    FLOP/s varies too much to guess, so pass a measured ms_per_iter instead (see
+    measured_ms_per_iter). Energy is an upper bound: every GPU at its power limit throughout.
+    """
+    if gpu == "auto":
+        gpu = None if cfg.train.device == "cpu" else GpuSpec.detect(peak_override=cfg.train.peak_tflops)
+    if world_size < 1:
+        raise UserError(f"--gpus {world_size}: needs at least 1")
+    if not 0 < mfu <= 1:
+        raise UserError(f"--mfu {mfu}: expected a fraction in (0, 1], e.g. 0.35")
+    if ms_per_iter is not None and not ms_per_iter > 0:
+        raise UserError(f"--ms-per-iter {ms_per_iter}: expected a positive number of milliseconds")
+    price = _price(price_per_kwh)
+    if price is not None and price < 0:
+        raise UserError(f"--price-per-kwh {price}: expected 0 or more")
+
+    shape = model_shape(cfg)
+    counts = _param_counts(shape)
+    t = cfg.train
+    tokens_per_step = t.micro_batch * t.grad_accum * shape.block_size * world_size
+    total_tokens = tokens_per_step * t.max_iters
+    fpt = _flops_per_token(counts["params"], shape.n_layer, shape.n_embd, shape.block_size)
+    attention = 12.0 * shape.n_layer * shape.block_size * shape.n_embd
+    flops_total = fpt * total_tokens
+
+    on_gpu = gpu is not None
+    dtype = t.dtype if t.dtype != "auto" else ("float32" if not on_gpu else "bfloat16" if gpu.bf16 else "float16")
+    compiled = t.compile is True or (t.compile == "auto" and on_gpu)
+    notes = []
+    if t.dtype == "bfloat16" and on_gpu and not gpu.bf16:
+        notes.append(f"{_short_gpu(gpu.name)} has no bf16: use train.dtype=float16")
+    breakdown = estimate_vram(shape, t.micro_batch, dtype, compiled, on_gpu, world_size)
+    vram = sum(breakdown.values())
+
+    fits = max_mb = None
+    if on_gpu and gpu.mem_total_gb:
+        budget = gpu.mem_total_gb * GIB * FIT_FRACTION
+        fits = vram <= budget
+        # activations and logits scale with the micro-batch; the rest does not
+        per_sample = (breakdown["activations"] + breakdown["logits"]) / t.micro_batch
+        fixed = vram - per_sample * t.micro_batch
+        max_mb = int((budget - fixed) // per_sample)
+
+    hours = ms_est = kwh = None
+    if on_gpu and gpu.peak_tflops:
+        seconds = flops_total / (world_size * gpu.peak_tflops * 1e12 * mfu)
+        hours = seconds / 3600
+        ms_est = seconds * 1000 / t.max_iters
+    hours_m = kwh_m = None
+    if ms_per_iter is not None:
+        hours_m = ms_per_iter * t.max_iters / 3.6e6
+    watts = gpu.power_limit_w if on_gpu else None
+    if watts:
+        kwh = watts * world_size * hours / 1000 if hours is not None else None
+        kwh_m = watts * world_size * hours_m / 1000 if hours_m is not None else None
+    cost = kwh * price if kwh is not None and price is not None else None
+    cost_m = kwh_m * price if kwh_m is not None and price is not None else None
+
+    if cfg.engine == "finetune" and t.epochs > 0:
+        notes.append(f"train.epochs = {t.epochs:g}: the run derives max_iters from the data; "
+                     f"this plan uses max_iters = {t.max_iters:,}")
+    if fits is False:
+        notes.append("on OOM the run halves micro_batch and doubles grad_accum (same tokens/step)")
+
+    return Plan(
+        preset=cfg.name, engine=cfg.engine, shape=shape, params=counts["params"],
+        params_total=counts["params_total"], params_non_embedding=counts["params_non_embedding"],
+        micro_batch=t.micro_batch, grad_accum=t.grad_accum, world_size=world_size, max_iters=t.max_iters,
+        tokens_per_step=tokens_per_step, total_tokens=total_tokens, flops_per_token=fpt,
+        flops_attention_per_token=attention, flops_total=flops_total,
+        tokens_per_param=total_tokens / counts["params"], dtype=dtype, compiled=compiled,
+        vram_breakdown={k: v / GIB for k, v in breakdown.items()}, vram_gb=vram / GIB, gpu=gpu, fits=fits,
+        max_micro_batch=max_mb, mfu=mfu, hours=hours, ms_per_iter_estimate=ms_est,
+        ms_per_iter_measured=ms_per_iter, measured_from=measured_from if ms_per_iter is not None else None,
+        hours_measured=hours_m, kwh=kwh, kwh_measured=kwh_m, price_per_kwh=price, cost=cost, cost_measured=cost_m,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- measured pace
+
+
+def _same_workload(a: cfgmod.Config, b: cfgmod.Config) -> bool:
+    """Would a step of `a` take as long as a step of `b` (same model, tokens per step, precision)?"""
+    ma, mb = a.model, b.model
+    keys = ("block_size",) + (("pretrained",) if a.engine == "finetune" else ("n_layer", "n_head", "n_embd", "bias"))
+    return (a.engine == b.engine and all(getattr(ma, k) == getattr(mb, k) for k in keys)
+            and a.tokens_per_step == b.tokens_per_step and a.data.tokenizer == b.data.tokenizer
+            and a.train.dtype == b.train.dtype and a.train.compile == b.train.compile)
+
+
+def measured_ms_per_iter(cfg: cfgmod.Config, world_size: int = 1, last: int = 20) -> tuple[float, str] | None:
+    """(median ms/iter of the newest matching run's last `last` step events, "run NAME"), or None.
+
+    A run matches when it trains the same workload (model, tokens per step, dtype, compile) on
+    as many GPUs. The first step event is skipped: it carries torch.compile's warm-up.
+    The pace covers training steps only; evals and checkpoints add a few percent.
+    """
+    from .events import read_all
+    from .runs import list_dirs
+
+    for run in list_dirs():  # newest first
+        try:
+            if not _same_workload(run.config(), cfg):
+                continue
+        except UserError:
+            continue
+        events = read_all(run.events_path)
+        ws = next((e.get("world_size") for e in events if e.get("type") == "run"), 1) or 1
+        if ws != world_size:
+            continue
+        ms = [e["ms"] for e in events if e.get("type") == "step" and isinstance(e.get("ms"), (int, float))
+              and not isinstance(e.get("ms"), bool) and e["ms"] > 0]
+        ms = ms[1:] if len(ms) > 1 else ms
+        if ms:
+            return float(statistics.median(ms[-last:])), f"run {run.name}"
+    return None
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _round(v: float | None, n: int) -> float | None:
+    return None if v is None else round(v, n)
+
+
+def _si(n: float, unit: str = "") -> str:
+    """40_560_000 -> '40.56M', 1.0486e10 -> '10.49B'; with a unit, 3.1e18 -> '3.15 EFLOP'."""
+    for div, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}{unit}" if unit else f"{n / div:.2f}{suffix}"
+    return f"{n:g} {unit}".strip()
+
+
+def _duration(hours: float) -> str:
+    if hours < 1 / 3600:
+        return "<1 s"
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    if hours < 1:
+        return f"{hours * 60:.0f} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days ({hours:,.0f} h)"
+
+
+def _kwh(kwh: float) -> str:
+    if kwh < 0.01:
+        return "<0.01"
+    return f"{kwh:.1f}" if kwh >= 10 else f"{kwh:.2f}"
+
+
+def _ms(ms: float | None) -> str:
+    if ms is None:
+        return "n/a"
+    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2g} ms"
+
+
+def _short_gpu(name: str) -> str:
+    return name.replace("NVIDIA ", "").replace("GeForce ", "")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # the default preset (shakespeare-char on a GPU, else cpu-tiny) is resolved in run(), not
+    # here: build_parser() runs for every command, and asking NVML there would slow them all
+    p.add_argument("preset", nargs="?", default=None,
+                   help="preset name or .toml path (default: shakespeare-char on a GPU, else cpu-tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one preset key, e.g. --set train.micro_batch=8 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--gpu", metavar="NAME", help='plan for a GPU you may not have, e.g. "RTX 4070 Ti", "A100 40GB", "H100"')
+    p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs training together (DDP); default 1")
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
+                   help=f"model FLOPs utilisation assumed for the time estimate (default {DEFAULT_MFU})")
+    p.add_argument("--peak-tflops", type=float, default=0.0, metavar="X",
+                   help="the GPU's dense bf16 TFLOP/s, instead of the built-in table")
+    p.add_argument("--ms-per-iter", type=float, default=None, metavar="MS",
+                   help="a measured pace (default: from the newest run of the same workload, if any)")
+    p.add_argument("--price-per-kwh", type=float, default=None, metavar="PRICE",
+                   help=f"electricity price for the cost row (default ${PRICE_ENV})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import presets
+
+    # the default preset is resolved here, not at parse time: it asks NVML, which `plan X` needn't
+    name = args.preset or presets.default_name()
+    cfg = presets.load(name, args.overrides)
+    peak_override = args.peak_tflops or cfg.train.peak_tflops
+    if args.peak_tflops < 0:
+        raise UserError(f"--peak-tflops {args.peak_tflops}: expected a positive number")
+    if args.gpu:
+        gpu: GpuSpec | None | str = GpuSpec.named(args.gpu, peak_override)
+    elif cfg.train.device == "cpu":
+        gpu = None
+    else:
+        gpu = GpuSpec.detect(peak_override=peak_override)
+    ms, source = args.ms_per_iter, "--ms-per-iter"
+    if ms is None and not args.gpu:  # a pace measured here says nothing about a GPU we don't have
+        found = measured_ms_per_iter(cfg, args.gpus)
+        if found:
+            ms, source = found
+    plan = make_plan(cfg, gpu=gpu, world_size=args.gpus, mfu=args.mfu, ms_per_iter=ms,
+                     price_per_kwh=args.price_per_kwh, measured_from=source)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        print(format_rows(plan.rows()))
+    return 0
+
+
+def format_rows(rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join(f"{label:<{width}}{value}".rstrip() for label, value in rows)

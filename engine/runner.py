@@ -102,8 +102,8 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    if main:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal never stops a run
+    # a detached run ignores hang-ups; a headless one whose terminal closed checkpoints and stops
+    signal.signal(signal.SIGHUP, on_signal if headless else signal.SIG_IGN)
     try:
         if main:
             run.pid_path.write_text(f"{os.getpid()}\n")

@@ -1,0 +1,58 @@
+"""Shared fixtures: every test gets its own GPT2_COCKPIT_HOME and tiny, offline data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A small corpus with enough structure to learn from in a few dozen steps.
+TINY_TEXT = "".join(
+    f"The {a} {b} sat on the {c}. It was {d}.\n"
+    for a in ("quick", "lazy", "small", "old") for b in ("cat", "dog", "fox")
+    for c in ("mat", "log", "hill") for d in ("warm", "cold")
+) * 4
+
+
+@pytest.fixture(autouse=True)
+def cockpit_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("GPT2_COCKPIT_HOME", str(home))
+    for var in ("GPT2_COCKPIT_FAKE_OOM_TOKENS", "GPT2_COCKPIT_FAKE_NAN_AT_ITER", "GPT2_COCKPIT_PEAK_TFLOPS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(TINY_TEXT)
+    return p
+
+
+def tiny_overrides(corpus: Path, **train) -> list[str]:
+    """--set items for a model small enough to train in milliseconds per step."""
+    base = {
+        "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 16,
+        "data.source": f'"{corpus}"', "train.micro_batch": 4, "train.grad_accum": 2,
+        "train.max_iters": 20, "train.warmup_iters": 2, "train.lr_decay_iters": 20,
+        "train.eval_interval": 10, "train.eval_iters": 2, "train.log_interval": 1,
+        "train.sample_interval": 0, "train.checkpoint_interval": 10,
+    }
+    base.update({f"train.{k}": v for k, v in train.items()})
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["GPT2_COCKPIT_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+CLI = [sys.executable, "-m", "gpt2_cockpit.engine.cli"]

@@ -1,0 +1,94 @@
+"""The event log and the control channel, without any training."""
+
+import json
+import os
+import threading
+
+import pytest
+
+from gpt2_cockpit.engine import control as ctl
+from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.events import EventReader, EventWriter, read_all
+from gpt2_cockpit.engine.runs import RunDir, summarize
+
+
+def test_reader_replays_then_follows_and_tolerates_partial_lines(tmp_path):
+    path = tmp_path / "events.jsonl"
+    w = EventWriter(path)
+    w.emit("run", name="x")
+    w.emit("step", iter=1, loss=float("nan"))
+    r = EventReader(path)
+    first = r.poll()
+    assert [e["type"] for e in first] == ["run", "step"] and first[1]["loss"] is None
+    with open(path, "ab") as f:
+        f.write(b'{"type": "step", "time": 1, "iter": 2')  # a writer caught mid-line
+    assert r.poll() == []
+    with open(path, "ab") as f:
+        f.write(b', "loss": 2.5, "future_field": {"a": 1}}\nnot json\n{"type":"new_kind","time":2}\n')
+    again = r.poll()
+    assert [e["type"] for e in again] == ["step", "new_kind"] and again[0]["loss"] == 2.5
+    assert r.poll() == []
+    w.close()
+
+
+def test_lines_are_whole_and_standard_json(tmp_path):
+    path = tmp_path / "events.jsonl"
+    w = EventWriter(path)
+    threads = [threading.Thread(target=lambda i=i: [w.emit("gpu", index=i, util=j) for j in range(200)])
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 800
+    for line in lines:
+        json.loads(line)  # every line parses: appends never interleave
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_control_round_trip_and_errors(tmp_path):
+    sock = tmp_path / ("deep" * 20) / "control.sock"  # longer than sockaddr_un allows
+    sock.parent.mkdir(parents=True)
+    server = ctl.ControlServer(sock)
+    server.update_status(state="running", iter=7)
+    assert oct(sock.stat().st_mode & 0o777) == "0o600"
+    assert ctl.request(sock, {"cmd": "status"}) == {"ok": True, "state": "running", "iter": 7}
+    assert ctl.request(sock, {"cmd": "launch_missiles"})["ok"] is False
+
+    def loop():
+        for _ in range(200):
+            for c in server.poll():
+                c.reply(state="paused") if c.cmd == "pause" else c.fail("no such thing")
+                return
+            threading.Event().wait(0.01)
+
+    t = threading.Thread(target=loop)
+    t.start()
+    assert ctl.request(sock, {"cmd": "pause"}) == {"ok": True, "state": "paused"}
+    t.join()
+    server.close()
+    with pytest.raises(UserError, match="not running"):
+        ctl.request(sock, {"cmd": "status"})
+
+
+def test_summary_reads_state_iter_loss_and_detects_crash(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    from gpt2_cockpit.engine import config as cfgmod, presets
+
+    cfgmod.save(presets.load("cpu-tiny"), run.config_path)
+    w = EventWriter(run.events_path)
+    w.emit("run", name="r", preset="cpu-tiny", engine="pretrain")
+    w.emit("state", state="running", reason="")
+    w.emit("step", iter=40, loss=2.5)
+    run.pid_path.write_text("999999\n")  # no such process
+    s = summarize(run)
+    assert (s.iter, s.loss, s.preset, s.max_iters) == (40, 2.5, "cpu-tiny", 2000)
+    assert s.state == "crashed" and not s.alive
+    run.pid_path.write_text(f"{os.getpid()}\n")
+    run.heartbeat_path.touch()
+    assert summarize(run).state == "running"
+    w.emit("state", state="done", reason="")
+    run.pid_path.write_text("999999\n")
+    assert summarize(run).state == "done"

@@ -1,0 +1,92 @@
+"""OOM auto-adjust: a fake budget raises a real torch.OutOfMemoryError on CPU."""
+
+import pytest
+import torch
+
+from gpt2_cockpit.engine import config as cfgmod
+from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.pretrain import PretrainWorkload
+from gpt2_cockpit.engine.runs import resolve
+from gpt2_cockpit.engine.train import Trainer, install_fault_injection
+from conftest import tiny_overrides
+from helpers import of_type, run_inprocess, step_losses
+
+
+def test_fake_oom_raises_the_real_error_type(monkeypatch, corpus):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "10")
+    model = torch.nn.Embedding(5, 2)
+    install_fault_injection(model)
+    model(torch.zeros(10, dtype=torch.long))
+    with pytest.raises(torch.OutOfMemoryError):
+        model(torch.zeros(11, dtype=torch.long))
+
+
+def test_oom_halves_micro_batch_keeps_tokens_and_matches_smaller_split(monkeypatch, corpus):
+    _, _, ref = run_inprocess(corpus, "ref", micro_batch=2, grad_accum=4, max_iters=12)
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "32")  # 4 x 16 = 64 tokens do not fit, 2 x 16 do
+    run, code, events = run_inprocess(corpus, "oom", micro_batch=4, grad_accum=2, max_iters=12)
+    assert code == 0 and of_type(events, "state")[-1]["state"] == "done"
+    (oom,) = of_type(events, "oom")
+    assert oom == {**oom, "iter": 1, "micro_batch_before": 4, "micro_batch_after": 2, "grad_accum_after": 4}
+    steps = of_type(events, "step")
+    assert len(steps) == 12  # no step lost or done twice
+    assert all(s["micro_batch"] * s["grad_accum"] == 8 for s in steps)
+    assert [s["tokens"] for s in steps] == [i * 8 * 16 for i in range(1, 13)]
+    got, want = step_losses(events), step_losses(ref)
+    for i in want:
+        assert got[i] == pytest.approx(want[i], abs=1e-6)
+    cfg = resolve("oom").config()  # a resume keeps the smaller micro-batch
+    assert (cfg.train.micro_batch, cfg.train.grad_accum) == (2, 4)
+
+
+def test_oom_mid_run_redoes_the_same_step(monkeypatch, corpus):
+    # the budget only bites from iter 6 on: eval batches are the same size, so use a later NaN-free switch
+    _, _, ref = run_inprocess(corpus, "ref", micro_batch=1, grad_accum=8, max_iters=8)
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "16")  # only micro-batch 1 fits: two halvings
+    run, code, events = run_inprocess(corpus, "oom", micro_batch=4, grad_accum=2, max_iters=8)
+    assert code == 0
+    ooms = of_type(events, "oom")
+    assert [(o["micro_batch_before"], o["micro_batch_after"], o["grad_accum_after"]) for o in ooms] == \
+           [(4, 2, 4), (2, 1, 8)]
+    got, want = step_losses(events), step_losses(ref)
+    assert got.keys() == want.keys()
+    for i in want:
+        assert got[i] == pytest.approx(want[i], abs=1e-6)
+
+
+def test_odd_micro_batch_keeps_rows_exact(monkeypatch, corpus):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "40")  # 3 x 16 = 48 > 40
+    _, code, events = run_inprocess(corpus, "odd", micro_batch=3, grad_accum=4, max_iters=3)
+    assert code == 0
+    (oom,) = of_type(events, "oom")
+    assert oom["micro_batch_after"] * oom["grad_accum_after"] == 12 and oom["micro_batch_after"] in (1, 2)
+
+
+def test_nothing_fits_fails_with_one_sentence(monkeypatch, corpus):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "8")  # less than one block of 16
+    _, code, events = run_inprocess(corpus, "none", max_iters=3, eval_interval=0)
+    assert code == 2
+    (err,) = of_type(events, "error")
+    assert "micro_batch 1" in err["message"] and "block_size" in err["message"]
+    assert of_type(events, "state")[-1]["state"] == "failed"
+
+
+def test_eval_oom_splits_its_own_batch(monkeypatch, corpus):
+    cfg = presets.load("cpu-tiny", tiny_overrides(corpus))
+    tr = Trainer(cfg, PretrainWorkload(cfg), "cpu")
+    x, y = tr.workload.sample_batch("val", 8, torch.Generator().manual_seed(0), None)
+    whole = tr._eval_batch(x, y)
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "32")
+    install_fault_injection(tr.raw_model)
+    tr.raw_model.eval()
+    assert tr._eval_batch(x, y) == pytest.approx(whole, abs=1e-5)
+
+
+def test_sampling_oom_is_reported_not_fatal(monkeypatch, corpus):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "5")
+    cfg = presets.load("cpu-tiny", tiny_overrides(corpus))
+    tr = Trainer(cfg, PretrainWorkload(cfg), "cpu")
+    with pytest.raises(UserError, match="sampling ran out of GPU memory"):
+        tr.sample("The quick cat sat", 5, 1.0, 0)
+    assert tr.raw_model.training  # back in training mode

@@ -1,0 +1,155 @@
+"""Runs as their own processes: headless signals, detach, remote control, crash recovery, DDP on CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import CLI, cli_env, tiny_overrides
+from helpers import of_type, run_inprocess, step_losses
+from gpt2_cockpit.engine.events import read_all
+from gpt2_cockpit.engine.runs import resolve, summarize
+
+pytestmark = pytest.mark.slow
+
+
+def cli(home, *args, timeout=120):
+    return subprocess.run(CLI + list(args), env=cli_env(home), capture_output=True, text=True, timeout=timeout)
+
+
+def sets(items):
+    return [a for item in items for a in ("--set", item)]
+
+
+def wait_for(pred, timeout=60.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def events_of(home, name):
+    return read_all(home / "runs" / name / "events.jsonl")
+
+
+def last_state(home, name):
+    states = of_type(events_of(home, name), "state")
+    return states[-1]["state"] if states else None
+
+
+def long_run(corpus, **train):
+    # a run that would go on for a long while: it is stopped by the test
+    return tiny_overrides(corpus, max_iters=100_000, lr_decay_iters=100_000, checkpoint_interval=25, **train)
+
+
+def test_headless_sigterm_checkpoints_stops_and_resumes(cockpit_home, corpus):
+    proc = subprocess.Popen(CLI + ["train", "--headless", "--name", "h"] + sets(long_run(corpus)),
+                            env=cli_env(cockpit_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: any(e["type"] == "step" and e["iter"] >= 5 for e in events_of(cockpit_home, "h")), what="steps")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "iter" in out and "loss" in out  # the progress lines
+    events = events_of(cockpit_home, "h")
+    assert of_type(events, "state")[-1]["state"] == "stopped"
+    stopped_at = of_type(events, "checkpoint")[-1]["iter"]
+    assert stopped_at == max(step_losses(events)) or stopped_at >= 5
+    r = cli(cockpit_home, "resume", "h", "--headless", "--set", f"train.max_iters={stopped_at + 3}")
+    assert r.returncode == 0, r.stderr
+    events = events_of(cockpit_home, "h")
+    assert of_type(events, "run")[-1]["resumed_from"] == stopped_at
+    assert of_type(events, "state")[-1]["state"] == "done"
+    assert max(step_losses(events)) == stopped_at + 3
+
+
+def test_detached_run_is_remote_controlled_without_changing_its_trajectory(cockpit_home, corpus):
+    t0 = time.time()
+    r = cli(cockpit_home, "train", "--detach", "--name", "d", *sets(long_run(corpus)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "d" and time.time() - t0 < 15
+    run = resolve("d")
+    assert run.path.stat().st_mode & 0o777 == 0o700
+    assert run.socket_path.stat().st_mode & 0o777 == 0o600
+    wait_for(lambda: last_state(cockpit_home, "d") == "running", what="running")
+
+    assert cli(cockpit_home, "pause", "d").returncode == 0
+    assert last_state(cockpit_home, "d") == "paused"
+    paused_iter = max(step_losses(events_of(cockpit_home, "d")) or [0])
+    time.sleep(0.5)
+    assert max(step_losses(events_of(cockpit_home, "d")) or [0]) == paused_iter  # really paused
+
+    s = cli(cockpit_home, "sample", "d", "The ", "--max-new-tokens", "30", "--top-k", "5")
+    assert s.returncode == 0 and s.stdout.startswith("The ") and len(s.stdout.strip()) > 10
+    assert cli(cockpit_home, "resume", "d").returncode == 0
+    wait_for(lambda: max(step_losses(events_of(cockpit_home, "d"))) >= paused_iter + 5, what="steps after resume")
+    st = cli(cockpit_home, "set", "d", "train.learning_rate=1e-4")
+    assert st.returncode == 0 and "1e-4" in st.stdout or "0.0001" in st.stdout
+    assert "learning_rate = 0.0001" in run.config_path.read_text()
+    bad = cli(cockpit_home, "set", "d", "train.n_layer=3")
+    assert bad.returncode != 0 and "unknown key" in bad.stderr
+    bad = cli(cockpit_home, "set", "d", "model.n_layer=3")
+    assert bad.returncode != 0 and "cannot change during a run" in bad.stderr
+    listing = cli(cockpit_home, "runs").stdout
+    assert "d " in listing and "running" in listing
+    stop = cli(cockpit_home, "stop", "d")
+    assert stop.returncode == 0
+    wait_for(lambda: last_state(cockpit_home, "d") == "stopped", what="stopped")
+    wait_for(lambda: not run.alive(), what="process exit")
+
+    events = events_of(cockpit_home, "d")
+    (set_event,) = of_type(events, "set")
+    assert set_event["key"] == "train.learning_rate" and set_event["new"] == 1e-4
+    (sample,) = of_type(events, "sample")
+    assert sample["iter"] == paused_iter
+    # the same run left alone: identical losses up to the `set`
+    set_iter = max(e["iter"] for e in events if e["type"] == "step" and e["time"] <= set_event["time"])
+    _, _, ref = run_inprocess(corpus, "ref", max_iters=set_iter, lr_decay_iters=100_000, checkpoint_interval=25)
+    got, want = step_losses(events), step_losses(ref)
+    assert set_iter > paused_iter
+    assert all(got[i] == want[i] for i in range(1, set_iter + 1))
+    assert cli(cockpit_home, "pause", "d").returncode != 0  # dead runs get one sentence
+
+
+def test_kill_9_shows_crashed_and_resume_continues(cockpit_home, corpus):
+    r = cli(cockpit_home, "train", "--detach", "--name", "k", *sets(long_run(corpus, checkpoint_interval=5)))
+    assert r.returncode == 0, r.stderr
+    run = resolve("k")
+    wait_for(lambda: of_type(events_of(cockpit_home, "k"), "checkpoint"), what="a checkpoint")
+    os.kill(run.pid(), signal.SIGKILL)
+    wait_for(lambda: not run.alive(), what="death")
+    assert summarize(run).state == "crashed"
+    assert "crashed" in cli(cockpit_home, "runs").stdout
+    bad = cli(cockpit_home, "sample", "nope")
+    assert bad.returncode == 2 and "unknown run 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    last_ckpt = of_type(events_of(cockpit_home, "k"), "checkpoint")[-1]["iter"]
+    r = cli(cockpit_home, "resume", "k", "--detach")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: len(of_type(events_of(cockpit_home, "k"), "run")) == 2, what="restart")
+    assert of_type(events_of(cockpit_home, "k"), "run")[-1]["resumed_from"] == last_ckpt
+    assert cli(cockpit_home, "stop", "k").returncode == 0
+    wait_for(lambda: not run.alive(), what="exit")
+
+
+def test_two_process_gloo_run_trains_pauses_samples_stops(cockpit_home, corpus):
+    r = cli(cockpit_home, "train", "--detach", "--gpus", "2", "--name", "g",
+            *sets(long_run(corpus) + ["train.device=cpu"]))
+    assert r.returncode == 0, r.stderr
+    run = resolve("g")
+    wait_for(lambda: len(step_losses(events_of(cockpit_home, "g"))) >= 3, timeout=90, what="DDP steps")
+    (ev,) = of_type(events_of(cockpit_home, "g"), "run")
+    assert ev["world_size"] == 2
+    step = of_type(events_of(cockpit_home, "g"), "step")[-1]
+    assert step["tokens"] == step["iter"] * 4 * 2 * 16 * 2  # micro x accum x block x world
+    assert cli(cockpit_home, "pause", "g").returncode == 0
+    s = cli(cockpit_home, "sample", "g", "The", "--max-new-tokens", "20")
+    assert s.returncode == 0 and s.stdout.startswith("The")
+    assert cli(cockpit_home, "stop", "g").returncode == 0
+    wait_for(lambda: last_state(cockpit_home, "g") == "stopped", timeout=60, what="stopped")
+    wait_for(lambda: not run.alive(), what="exit")
+    assert of_type(events_of(cockpit_home, "g"), "checkpoint")

@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+
+from gpt2_cockpit.engine import checkpoint as ckpt
+from gpt2_cockpit.engine import config as cfgmod
+from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.control import Command
+from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.pretrain import PretrainWorkload
+from gpt2_cockpit.engine.train import Trainer, lr_at
+from conftest import tiny_overrides
+from helpers import of_type, run_inprocess, step_losses
+
+
+def test_loss_falls_and_run_contract(corpus):
+    run, code, events = run_inprocess(corpus, "r", max_iters=60, eval_interval=30, learning_rate=3e-3, lr_decay_iters=60,
+                                      sample_interval=60)
+    assert code == 0
+    evals = of_type(events, "eval")
+    assert [e["iter"] for e in evals] == [0, 30, 60]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.8
+    states = [e["state"] for e in of_type(events, "state")]
+    assert states[0] == "preparing" and states[1] == "running" and states[-1] == "done"
+    (r,) = of_type(events, "run")
+    assert r["engine"] == "pretrain" and r["world_size"] == 1 and r["resumed_from"] is None and r["device"] == "cpu"
+    step = of_type(events, "step")[-1]
+    assert set(step) >= {"iter", "loss", "lr", "tokens", "tokens_per_sec", "ms", "mfu", "micro_batch", "grad_accum"}
+    assert step["tokens"] == 60 * 4 * 2 * 16 and step["mfu"] is None  # no peak known for a CPU
+    (sample,) = of_type(events, "sample")
+    assert sample["iter"] == 60 and len(sample["text"]) > 50
+    names = sorted(p.name for p in run.checkpoints.iterdir())
+    assert names == ["best.pt", "ckpt-00000050.pt", "ckpt-00000060.pt"]  # the newest two and the best
+    assert run.path.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_exact_resume_is_bit_for_bit(corpus, dropout):
+    extra = [f"model.dropout={dropout}"]
+    _, _, whole = run_inprocess(corpus, "whole", extra, max_iters=24)
+    _, _, first = run_inprocess(corpus, "split", extra, max_iters=12)
+    run, code, both = run_inprocess(corpus, "split", ["train.max_iters=24"], resume=True)
+    assert code == 0
+    runs = of_type(both, "run")
+    assert runs[-1]["resumed_from"] == 12
+    expected, got = step_losses(whole), step_losses(both)
+    assert len(got) == 24
+    assert got == expected  # exact float equality: same weights, optimizer, RNG and batches
+    assert [e["val_loss"] for e in of_type(both, "eval") if e["iter"] == 20] == \
+           [e["val_loss"] for e in of_type(whole, "eval") if e["iter"] == 20]
+
+
+def test_same_tokens_whatever_the_split(corpus):
+    _, _, a = run_inprocess(corpus, "a", micro_batch=8, grad_accum=1, max_iters=8)
+    _, _, b = run_inprocess(corpus, "b", micro_batch=2, grad_accum=4, max_iters=8)
+    la, lb = step_losses(a), step_losses(b)
+    assert la.keys() == lb.keys()
+    for k in la:
+        assert la[k] == pytest.approx(lb[k], rel=1e-5, abs=1e-5)
+
+
+def test_lr_schedule_warmup_cosine_floor():
+    t = presets.load("cpu-tiny", ["train.warmup_iters=10", "train.lr_decay_iters=110"]).train
+    assert lr_at(0, t) == pytest.approx(t.learning_rate / 11)
+    assert lr_at(9, t) == pytest.approx(t.learning_rate * 10 / 11)
+    assert lr_at(10, t) == pytest.approx(t.learning_rate)
+    assert lr_at(60, t) == pytest.approx((t.learning_rate + t.min_lr) / 2)
+    assert lr_at(110, t) == lr_at(10_000, t) == t.min_lr
+
+
+def test_weight_decay_only_on_matrices(corpus):
+    cfg = presets.load("cpu-tiny", tiny_overrides(corpus) + ["model.bias=true"])
+    tr = Trainer(cfg, PretrainWorkload(cfg), "cpu")
+    decay, no_decay = tr.optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+
+
+def test_truncated_newest_checkpoint_falls_back(corpus, capsys):
+    run, _, _ = run_inprocess(corpus, "c", max_iters=20)
+    newest = ckpt.listing(run.checkpoints)[0]
+    assert newest.name == "ckpt-00000020.pt"
+    (run.checkpoints / "best.pt").unlink()
+    newest.write_bytes(newest.read_bytes()[:1000])  # a crash mid-copy, a full disk...
+    path, state = ckpt.load_latest(run.checkpoints)
+    assert path.name == "ckpt-00000010.pt" and state["iter"] == 10
+    assert "unreadable" in capsys.readouterr().out
+
+
+def test_all_checkpoints_unreadable_is_one_sentence(corpus):
+    run, _, _ = run_inprocess(corpus, "c", max_iters=10)
+    for p in run.checkpoints.iterdir():
+        p.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="unreadable"):
+        ckpt.load_latest(run.checkpoints)
+
+
+def test_checkpoint_is_data_never_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.save({"format": 1, "iter": 1, "model": {}, "x": Evil()}, folder / "ckpt-00000001.pt")
+    with pytest.raises(UserError, match="unreadable"):
+        ckpt.load_latest(folder, warn=lambda m: None)
+
+
+def test_checkpoint_holds_everything_for_resume(corpus):
+    run, _, _ = run_inprocess(corpus, "c", max_iters=10)
+    state = ckpt.load_file(ckpt.listing(run.checkpoints)[0])
+    assert set(state) >= {"model", "optimizer", "scaler", "iter", "best_val_loss", "rng", "data_position", "config"}
+    assert state["data_position"] == state["iter"] == 10
+    assert cfgmod.from_dict(state["config"]).train.max_iters == 10
+
+
+class Script:
+    """A control channel that answers with a fixed script, keyed by the trainer's state."""
+
+    def __init__(self, trainer_ref, actions):
+        self.ref, self.actions, self.status = trainer_ref, actions, {}
+
+    def poll(self):
+        tr = self.ref[0]
+        for when, make in list(self.actions):
+            if when(tr):
+                self.actions.remove((when, make))
+                return [make()]
+        return []
+
+    def update_status(self, **f):
+        self.status.update(f)
+
+    def close(self):
+        pass
+
+
+def test_nan_is_skipped_and_training_goes_on(corpus, monkeypatch):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "5")
+    run, code, events = run_inprocess(corpus, "n", max_iters=12)
+    assert code == 0
+    (a,) = of_type(events, "anomaly")
+    assert a["iter"] == 5 and a["kind"] == "nonfinite_loss" and a["action"] == "skipped_step"
+    losses = step_losses(events)
+    assert losses[5] is None  # NaN is written as null
+    assert all(math.isfinite(v) for k, v in losses.items() if k != 5)
+    assert of_type(events, "state")[-1]["state"] == "done"
+
+
+def test_repeated_nonfinite_steps_pause_the_run(corpus, monkeypatch):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "3")
+    cfg = presets.load("cpu-tiny", tiny_overrides(corpus) + ["train.max_bad_steps=1"])
+    ref = [None]
+    stops = []
+    control = Script(ref, [(lambda tr: tr.state == "paused", lambda: stops.append(1) or Command("stop"))])
+    from gpt2_cockpit.engine.events import EventWriter
+    from gpt2_cockpit.engine.launch import create_run
+
+    run = create_run("cpu-tiny", tiny_overrides(corpus) + ["train.max_bad_steps=1"], "p")
+    events = EventWriter(run.events_path)
+    tr = Trainer(cfg, PretrainWorkload(cfg), "cpu", run=run, events=events, control=control)
+    ref[0] = tr
+    assert tr.fit() == "stopped"
+    from gpt2_cockpit.engine.events import read_all
+
+    ev = read_all(run.events_path)
+    paused = [e for e in of_type(ev, "state") if e["state"] == "paused"]
+    assert paused and "learning_rate" in paused[0]["reason"]
+    assert of_type(ev, "anomaly")[0]["action"] == "paused" and tr.iter == 3
+    # no checkpoint of bad weights: the stop after the skipped step writes none
+    assert ckpt.listing(run.checkpoints) == []

@@ -1,0 +1,81 @@
+"""The cockpit app: one factory, `make_app`, shared by the command line (`main`) and the tests.
+
+The cockpit is a viewer and remote control: it reads a run's event log and talks to the run
+over its control socket. It never imports torch (the engine trains in its own process), so it
+starts fast and stays light over SSH.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Iterable
+
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
+from gpt2_cockpit.engine.runs import RunDir
+
+from .screens.home import HomeScreen
+from .screens.run import RunScreen
+from .widgets.plan import doctor_argv as default_doctor_argv
+
+
+class CockpitApp(App):
+    CSS_PATH = "cockpit.tcss"
+    TITLE = "gpt2-cockpit"
+
+    def __init__(self, mode: str = "home", run: str | Path | None = None, *, poll_interval: float = 0.4,
+                 doctor_argv: list[str] | None = None) -> None:
+        super().__init__()
+        if mode not in ("home", "run"):
+            raise ValueError(f"mode must be 'home' or 'run', not {mode!r}")
+        if mode == "run" and run is None:
+            raise ValueError("mode 'run' needs a run directory")
+        self.mode = mode
+        self.run_path = Path(run) if run is not None else None
+        self.poll_interval = poll_interval
+        self.doctor_argv = doctor_argv or default_doctor_argv()
+
+    def on_mount(self) -> None:
+        if self.mode == "run":
+            self.push_screen(RunScreen(RunDir(self.run_path), poll_interval=self.poll_interval))
+        else:
+            self.push_screen(HomeScreen())
+
+    def open_run(self, run: RunDir) -> None:
+        self.push_screen(RunScreen(run, poll_interval=self.poll_interval))
+
+    def go_home(self) -> None:
+        """Back to the home screen: the one under this run screen, or a new one."""
+        if any(isinstance(s, HomeScreen) for s in self.screen_stack):
+            while not isinstance(self.screen, HomeScreen):
+                self.pop_screen()
+        else:
+            self.switch_screen(HomeScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The command palette lists the screen's key bindings too (p, s, c, x, e, q, ...)."""
+        seen = set()
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not binding.description or not active.enabled or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            help_text = f"{binding.tooltip or binding.description} (key: {binding.key_display or key})"
+            yield SystemCommand(binding.description, help_text, partial(self._run_binding, active.node, binding.action))
+        yield from super().get_system_commands(screen)
+
+    async def _run_binding(self, node, action: str) -> None:
+        await self.run_action(action, node)
+
+
+def make_app(mode: str = "home", run: str | Path | None = None, **options) -> CockpitApp:
+    """The cockpit, opened on the home screen or attached to the run directory `run`."""
+    return CockpitApp(mode, run, **options)
+
+
+def main(mode: str = "home", run: str | None = None) -> int:
+    app = make_app(mode, run)
+    app.run()
+    return app.return_code or 0

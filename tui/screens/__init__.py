@@ -1,0 +1,1 @@
+"""The cockpit's screens: home (diagnostics, presets, runs, plan), run, preset editor."""

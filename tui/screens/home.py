@@ -1,0 +1,251 @@
+"""The home screen: diagnostics summary, presets (shipped and the user's), runs, and the plan
+of the highlighted preset. Enter on a preset starts it; Enter on a run attaches to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, OptionList
+from textual.widgets.option_list import Option
+from textual.worker import Worker, WorkerState
+
+from gpt2_cockpit.engine import config as cfgmod
+from gpt2_cockpit.engine import launch, presets
+from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.events import EventReader
+from gpt2_cockpit.engine.runs import RunDir, RunSummary, format_age, list_dirs, summarize
+
+from ..widgets.plan import DiagnosticsPane, PlanPane, PlanResult, compute_plan, run_doctor
+
+RUNS_REFRESH = 3.0  # seconds between looks at the runs folder while home is showing
+
+
+class RunIndex:
+    """Summaries of every run, reading only what each event log gained since the last look."""
+
+    KEEP = ("run", "state", "eval", "set")
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[EventReader, list[dict], list[dict]]] = {}
+
+    def summaries(self) -> list[RunSummary]:
+        out = []
+        for run in list_dirs():
+            reader, kept, last_step = self._seen.setdefault(run.path, (EventReader(run.events_path), [], []))
+            for e in reader.poll():
+                if e.get("type") == "step":
+                    last_step[:] = [e]
+                elif e.get("type") in self.KEEP:
+                    kept.append(e)
+            out.append(summarize(run, kept + last_step))
+        return out
+
+
+class PresetList(OptionList):
+    BINDINGS = [
+        Binding("enter", "select", "Start", tooltip="Start a run of the highlighted preset"),
+        Binding("e", "edit", "Edit preset", tooltip="Edit the preset in a form and save it as your own"),
+    ]
+
+    def action_edit(self) -> None:
+        self.screen.action_edit_preset()
+
+
+class RunsTable(DataTable):
+    BINDINGS = [Binding("enter", "select_cursor", "Attach", tooltip="Open the run in the cockpit")]
+
+
+class HomeScreen(Screen):
+    BINDINGS = [
+        Binding("r", "refresh", "Refresh", tooltip="Look again at runs and diagnostics"),
+        Binding("q", "quit_app", "Quit", tooltip="Leave the cockpit; runs go on"),
+    ]
+
+    class PlanReady(Message):
+        def __init__(self, preset: str, result: PlanResult) -> None:
+            super().__init__()
+            self.preset = preset
+            self.result = result
+
+    class DiagnosticsReady(Message):
+        def __init__(self, checks: list[dict[str, Any]] | str) -> None:
+            super().__init__()
+            self.checks = checks
+
+    class RunsListed(Message):
+        def __init__(self, summaries: list[RunSummary]) -> None:
+            super().__init__()
+            self.summaries = summaries
+
+    class Launched(Message):
+        def __init__(self, run: RunDir | None, error: str | None = None) -> None:
+            super().__init__()
+            self.run = run
+            self.error = error
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = RunIndex()
+        self.preset_infos: list[presets.PresetInfo] = []
+        self.summaries: list[RunSummary] = []
+
+    def compose(self) -> ComposeResult:
+        yield DiagnosticsPane(id="diagnostics")
+        with Horizontal(id="home-middle"):
+            yield PresetList(id="presets")
+            yield PlanPane(id="plan")
+        yield RunsTable(id="runs", cursor_type="row", zebra_stripes=False)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#presets").border_title = "presets"
+        table = self.query_one(RunsTable)
+        table.border_title = "runs"
+        table.add_columns("run", "preset", "state", "iter", "loss", "age")
+        self.load_presets()
+        self._diagnose()
+        self._list_runs()
+
+    # ---------------------------------------------------------------- presets and plan
+
+    def load_presets(self, select: str | None = None) -> None:
+        self.preset_infos = presets.available()
+        lst = self.query_one(PresetList)
+        current = select or self.selected_preset_name()
+        lst.clear_options()
+        lst.add_options([Option(f"{i.name}{'  (yours)' if i.origin == 'user' else ''}", id=i.name)
+                         for i in self.preset_infos])
+        names = [i.name for i in self.preset_infos]
+        default = current if current in names else _default_preset(names)
+        if default in names:
+            lst.highlighted = names.index(default)
+
+    def selected_preset_name(self) -> str | None:
+        lst = self.query_one(PresetList)
+        if lst.highlighted is None or not self.preset_infos:
+            return None
+        return self.preset_infos[lst.highlighted].name
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        name = event.option.id
+        try:
+            cfg = presets.load(name)
+        except UserError as e:
+            self.query_one(PlanPane).show(name, "", PlanResult([], error=str(e)))
+            return
+        self.query_one(PlanPane).show(name, cfg.description, None)
+        self._plan(name, cfg)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
+    def _plan(self, name: str, cfg: cfgmod.Config) -> None:
+        self.post_message(self.PlanReady(name, compute_plan(cfg)))
+
+    def on_home_screen_plan_ready(self, message: PlanReady) -> None:
+        if message.preset != self.selected_preset_name():
+            return
+        try:
+            description = presets.load(message.preset).description
+        except UserError:
+            description = ""
+        self.query_one(PlanPane).show(message.preset, description, message.result)
+
+    # ---------------------------------------------------------------- starting a run
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        name = event.option.id
+        self.notify(f"starting {name}…", title="train")
+        self._launch(name, [])
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
+    def _launch(self, preset: str, overrides: list[str]) -> None:
+        try:
+            run = launch.create_run(preset, overrides, None)
+            launch.spawn(run, resume=False, gpus=1)
+        except (UserError, OSError) as e:
+            self.post_message(self.Launched(None, str(e)))
+            return
+        self.post_message(self.Launched(run))
+
+    def on_home_screen_launched(self, message: Launched) -> None:
+        if message.error:
+            self.notify(message.error, title="could not start the run", severity="error", timeout=10)
+            return
+        self.app.open_run(message.run)
+
+    def action_edit_preset(self) -> None:
+        name = self.selected_preset_name()
+        if name is None:
+            return
+        from .preset_edit import PresetEditScreen
+
+        def saved(new_name: str | None) -> None:
+            if new_name:
+                self.load_presets(select=new_name)
+
+        self.app.push_screen(PresetEditScreen(name), saved)
+
+    # ---------------------------------------------------------------- runs
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs")
+    def _list_runs(self) -> None:
+        self.post_message(self.RunsListed(self.index.summaries()))
+
+    def on_home_screen_runs_listed(self, message: RunsListed) -> None:
+        self.summaries = message.summaries
+        table = self.query_one(RunsTable)
+        keep = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
+        table.clear()
+        for s in message.summaries:
+            loss = f"{s.loss:.4f}" if isinstance(s.loss, (int, float)) else "-"
+            table.add_row(s.name, s.preset, s.state, f"{s.iter}/{s.max_iters}", loss, format_age(s.age), key=str(s.path))
+        if keep is not None and keep in {str(s.path) for s in message.summaries}:
+            table.move_cursor(row=table.get_row_index(keep), animate=False)
+        self.set_timer(RUNS_REFRESH, self._refresh_runs_if_showing)
+
+    def _refresh_runs_if_showing(self) -> None:
+        if self.is_current:
+            self._list_runs()
+        else:
+            self.set_timer(RUNS_REFRESH, self._refresh_runs_if_showing)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.app.open_run(RunDir(Path(event.row_key.value)))
+
+    # ---------------------------------------------------------------- diagnostics
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="diagnostics")
+    def _diagnose(self) -> None:
+        self.post_message(self.DiagnosticsReady(run_doctor(self.app.doctor_argv)))
+
+    def on_home_screen_diagnostics_ready(self, message: DiagnosticsReady) -> None:
+        self.query_one(DiagnosticsPane).show(message.checks)
+
+    def action_refresh(self) -> None:
+        self.query_one(DiagnosticsPane).update("checking this machine…")
+        self._diagnose()
+        self.load_presets()
+
+    def action_quit_app(self) -> None:
+        self.app.exit()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.notify(f"{error.__class__.__name__}: {error}", title=f"{event.worker.group} failed", severity="error")
+            if event.worker.group == "runs":
+                self.set_timer(RUNS_REFRESH, self._refresh_runs_if_showing)
+
+
+def _default_preset(names: list[str]) -> str | None:
+    try:
+        default = presets.default_name()  # NVML, no torch
+    except Exception:
+        default = None
+    return default if default in names else (names[0] if names else None)

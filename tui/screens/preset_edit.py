@@ -1,0 +1,163 @@
+"""The preset editor: every model/data/train field of a preset in a form, validated as you type
+by the engine's own config rules, with the plan beside it updating live; saved as a user preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, get_type_hints
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, Static
+
+from gpt2_cockpit.engine import config as cfgmod
+from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.errors import UserError
+
+from ..widgets.dialogs import value_text
+from ..widgets.plan import PlanPane, PlanResult, compute_plan
+
+
+def editable_keys(cfg: cfgmod.Config) -> list[str]:
+    """The model/data/train keys that mean something for this preset's engine, in file order."""
+    foreign = cfgmod.PRETRAIN_ONLY if cfg.engine == "finetune" else cfgmod.FINETUNE_ONLY
+    keys = []
+    for table, cls in cfgmod.TABLES.items():
+        for f in dataclasses.fields(cls):
+            key = f"{table}.{f.name}"
+            if key not in foreign:
+                keys.append(key)
+    return keys
+
+
+def parse_field(key: str, text: str) -> Any:
+    """What the user typed, as the config value: strings stay as typed, the rest is TOML syntax."""
+    table, name = key.split(".")
+    if get_type_hints(cfgmod.TABLES[table])[name] is str:
+        return text
+    return cfgmod.parse_value(text.strip())
+
+
+def field_id(key: str) -> str:
+    return "field-" + key.replace(".", "-").replace("_", "-")
+
+
+class PresetEditScreen(Screen[str | None]):
+    """Dismisses with the saved preset's name, or None."""
+
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save preset", tooltip="Save these settings as your own preset"),
+        Binding("escape", "back", "Back", tooltip="Back to home without saving"),
+    ]
+
+    class PlanReady(Message):
+        def __init__(self, generation: int, result: PlanResult) -> None:
+            super().__init__()
+            self.generation = generation
+            self.result = result
+
+    def __init__(self, preset_name: str) -> None:
+        super().__init__()
+        self.preset_name = preset_name
+        self.base = presets.load(preset_name)
+        self.keys = editable_keys(self.base)
+        self.cfg: cfgmod.Config | None = self.base  # the valid config of the form, None while invalid
+        self.errors: dict[str, str] = {}
+        self._generation = 0
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="edit-main"):
+            with VerticalScroll(id="edit-form"):
+                table = None
+                for key in self.keys:
+                    if key.split(".")[0] != table:
+                        table = key.split(".")[0]
+                        yield Static(f"[{table}]", classes="form-section", markup=False)
+                    with Horizontal(classes="form-row"):
+                        yield Label(key.split(".")[1], classes="form-label")
+                        yield Input(value_text(self.base.get(key)), id=field_id(key), compact=True,
+                                    classes="form-input")
+            with Vertical(id="edit-side"):
+                yield PlanPane(id="edit-plan")
+                yield Static("", id="edit-error", classes="form-error")
+                with Horizontal(id="save-row"):
+                    yield Label("save as", classes="form-label")
+                    yield Input(f"{self.preset_name}-mine", id="save-name", compact=True)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#edit-form").border_title = f"edit · {self.preset_name} ({self.base.engine})"
+        self._replan()
+
+    def inputs(self) -> dict[str, Input]:
+        return {key: self.query_one(f"#{field_id(key)}", Input) for key in self.keys}
+
+    def validate(self) -> cfgmod.Config | None:
+        """Check each changed field alone (to mark it), then all together (cross-field rules)."""
+        values = {key: parse_field(key, inp.value) for key, inp in self.inputs().items()}
+        changed = {k: v for k, v in values.items() if v != self.base.get(k) or type(v) is not type(self.base.get(k))}
+        origin = f"preset {self.preset_name}"
+        self.errors = {}
+        for key, value in changed.items():
+            try:
+                cfgmod.with_overrides(self.base, {key: value}, origin=origin)
+            except UserError as e:
+                self.errors[key] = str(e)
+        cfg = None
+        if not self.errors:
+            try:
+                cfg = cfgmod.with_overrides(self.base, changed, origin=origin) if changed else self.base
+            except UserError as e:
+                self.errors["*"] = str(e)
+        for key, inp in self.inputs().items():
+            inp.set_class(key in self.errors, "-invalid")
+        self.query_one("#edit-error", Static).update("\n".join(self.errors.values()))
+        return cfg
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "save-name":
+            return
+        self.cfg = self.validate()
+        if self.cfg is not None:
+            self._replan()
+
+    def _replan(self) -> None:
+        self._generation += 1
+        self.query_one(PlanPane).show(self.preset_name, "", None)
+        self._plan(self._generation, self.cfg)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
+    def _plan(self, generation: int, cfg: cfgmod.Config) -> None:
+        self.post_message(self.PlanReady(generation, compute_plan(cfg)))
+
+    def on_preset_edit_screen_plan_ready(self, message: PlanReady) -> None:
+        if message.generation == self._generation:  # an older plan may finish after a newer edit
+            self.query_one(PlanPane).show(self.preset_name, "", message.result)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if event.input.id == "save-name":
+            self.action_save()
+        else:
+            self.focus_next()
+
+    def action_save(self) -> None:
+        cfg = self.validate()
+        if cfg is None:
+            self.notify("fix the highlighted fields first", severity="error")
+            return
+        name = self.query_one("#save-name", Input).value.strip()
+        try:
+            path = presets.save_user(dataclasses.replace(cfg), name)
+        except UserError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.notify(f"saved as {path}", title=f"preset {name}")
+        self.dismiss(name)
+
+    def action_back(self) -> None:
+        self.dismiss(None)

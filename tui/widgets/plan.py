@@ -1,0 +1,130 @@
+"""The plan pane (what a preset will cost) and the diagnostics summary, for the home screen.
+
+The figures come from the engine (planner, `gpt2-cockpit doctor --json`); these widgets only
+show them. Computing them happens in the screens' thread workers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from textual.content import Content
+from textual.widgets import Static
+
+from gpt2_cockpit.engine import config as cfgmod
+from gpt2_cockpit.engine.errors import UserError
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class PlanResult:
+    rows: list[tuple[str, str]]
+    fits: bool | None = None
+    error: str | None = None
+
+
+def compute_plan(cfg: cfgmod.Config) -> PlanResult:
+    """The planner's rows for `cfg` on this machine's GPU (blocking: NVML, run logs; call from a worker)."""
+    try:
+        from gpt2_cockpit.engine import planner
+    except ImportError as e:
+        return PlanResult([], error=f"planner unavailable ({e})")
+    make_plan = getattr(planner, "make_plan", None)
+    if make_plan is None:
+        return PlanResult([], error="planner unavailable")
+    try:
+        measured = None
+        if hasattr(planner, "measured_ms_per_iter"):
+            measured = planner.measured_ms_per_iter(cfg)
+        if measured:
+            plan = make_plan(cfg, gpu="auto", ms_per_iter=measured[0], measured_from=measured[1])
+        else:
+            plan = make_plan(cfg, gpu="auto")
+    except UserError as e:
+        return PlanResult([], error=str(e))
+    return PlanResult(plan.rows(), fits=plan.to_dict().get("fits"))
+
+
+class PlanPane(Static):
+    def show(self, title: str, description: str, result: PlanResult | None) -> None:
+        self.border_title = f"plan · {title}"
+        parts: list[Any] = []
+        if description:
+            parts.append((description + "\n\n", "italic $text-muted"))
+        if result is None:
+            parts.append(("planning…", "$text-muted"))
+        elif result.error:
+            parts.append((result.error, "$error"))
+        else:
+            width = max((len(label) for label, _ in result.rows), default=0)
+            for n, (label, value) in enumerate(result.rows):
+                style = ""
+                if label.startswith(("VRAM", "memory")) and result.fits is not None:
+                    style = "bold $success" if result.fits else "bold $error"
+                parts.append(((label.ljust(width) + " "), "$text-muted"))
+                parts.append((value + ("\n" if n < len(result.rows) - 1 else ""), style))
+        self.update(Content.assemble(*parts))
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def doctor_argv() -> list[str]:
+    return [sys.executable, "-m", "gpt2_cockpit.engine.cli", "doctor", "--json"]
+
+
+def run_doctor(argv: list[str], timeout: float = 120.0) -> list[dict[str, Any]] | str:
+    """The doctor's checks, or one sentence saying why there are none (blocking; call from a worker).
+
+    Runs in a subprocess because the checks import torch, which the cockpit never does.
+    """
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return f"diagnostics did not finish within {timeout:.0f}s"
+    except OSError as e:
+        return f"diagnostics could not start ({e.strerror or e})"
+    try:
+        checks = json.loads(proc.stdout)
+    except ValueError:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        return f"diagnostics unavailable: {tail[-1] if tail else f'exit code {proc.returncode}'}"
+    if not isinstance(checks, list):
+        return "diagnostics unavailable: unexpected output from 'gpt2-cockpit doctor --json'"
+    return [c for c in checks if isinstance(c, dict)]
+
+
+STATUS_MARK = {"pass": ("✓", "$success"), "warn": ("!", "$warning"), "fail": ("✗", "$error")}
+
+
+class DiagnosticsPane(Static):
+    def on_mount(self) -> None:
+        self.border_title = "diagnostics"
+        self.update(Content.styled("checking this machine…", "$text-muted"))
+
+    def show(self, checks: list[dict[str, Any]] | str) -> None:
+        self.checks = checks
+        if isinstance(checks, str):
+            self.update(Content.styled(checks, "$warning"))
+            return
+        counts = {k: sum(1 for c in checks if c.get("status") == k) for k in STATUS_MARK}
+        parts: list[Any] = []
+        for key, (mark, style) in STATUS_MARK.items():
+            parts.append((f"{mark} {counts[key]} {key}  ", style))
+        problems = [c for c in checks if c.get("status") in ("fail", "warn")]
+        problems.sort(key=lambda c: c.get("status") != "fail")
+        if not problems:
+            parts.append(("all checks passed", "$text-muted"))
+        for c in problems:
+            mark, style = STATUS_MARK[c["status"]]
+            advice = c.get("remedy") or c.get("detail") or ""
+            parts.append((f"\n{mark} {c.get('name', c.get('id', '?'))}", style))
+            if advice:
+                parts.append((f": {advice}", ""))
+        self.update(Content.assemble(*parts))

@@ -1,0 +1,102 @@
+"""The status pane (state, progress, loss, speed, ETA, checkpoint) and the GPU pane."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.content import Content
+from textual.widgets import Static
+
+from ..model import NA, RunModel, fmt_mem, fmt_pct, sparkline
+
+STATE_STYLES = {
+    "running": "bold $success",
+    "paused": "bold $warning",
+    "stopping": "bold $warning",
+    "preparing": "bold $accent",
+    "failed": "bold $error",
+    "crashed": "bold $error",
+}
+
+
+class StatusPane(Static):
+    """Label/value rows; `pending` shows a command on its way (e.g. 'pausing')."""
+
+    def __init__(self, model: RunModel, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.pending: str | None = None
+
+    def on_mount(self) -> None:
+        self.border_title = "status"
+        self.show()
+
+    def show(self) -> None:
+        state = self.model.display_state
+        self.set_class(state in ("paused", "stopping"), "-paused")
+        self.set_class(state in ("failed", "crashed"), "-failed")
+        rows = self.model.status_rows(self.pending)
+        width = max(len(label) for label, _ in rows)
+        parts: list[tuple[str, str]] = []
+        for n, (label, value) in enumerate(rows):
+            style = STATE_STYLES.get(state, "bold") if label == "state" else ""
+            parts.append((("\n" if n else "") + label.ljust(width) + " ", "$text-muted"))
+            parts.append((value, style))
+        self.update(Content.assemble(*parts))
+
+
+class GpuPane(Static):
+    """One block per GPU from the run's `gpu` events, with a short utilisation/memory history.
+
+    A figure the device cannot report arrives as null and is shown as N/A; a run on a machine
+    without an NVIDIA GPU says so plainly.
+    """
+
+    STALE_AFTER = 30.0  # seconds without a reading before the figures are marked as old
+
+    def __init__(self, model: RunModel, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def on_mount(self) -> None:
+        self.border_title = "GPU"
+        self.show()
+
+    def show(self) -> None:
+        m = self.model
+        if not m.gpus:
+            device = (m.device or "").lower()
+            if device and not device.startswith("cuda"):
+                self.update(Text(f"no NVIDIA GPU (training on {m.device})", style="dim"))
+            elif m.state in ("stopped", "done", "failed") or m.alive is False:
+                self.update(Text("no GPU readings in this run's log", style="dim"))
+            else:
+                self.update(Text("waiting for GPU readings…", style="dim"))
+            return
+        lines_per_gpu = max(1, (self.size.height or 8) // max(len(m.gpus), 1))
+        width = max((self.size.width or 40) - 20, 4)
+        out = Text()
+        for idx in sorted(m.gpus):
+            r = m.gpus[idx]
+            util, mem = fmt_pct(r.util), fmt_mem(r.mem_used, r.mem_total)
+            temp = f"{r.temp:.0f}°C" if isinstance(r.temp, (int, float)) else f"{NA} °C"
+            power = f"{r.power:.0f} W" if isinstance(r.power, (int, float)) else f"{NA} W"
+            if out:
+                out.append("\n")
+            if lines_per_gpu >= 4:
+                out.append(f"{idx} {r.name or 'GPU'}\n", style="bold")
+                out.append(f"util {util:>5} ", style="dim")
+                out.append(sparkline(list(m.gpu_util[idx])[-width:]) + "\n")
+                out.append(f"VRAM {mem}", style="dim")
+                out.append("  " + sparkline(list(m.gpu_mem[idx])[-max(width - 14, 4):]) + "\n")
+                out.append(f"{temp}  {power}")
+            else:
+                out.append(f"{idx} {util} {mem} {temp} {power}")
+        newest = max((r.time or 0) for r in m.gpus.values())
+        if newest and time.time() - newest > self.STALE_AFTER:
+            out.append(f"\n(last reading {time.time() - newest:.0f}s ago)", style="dim")
+        self.update(out)
+
+    def on_resize(self) -> None:
+        self.show()
