@@ -181,6 +181,13 @@ def _versions() -> dict[str, str | None]:
 def check_driver(p: _Probe) -> Check:
     c = Check("nvidia_driver", "NVIDIA driver", "fail", "", required=True)
     err = p.nvml_error
+    if p.driver is None and p.cuda_available:
+        # torch reaches the GPU, so a driver is there; only NVML (libnvidia-ml.so) is missing,
+        # as in some containers and under WSL: training works, the version is unknown
+        c.status = "warn"
+        c.detail = f"present (torch sees CUDA), version unknown: {_one_line(err)}"
+        c.remedy = "pip install nvidia-ml-py and make libnvidia-ml.so visible, for GPU stats and this check"
+        return c
     if p.nvml is None:
         c.detail = f"cannot ask the driver: {err}"
         c.remedy = "pip install nvidia-ml-py"
@@ -209,8 +216,8 @@ def check_driver(p: _Probe) -> Check:
         c.detail = f"driver {p.driver} is older than {MIN_DRIVER}"
         c.remedy = f"install NVIDIA driver >= {MIN_DRIVER} (Ubuntu: sudo apt install nvidia-driver-550), then reboot"
     elif n == 0:
-        c.detail = f"driver {p.driver} loaded, but it sees no GPU"
-        c.remedy = "check the GPU is seated and powered, and nvidia-smi lists it"
+        c.detail = f"driver {p.driver} loaded, but it sees no GPU" + (f" (NVML: {_one_line(err)})" if err else "")
+        c.remedy = "check that nvidia-smi lists the GPU (seated, powered, not passed to a VM)"
     else:
         c.status, c.detail = "pass", f"driver {p.driver}, {n} GPU{'s' if n > 1 else ''}"
         if err is not None:  # some later NVML call failed

@@ -172,9 +172,8 @@ class GpuSpec:
         known = known_gpu(name)
         peak = peak_tflops(name, peak_override)
         if known is None and peak is None:
-            names = ", ".join(sorted({g.key for g in GPUS}))
-            raise UserError(f"--gpu {name!r} is not in the GPU table (known: {names}); "
-                            f"give its bf16 TFLOP/s with --peak-tflops to plan for it anyway")
+            raise UserError(f"--gpu {name!r} is not in the GPU table (it knows e.g. \"RTX 4070 Ti\", \"A100\", "
+                            f"\"H100\"); give its bf16 TFLOP/s with --peak-tflops to plan for it anyway")
         mem = memory_gb_from_name(name) or (known.mem_gb if known else None)
         if known:  # "rtx4070ti" -> "RTX 4070 Ti", keeping a memory size the user gave ("A100 40GB")
             name = display_name(known) + (f" {memory_gb_from_name(name):g}GB" if memory_gb_from_name(name) else "")
@@ -194,9 +193,10 @@ def estimate_vram(shape: ModelShape, micro_batch: int, dtype: str, compiled: boo
     Activations saved for backward, per token per layer, with e = 2 B (autocast) or 4 B (fp32),
     d = n_embd, for engine/model.py's block:
       two LayerNorm inputs (the residual stream, fp32 even under autocast)      8d
-      c_attn input e·d, q/k/v 3e·d, SDPA output e·d, c_proj input e·d,
-      c_fc input e·d, GELU input 4e·d, GELU output (c_proj input) 4e·d          15e·d
-      -> 38d bytes under bf16 autocast, 68d in fp32; dropout > 0 adds two 1-byte masks.
+      c_attn input e·d, q/k/v (one qkv tensor) 3e·d, SDPA output e·d (also c_proj's input:
+      putting the heads back side by side copies nothing), c_fc input e·d,
+      GELU input 4e·d, GELU output (c_proj's input) 4e·d                        14e·d
+      -> 36d bytes under bf16 autocast, 64d in fp32; dropout > 0 adds two 1-byte masks.
       Fused SDPA (flash on sm_80+ in bf16/fp16, memory-efficient otherwise, and a flash kernel
       on CPU since torch 2.2) keeps no T×T matrix, only a logsumexp per row. The math kernel,
       which only very old GPUs fall back to, keeps n_head·T score rows per token: 4 + e bytes.
@@ -207,14 +207,19 @@ def estimate_vram(shape: ModelShape, micro_batch: int, dtype: str, compiled: boo
       about e + 4 + e (8 B).
     Plus CUDA context and allocator slack, ~0.5 GiB.
 
-    Accuracy: a first-principles account, not yet calibrated against torch.cuda.max_memory_allocated
-    on a GPU; expect it within ~25%, erring high with torch.compile (which recomputes some
-    elementwise results instead of saving them). Check one datapoint: nanoGPT issue #88, GPT-2
-    124M at B=32, T=1024, fp16, no compile, on a 16 GB V100 failed allocating 6.14 GiB: exactly
-    one fp32 B·T·V tensor (32·1024·50304·4 B), the log-softmax above. nanoGPT's own default,
-    124M at B=12 with compile and bf16, comes out at ~11 GiB here, comfortably inside the 40 GB
-    A100s it was run on. The 12 GB-card preset, 40.6M at B=16, comes out at ~10 GiB (fits a
-    4070 Ti, but only with torch.compile: ~14.6 GiB without).
+    Accuracy. The saved-for-backward part is measured, not guessed: counting the storages that
+    autograd saves (torch.autograd.graph.saved_tensors_hooks) for engine/model.GPT on the CPU
+    gives 36.1·d bytes per layer per token under bf16 autocast and 64.1·d in fp32, a 2 B/param
+    bf16 weight cache, and a 4 B fp32 log-softmax per logit, as above. What this does not see:
+    the transient backward buffers (counted above for the logits only), the CUDA caching
+    allocator's fragmentation (the 5% kept free in `fits`), and torch.compile's choices, which
+    usually save less (it recomputes cheap elementwise results); those parts are from first
+    principles and not yet calibrated against torch.cuda.max_memory_allocated on a GPU: expect
+    the total within ~20%, erring high under torch.compile. One public datapoint agrees: in
+    nanoGPT issue #88, GPT-2 124M at B=32, T=1024, fp16, no compile, on a 16 GB V100, failed
+    allocating 6.14 GiB, exactly one fp32 B·T·V tensor (32·1024·50304·4 B); this estimate puts
+    that run at ~34 GiB, and the 12 GB-card preset (40.6M at B=16) at ~10 GiB with compile
+    (~14.5 GiB without: it needs torch.compile to fit a 4070 Ti).
     """
     s = shape
     d, T, V = s.n_embd, s.block_size, s.vocab_size
@@ -227,7 +232,7 @@ def estimate_vram(shape: ModelShape, micro_batch: int, dtype: str, compiled: boo
     grads = 4 * P + (4 * P if world_size > 1 else 0)
     optimizer = 8 * P
 
-    per_layer = 8 * d + 15 * e * d
+    per_layer = 8 * d + 14 * e * d
     if s.dropout > 0:
         per_layer += 2 * d  # residual dropout masks (attention dropout inside fused SDPA keeps none)
     if s.hf:
@@ -318,16 +323,16 @@ class Plan:
             "fits": self.fits,
             "max_micro_batch": self.max_micro_batch,
             "mfu": self.mfu,
-            "hours": _round(self.hours, 3),
-            "ms_per_iter_estimate": _round(self.ms_per_iter_estimate, 1),
+            "hours": self.hours,
+            "ms_per_iter_estimate": self.ms_per_iter_estimate,
             "ms_per_iter_measured": self.ms_per_iter_measured,
             "measured_from": self.measured_from,
-            "hours_measured": _round(self.hours_measured, 3),
-            "kwh": _round(self.kwh, 3),  # upper bound: every GPU at its power limit the whole time
-            "kwh_measured": _round(self.kwh_measured, 3),
+            "hours_measured": self.hours_measured,
+            "kwh": self.kwh,  # upper bound: every GPU at its power limit the whole time
+            "kwh_measured": self.kwh_measured,
             "price_per_kwh": self.price_per_kwh,
-            "cost": _round(self.cost, 2),
-            "cost_measured": _round(self.cost_measured, 2),
+            "cost": self.cost,
+            "cost_measured": self.cost_measured,
             "notes": self.notes,
         }
 
@@ -343,7 +348,7 @@ class Plan:
             ("tokens/step", f"{self.tokens_per_step:,} = {self.micro_batch} x {s.block_size:,} x {self.grad_accum} accum"
                             + (f" x {self.world_size} GPUs" if self.world_size > 1 else "")),
             ("total tokens", f"{_si(self.total_tokens)} in {self.max_iters:,} iters"),
-            ("tokens/param", f"{self.tokens_per_param:,.0f} (compute-optimal ~{TOKENS_PER_PARAM_OPTIMAL}: "
+            ("tokens/param", f"{_num(self.tokens_per_param)} (compute-optimal ~{TOKENS_PER_PARAM_OPTIMAL}: "
                              f"{_si(TOKENS_PER_PARAM_OPTIMAL * self.params)} tokens)"),
             ("FLOPs/token", f"{_si(self.flops_per_token)} = 6N {_si(self.flops_per_token - self.flops_attention_per_token)}"
                             f" + attention {_si(self.flops_attention_per_token)}"),
@@ -366,9 +371,11 @@ class Plan:
         if self.max_micro_batch is not None:
             if self.max_micro_batch < 1:
                 rows.append(("", "even micro_batch 1 does not fit: a smaller model or a bigger GPU"))
-            elif not self.fits or self.micro_batch < self.max_micro_batch < 8 * self.micro_batch:
-                rows.append(("", f"largest micro_batch that fits: ~{self.max_micro_batch} "
-                                 f"(keep tokens/step with grad_accum)"))
+            elif not self.fits:
+                rows.append(("", f"micro_batch {self.max_micro_batch} would fit (raise grad_accum to keep "
+                                 f"tokens/step)"))
+            elif self.max_micro_batch < 8 * self.micro_batch:
+                rows.append(("", f"largest micro_batch that fits: ~{self.max_micro_batch}"))
         if g:
             peak = f"{g.peak_tflops:g} TFLOP/s" if g.peak_tflops else "peak unknown"
             power = f", {g.power_limit_w:.0f} W" if g.power_limit_w else ""
@@ -389,8 +396,8 @@ class Plan:
                 parts.append(f"{_kwh(self.kwh)} kWh")
             if self.kwh_measured is not None:
                 parts.append(f"{_kwh(self.kwh_measured)} kWh measured")
-            n = f"{self.world_size} x " if self.world_size > 1 else ""
-            rows.append(("energy", f"at most {', '.join(parts)} (GPU at {n}{g.power_limit_w:.0f} W)"))
+            n = f"{self.world_size} GPUs" if self.world_size > 1 else "GPU"
+            rows.append(("energy", f"at most {', '.join(parts)} ({n} at {g.power_limit_w:.0f} W)"))
         else:
             rows.append(("energy", "n/a (GPU power limit unknown)"))
         if self.price_per_kwh is not None:
@@ -487,7 +494,7 @@ def make_plan(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_si
 
     if cfg.engine == "finetune" and t.epochs > 0:
         notes.append(f"train.epochs = {t.epochs:g}: the run derives max_iters from the data; "
-                     f"this plan uses max_iters = {t.max_iters:,}")
+                     f"this plan uses {t.max_iters:,}")
     if fits is False:
         notes.append("on OOM the run halves micro_batch and doubles grad_accum (same tokens/step)")
 
@@ -549,10 +556,6 @@ def measured_ms_per_iter(cfg: cfgmod.Config, world_size: int = 1, last: int = 20
 # --------------------------------------------------------------------------- formatting
 
 
-def _round(v: float | None, n: int) -> float | None:
-    return None if v is None else round(v, n)
-
-
 def _si(n: float, unit: str = "") -> str:
     """40_560_000 -> '40.56M', 1.0486e10 -> '10.49B'; with a unit, 3.1e18 -> '3.15 EFLOP'."""
     for div, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
@@ -571,6 +574,10 @@ def _duration(hours: float) -> str:
     if hours < 48:
         return f"{hours:.1f} h"
     return f"{hours / 24:.1f} days ({hours:,.0f} h)"
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:.2g}"
 
 
 def _kwh(kwh: float) -> str:
@@ -641,6 +648,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_rows(rows: list[tuple[str, str]]) -> str:
-    width = max(len(label) for label, _ in rows) + 2
-    return "\n".join(f"{label:<{width}}{value}".rstrip() for label, value in rows)
+def format_rows(rows: list[tuple[str, str]], width: int = 80) -> str:
+    """Aligned 'label  value' lines, long values wrapped under their column."""
+    import textwrap
+
+    col = max(len(label) for label, _ in rows) + 2
+    lines = []
+    for label, value in rows:
+        wrapped = textwrap.wrap(value, width=max(20, width - col), break_long_words=False) or [""]
+        lines.append(f"{label:<{col}}{wrapped[0]}".rstrip())
+        lines += [" " * col + more for more in wrapped[1:]]
+    return "\n".join(lines)

@@ -416,6 +416,11 @@ class Trainer:
         self._sample_count += 1
         gen = torch.Generator(self.device).manual_seed(self.cfg.train.seed + 104729 * self._sample_count + self.iter)
         self.raw_model.eval()
+        # decoding one token at a time is a chain of tiny ops: on a CPU, extra OpenMP threads only
+        # spin and wait (20x slower on a busy 2-core box), so decode on one thread
+        threads = torch.get_num_threads()
+        if self.device_type == "cpu":
+            torch.set_num_threads(1)
         try:
             with self.autocast:
                 text = self.workload.generate(prompt, max_new_tokens, temperature, top_k, gen)
@@ -424,6 +429,7 @@ class Trainer:
                 raise
             text = None
         finally:
+            torch.set_num_threads(threads)
             self.raw_model.train()
         if text is None:
             if self.device_type == "cuda":

@@ -45,7 +45,8 @@ def last_state(home, name):
 
 def long_run(corpus, **train):
     # a run that would go on for a long while: it is stopped by the test
-    return tiny_overrides(corpus, max_iters=100_000, lr_decay_iters=100_000, checkpoint_interval=25, **train)
+    return tiny_overrides(corpus, **{"max_iters": 100_000, "lr_decay_iters": 100_000, "checkpoint_interval": 25,
+                                      "eval_interval": 500, **train})
 
 
 def test_headless_sigterm_checkpoints_stops_and_resumes(cockpit_home, corpus):
@@ -76,7 +77,7 @@ def test_detached_run_is_remote_controlled_without_changing_its_trajectory(cockp
     run = resolve("d")
     assert run.path.stat().st_mode & 0o777 == 0o700
     assert run.socket_path.stat().st_mode & 0o777 == 0o600
-    wait_for(lambda: last_state(cockpit_home, "d") == "running", what="running")
+    wait_for(lambda: len(step_losses(events_of(cockpit_home, "d"))) >= 3, what="a few steps")
 
     assert cli(cockpit_home, "pause", "d").returncode == 0
     assert last_state(cockpit_home, "d") == "paused"
@@ -86,8 +87,12 @@ def test_detached_run_is_remote_controlled_without_changing_its_trajectory(cockp
 
     s = cli(cockpit_home, "sample", "d", "The ", "--max-new-tokens", "30", "--top-k", "5")
     assert s.returncode == 0 and s.stdout.startswith("The ") and len(s.stdout.strip()) > 10
+    c = cli(cockpit_home, "checkpoint", "d")
+    assert c.returncode == 0 and f"iter {paused_iter}" in c.stdout
+    assert (run.checkpoints / f"ckpt-{paused_iter:08d}.pt").exists()
     assert cli(cockpit_home, "resume", "d").returncode == 0
     wait_for(lambda: max(step_losses(events_of(cockpit_home, "d"))) >= paused_iter + 5, what="steps after resume")
+    assert last_state(cockpit_home, "d") == "running"
     st = cli(cockpit_home, "set", "d", "train.learning_rate=1e-4")
     assert st.returncode == 0 and "1e-4" in st.stdout or "0.0001" in st.stdout
     assert "learning_rate = 0.0001" in run.config_path.read_text()
@@ -109,11 +114,16 @@ def test_detached_run_is_remote_controlled_without_changing_its_trajectory(cockp
     assert sample["iter"] == paused_iter
     # the same run left alone: identical losses up to the `set`
     set_iter = max(e["iter"] for e in events if e["type"] == "step" and e["time"] <= set_event["time"])
-    _, _, ref = run_inprocess(corpus, "ref", max_iters=set_iter, lr_decay_iters=100_000, checkpoint_interval=25)
+    _, _, ref = run_inprocess(corpus, "ref", max_iters=set_iter, lr_decay_iters=100_000, checkpoint_interval=0,
+                              eval_interval=0)
     got, want = step_losses(events), step_losses(ref)
     assert set_iter > paused_iter
     assert all(got[i] == want[i] for i in range(1, set_iter + 1))
-    assert cli(cockpit_home, "pause", "d").returncode != 0  # dead runs get one sentence
+    dead = cli(cockpit_home, "pause", "d")
+    assert dead.returncode == 2 and "is not running" in dead.stderr and "Traceback" not in dead.stderr
+    # a run that is not live samples from its newest checkpoint
+    s = cli(cockpit_home, "sample", "d", "The", "--max-new-tokens", "10")
+    assert s.returncode == 0 and s.stdout.startswith("The")
 
 
 def test_kill_9_shows_crashed_and_resume_continues(cockpit_home, corpus):

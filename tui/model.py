@@ -115,25 +115,29 @@ def ema(values: list[float], weight: float) -> list[float]:
 
 
 def downsample(xs: list[float], ys: list[float], max_points: int) -> tuple[list[float], list[float]]:
-    """At most `max_points` points: each bucket keeps its lowest and highest point, in x order,
-    so spikes survive (a plain stride would drop them) and a redraw stays cheap."""
+    """At most `max_points` points: the first, the last, and each bucket's lowest and highest in
+    between, in x order, so spikes survive (a plain stride would drop them) and a redraw of a
+    long history costs no more than a short one."""
     n = len(xs)
-    if n <= max_points or max_points < 4:
+    if n <= max_points or max_points < 6:
         return list(xs), list(ys)
-    buckets = max_points // 2
-    ox: list[float] = []
-    oy: list[float] = []
+    buckets = (max_points - 2) // 2
+    keep = {0, n - 1}
+    inner = n - 2
     for b in range(buckets):
-        lo, hi = b * n // buckets, (b + 1) * n // buckets
-        if hi <= lo:
-            continue
-        seg = range(lo, hi)
-        i_min = min(seg, key=ys.__getitem__)
-        i_max = max(seg, key=ys.__getitem__)
-        for i in sorted({i_min, i_max}):
-            ox.append(xs[i])
-            oy.append(ys[i])
-    return ox, oy
+        lo, hi = 1 + b * inner // buckets, 1 + (b + 1) * inner // buckets
+        if hi > lo:
+            seg = range(lo, hi)
+            keep.add(min(seg, key=ys.__getitem__))
+            keep.add(max(seg, key=ys.__getitem__))
+    idx = sorted(keep)
+    return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+def _short_path(path: Any) -> str:
+    """checkpoints/ckpt.pt rather than the whole absolute path (the run's folder is known)."""
+    parts = str(path).split("/")
+    return "/".join(parts[-2:]) if len(parts) > 2 else str(path)
 
 
 # --------------------------------------------------------------------------- the run
@@ -313,7 +317,7 @@ class RunModel:
     def _on_checkpoint(self, e: dict, ch: Changes) -> None:
         self.last_checkpoint = e
         best = " (best)" if e.get("best") else ""
-        self._log(ch, e, f"checkpoint @{e.get('iter')}{best}: {e.get('path')}")
+        self._log(ch, e, f"checkpoint @{e.get('iter')}{best}: {_short_path(e.get('path'))}")
         ch.status = True
 
     def _on_gpu(self, e: dict, ch: Changes) -> None:
@@ -400,7 +404,7 @@ class RunModel:
         if pending:
             state += f" → {pending}…"
         it = self.iter
-        iters = f"{it if it is not None else NA}/{self.max_iters or NA}"
+        iters = f"{it if it is not None else '-'}/{self.max_iters or NA}"
         if it is not None and self.max_iters:
             iters += f"  {100 * it / self.max_iters:.0f}%"
         val = self.evals[-1][2] if self.evals else None

@@ -42,18 +42,16 @@ class Figure:
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick positions (1, 2, 5 × 10^k steps) covering [lo, hi]."""
+    """Round tick positions (1, 2, 2.5, 5 × 10^k apart), as many as fit in `count`, within [lo, hi]."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
-    raw = (hi - lo) / max(count - 1, 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.ceil(lo / step) * step
-    ticks, t = [], start
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
+    mag = 10 ** math.floor(math.log10((hi - lo) / max(count, 1)))
+    for step in (m * mag for m in (1, 2, 2.5, 5, 10, 20, 25, 50, 100)):
+        first = math.ceil(lo / step) * step
+        n = int((hi - first) // step) + 1
+        if n <= count:
+            return [round(first + i * step, 10) for i in range(n)]
+    return [lo, hi]
 
 
 class PlotCanvas(PlotextPlot):

@@ -63,6 +63,7 @@ class RunsTable(DataTable):
 
 
 class HomeScreen(Screen):
+    AUTO_FOCUS = "PresetList"
     BINDINGS = [
         Binding("r", "refresh", "Refresh", tooltip="Look again at runs and diagnostics"),
         Binding("q", "quit_app", "Quit", tooltip="Leave the cockpit; runs go on"),

@@ -72,15 +72,15 @@ class PresetEditScreen(Screen[str | None]):
     def compose(self) -> ComposeResult:
         with Horizontal(id="edit-main"):
             with VerticalScroll(id="edit-form"):
-                table = None
-                for key in self.keys:
-                    if key.split(".")[0] != table:
-                        table = key.split(".")[0]
-                        yield Static(f"[{table}]", classes="form-section", markup=False)
-                    with Horizontal(classes="form-row"):
-                        yield Label(key.split(".")[1], classes="form-label")
-                        yield Input(value_text(self.base.get(key)), id=field_id(key), compact=True,
-                                    classes="form-input")
+                for table in cfgmod.TABLES:
+                    keys = [k for k in self.keys if k.startswith(f"{table}.")]
+                    yield Static(f"[{table}]", classes="form-section", markup=False)
+                    with Horizontal(classes="form-table"):  # a column of names beside a column of inputs
+                        yield Static("\n".join(k.split(".")[1] for k in keys), classes="form-names")
+                        with Vertical(classes="form-inputs"):
+                            for key in keys:
+                                yield Input(value_text(self.base.get(key)), id=field_id(key), compact=True,
+                                            classes="form-input")
             with Vertical(id="edit-side"):
                 yield PlanPane(id="edit-plan")
                 yield Static("", id="edit-error", classes="form-error")

@@ -53,7 +53,7 @@ class ControlDone(Message):
 
 
 class RunScreen(Screen):
-    AUTO_FOCUS = None  # keys go to the screen until the user asks for the prompt (s) or tabs
+    AUTO_FOCUS = ""  # keys go to the screen until the user asks for the prompt (s) or tabs
     BINDINGS = [
         Binding("p", "toggle_pause", "Pause/Resume", tooltip="Pause the run between steps, or resume it"),
         Binding("s", "focus_prompt", "Sample", tooltip="Type a prompt; Enter samples from the live weights"),
@@ -66,7 +66,7 @@ class RunScreen(Screen):
         Binding("left_square_bracket", "smoothing(-1)", "Less smoothing", show=False),
         Binding("right_square_bracket", "smoothing(1)", "More smoothing", show=False),
         Binding("h", "home", "Home", show=False, tooltip="Presets, runs and diagnostics"),
-        Binding("escape", "unfocus", "Unfocus", show=False),
+        Binding("escape", "unfocus", "Keys", tooltip="Leave the text box so single keys act again"),
     ]
     RUN_ACTIONS = {"toggle_pause", "checkpoint", "stop", "edit_settings"}
 
@@ -165,6 +165,8 @@ class RunScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self.RUN_ACTIONS and not self.model.live:
             return None  # shown dimmed in the Footer: the run is not there to take commands
+        if action == "unfocus":
+            return isinstance(self.focused, Input)  # offered only while typing
         return True
 
     @work(thread=True, exit_on_error=False, group="control")

@@ -77,7 +77,7 @@ class LossPane(Vertical):
         """New points arrived: schedule one redraw, no sooner than REDRAW_INTERVAL after the last."""
         if self._timer is not None:
             return
-        delay = max(0.0, self._last_redraw + REDRAW_INTERVAL - time.monotonic())
+        delay = max(0.02, self._last_redraw + REDRAW_INTERVAL - time.monotonic())  # 0 would not be a timer
         self._timer = self.set_timer(delay, self.redraw)
 
     def redraw(self) -> None:
@@ -87,7 +87,7 @@ class LossPane(Vertical):
         self._last_redraw = time.monotonic()
         self.redraws += 1
         width = self.canvas.size.width or 100
-        self.canvas.show(self.build_figure(max_points=2 * width, ticks=max(2, width // 14)))
+        self.canvas.show(self.build_figure(max_points=2 * width, ticks=max(3, width // 12)))
 
     def build_figure(self, max_points: int, ticks: int = 5) -> Figure:
         m = self.model
@@ -105,7 +105,7 @@ class LossPane(Vertical):
 
         series = [Series("train", xs, ys, color="primary")]
         if vx:
-            series.append(Series("val", vx, vy, color="warning", marker="dot", scatter=len(vx) < 3))
+            series.append(Series("val", vx, vy, color="warning", marker="dot", scatter=True))
         all_x = xs + vx
         tick_pos = nice_ticks(min(all_x), max(all_x), ticks) if all_x else None
         labels = [fmt_count(t) if by_tokens else f"{t:g}" for t in tick_pos] if tick_pos else None

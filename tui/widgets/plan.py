@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from textual.content import Content
-from textual.widgets import Static
 
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine.errors import UserError
+
+from .panes import TextPane, label_value_lines
 
 
 # --------------------------------------------------------------------------- plan
@@ -51,8 +52,15 @@ def compute_plan(cfg: cfgmod.Config) -> PlanResult:
     return PlanResult(plan.rows(), fits=plan.to_dict().get("fits"))
 
 
-class PlanPane(Static):
+class PlanPane(TextPane):
+    """The planner's rows for one preset; VRAM in green when it fits this GPU, red when not."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._shown: tuple[str, str, PlanResult | None] = ("", "", None)
+
     def show(self, title: str, description: str, result: PlanResult | None) -> None:
+        self._shown = (title, description, result)
         self.border_title = f"plan · {title}"
         parts: list[Any] = []
         if description:
@@ -62,14 +70,16 @@ class PlanPane(Static):
         elif result.error:
             parts.append((result.error, "$error"))
         else:
-            width = max((len(label) for label, _ in result.rows), default=0)
-            for n, (label, value) in enumerate(result.rows):
-                style = ""
-                if label.startswith(("VRAM", "memory")) and result.fits is not None:
-                    style = "bold $success" if result.fits else "bold $error"
-                parts.append(((label.ljust(width) + " "), "$text-muted"))
-                parts.append((value + ("\n" if n < len(result.rows) - 1 else ""), style))
-        self.update(Content.assemble(*parts))
+            styles = {n: ("bold $success" if result.fits else "bold $error")
+                      for n, (label, _) in enumerate(result.rows)
+                      if label.startswith(("VRAM", "memory")) and result.fits is not None}
+            width = (self.scrollable_content_region.width or 62) - 2  # room for a scrollbar that may appear
+            parts.append(label_value_lines(result.rows, width, styles))
+        self.set_body(Content.assemble(*parts))
+
+    def on_resize(self) -> None:
+        if self._shown[0]:
+            self.show(*self._shown)
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -103,15 +113,14 @@ def run_doctor(argv: list[str], timeout: float = 120.0) -> list[dict[str, Any]] 
 STATUS_MARK = {"pass": ("✓", "$success"), "warn": ("!", "$warning"), "fail": ("✗", "$error")}
 
 
-class DiagnosticsPane(Static):
+class DiagnosticsPane(TextPane):
     def on_mount(self) -> None:
         self.border_title = "diagnostics"
-        self.update(Content.styled("checking this machine…", "$text-muted"))
+        self.set_body(Content.styled("checking this machine…", "$text-muted"))
 
     def show(self, checks: list[dict[str, Any]] | str) -> None:
-        self.checks = checks
         if isinstance(checks, str):
-            self.update(Content.styled(checks, "$warning"))
+            self.set_body(Content.styled(checks, "$warning"))
             return
         counts = {k: sum(1 for c in checks if c.get("status") == k) for k in STATUS_MARK}
         parts: list[Any] = []
@@ -127,4 +136,4 @@ class DiagnosticsPane(Static):
             parts.append((f"\n{mark} {c.get('name', c.get('id', '?'))}", style))
             if advice:
                 parts.append((f": {advice}", ""))
-        self.update(Content.assemble(*parts))
+        self.set_body(Content.assemble(*parts))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from rich.text import Text
 from textual.content import Content
 from textual.widgets import Static
 
 from ..model import NA, RunModel, fmt_mem, fmt_pct, sparkline
+from .panes import TextPane
 
 STATE_STYLES = {
     "running": "bold $success",
@@ -46,7 +46,7 @@ class StatusPane(Static):
         self.update(Content.assemble(*parts))
 
 
-class GpuPane(Static):
+class GpuPane(TextPane):
     """One block per GPU from the run's `gpu` events, with a short utilisation/memory history.
 
     A figure the device cannot report arrives as null and is shown as N/A; a run on a machine
@@ -65,38 +65,42 @@ class GpuPane(Static):
 
     def show(self) -> None:
         m = self.model
+        self.can_focus = len(m.gpus) > 1  # scroll through several GPUs with the arrow keys
         if not m.gpus:
             device = (m.device or "").lower()
             if device and not device.startswith("cuda"):
-                self.update(Text(f"no NVIDIA GPU (training on {m.device})", style="dim"))
+                text = f"no NVIDIA GPU\nthe run trains on {m.device}"
             elif m.state in ("stopped", "done", "failed") or m.alive is False:
-                self.update(Text("no GPU readings in this run's log", style="dim"))
+                text = "no GPU readings in this run's log"
             else:
-                self.update(Text("waiting for GPU readings…", style="dim"))
+                text = "waiting for GPU readings…"
+            self.set_body(Content.styled(text, "$text-muted"))
             return
-        lines_per_gpu = max(1, (self.size.height or 8) // max(len(m.gpus), 1))
-        width = max((self.size.width or 40) - 20, 4)
-        out = Text()
+        lines_per_gpu = max(1, (self.size.height or 8) // len(m.gpus))
+        width = max((self.size.width or 40) - 16, 4)
+        parts: list[tuple[str, str]] = []
         for idx in sorted(m.gpus):
             r = m.gpus[idx]
             util, mem = fmt_pct(r.util), fmt_mem(r.mem_used, r.mem_total)
             temp = f"{r.temp:.0f}°C" if isinstance(r.temp, (int, float)) else f"{NA} °C"
             power = f"{r.power:.0f} W" if isinstance(r.power, (int, float)) else f"{NA} W"
-            if out:
-                out.append("\n")
+            if parts:
+                parts.append(("\n", ""))
             if lines_per_gpu >= 4:
-                out.append(f"{idx} {r.name or 'GPU'}\n", style="bold")
-                out.append(f"util {util:>5} ", style="dim")
-                out.append(sparkline(list(m.gpu_util[idx])[-width:]) + "\n")
-                out.append(f"VRAM {mem}", style="dim")
-                out.append("  " + sparkline(list(m.gpu_mem[idx])[-max(width - 14, 4):]) + "\n")
-                out.append(f"{temp}  {power}")
+                parts += [
+                    (f"{idx} {r.name or 'GPU'}\n", "bold"),
+                    ("util ", "$text-muted"), (f"{util:>4} ", ""),
+                    (sparkline(list(m.gpu_util[idx])[-width:]) + "\n", "$accent"),
+                    ("VRAM ", "$text-muted"), (f"{mem} ", ""),
+                    (sparkline(list(m.gpu_mem[idx])[-max(width - 12, 4):]) + "\n", "$accent"),
+                    (f"{temp}  {power}", ""),
+                ]
             else:
-                out.append(f"{idx} {util} {mem} {temp} {power}")
+                parts.append((f"{idx} {util} {mem} {temp} {power}", ""))
         newest = max((r.time or 0) for r in m.gpus.values())
         if newest and time.time() - newest > self.STALE_AFTER:
-            out.append(f"\n(last reading {time.time() - newest:.0f}s ago)", style="dim")
-        self.update(out)
+            parts.append((f"\n(last reading {time.time() - newest:.0f}s ago)", "$text-muted"))
+        self.set_body(Content.assemble(*parts))
 
     def on_resize(self) -> None:
         self.show()

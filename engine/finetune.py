@@ -1,0 +1,541 @@
+"""The finetune engine's workload: a Hugging Face causal LM on the user's text, packed into blocks.
+
+The shared Trainer (engine/train.py) runs the loop, so events, control, checkpoints, OOM recovery
+and exact resume are the pretrain engine's; this module supplies what differs:
+
+- the model and its tokenizer, `from_pretrained` from a local folder or a hub name. The hub cache
+  is tried first with no network at all; only a name missing from it reaches for the Hub, after
+  one short reachability probe, so an offline box gets one sentence instead of a retry storm.
+  Weights are loaded in float32 (the Trainer's autocast gives mixed precision on a GPU).
+- the data: documents from engine.data.read_documents, tokenized once with the model's tokenizer
+  into a cache (uint16/uint32 memmaps under cache/finetune/), an EOS token before every document,
+  packed without padding. A plain text file (.txt and the like) with no blank lines and at least
+  20 lines is read as one sample per line (a list of titles, tweets, quotes); anything else is
+  free text, kept whole with its newlines (a book, a poem, code). The choice is printed.
+  The held-out split: an hf: dataset's own "validation" split when it has one; otherwise whole
+  documents (20 or more of them) or the tail of the token stream, data.val_fraction of it.
+- the batches: the train stream is cut into blocks of block_size + 1 tokens (x = [:-1], y = [1:])
+  and visited epoch by epoch, each epoch in its own random order. Row r of the run (step k's
+  batch of n rows holds rows k*n .. k*n+n-1) is block perm_e[r % n_blocks] of epoch
+  e = r // n_blocks, perm_e drawn from (seed, e) alone: stateless, so exact resume needs nothing
+  but the step index, every block is seen once per epoch, and train.epochs means what it says.
+- train.epochs > 0: max_iters = ceil(epochs * blocks / rows per step), and lr_decay_iters with it
+  (the schedule decays over the whole run, as the HF Trainer's does). epochs is then set to 0 in
+  the config, so the resolved max_iters is what config.toml keeps and a later `set` or
+  `resume --set train.max_iters=...` is not undone by deriving it again.
+- runs/<name>/model/ holds the latest model and tokenizer (save_pretrained, written to a temp
+  folder and swapped in at every checkpoint); runs/<name>/model-best/ the best by val loss.
+  Either loads with transformers.pipeline("text-generation", model=...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import config as cfgmod
+from .data import _goes_to_val, _hf_documents, _hub_reachable, read_documents, source_identity
+from .errors import NetworkUnavailable, UserError
+from .hardware import flops_per_token
+from .paths import cache_dir
+
+CACHE_VERSION = 1
+LINE_SAMPLES_MIN_LINES = 20  # a text file with no blank lines and this many lines: one sample per line
+WHOLE_DOCS_MIN = 20  # with fewer documents, val is the tail of the token stream, not whole documents
+CHUNK_CHARS = 1 << 20  # long documents are tokenized in pieces of about this many characters
+BEST_DIR = "model-best"
+
+
+# --------------------------------------------------------------------------- model and tokenizer
+
+
+def _quiet_transformers() -> None:
+    """No tqdm bars in stdout.log (loading and saving weights draw them in transformers 5)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_pretrained(name: str, progress=lambda msg: None):
+    """(model, tokenizer) from a local folder or a hub name; one sentence when that cannot be done."""
+    _quiet_transformers()
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"model.pretrained {name} is a folder without a config.json (point it at a folder "
+                            f"written by save_pretrained, e.g. a finetune run's model/ folder)")
+        progress(f"loading {name}")
+        return _load(str(local), local_files_only=True)
+    if name.startswith((".", "/", "~")) or local.exists():
+        raise UserError(f"model.pretrained {name} does not exist (a hub name such as \"gpt2\", or a local folder "
+                        f"written by save_pretrained)")
+    try:
+        model_tok = _load(name, local_files_only=True)  # the local cache first: no network at all
+        progress(f"loaded {name} from the Hugging Face cache")
+        return model_tok
+    except _NotCached:
+        pass
+    if not _hub_reachable():
+        raise NetworkUnavailable(
+            f"model.pretrained {name!r} is not in the Hugging Face cache and the Hub cannot be reached: connect "
+            f"once to download it (it is cached for later), or set model.pretrained to a local model folder")
+    progress(f"downloading {name} from the Hugging Face Hub")
+    try:
+        return _load(name, local_files_only=False)
+    except _NotCached as e:
+        raise UserError(f"model.pretrained {name!r} could not be loaded from the Hugging Face Hub "
+                        f"({e.detail})") from None
+
+
+class _NotCached(Exception):
+    def __init__(self, detail: str):
+        self.detail = detail
+
+
+def _load(where: str, local_files_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(where, local_files_only=local_files_only, dtype=torch.float32)
+    except (OSError, ValueError) as e:  # not cached, not found, no tokenizer files, not a causal LM
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
+        if Path(where).is_dir():
+            raise UserError(f"model.pretrained {where} could not be loaded ({detail})") from None
+        raise _NotCached(detail) from None
+    return model, tokenizer
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """What the token cache depends on: the tokenizer's full definition, hashed."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = backend.to_str()
+    else:
+        spec = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return f"{tokenizer.__class__.__name__}:{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
+
+
+def eos_id(tokenizer) -> int | None:
+    """The document separator: EOS, else BOS, else none (documents simply abut)."""
+    for tid in (tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if tid is not None:
+            return int(tid)
+    return None
+
+
+class CausalLMAdapter(nn.Module):
+    """Our Trainer's model interface, `model(idx, targets) -> (logits, loss)`, over an HF causal LM.
+
+    The batches already hold shifted targets (x = rows[:, :-1], y = rows[:, 1:]), so the loss is a
+    plain cross-entropy over every position. idx stays the first positional argument: the fault
+    injection hook in train.py reads it there.
+    """
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = self.hf(input_ids=idx, use_cache=False).logits  # (B, T, V)
+        if targets is None:
+            return logits[:, [-1], :], None
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters (tied ones once); by default without the position embeddings, as ours."""
+        n = sum(p.numel() for p in self.parameters())
+        wpe = position_embedding(self.hf)
+        if non_embedding and wpe is not None:
+            n -= wpe.weight.numel()
+        return n
+
+
+def position_embedding(hf_model: nn.Module) -> nn.Module | None:
+    base = getattr(hf_model, "base_model", hf_model)
+    wpe = getattr(base, "wpe", None)
+    return wpe if isinstance(wpe, nn.Embedding) else None
+
+
+def max_positions(hf_config) -> int | None:
+    for name in ("n_positions", "max_position_embeddings"):
+        v = getattr(hf_config, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+# --------------------------------------------------------------------------- data
+
+
+def split_samples(text: str) -> tuple[list[str], str]:
+    """A plain text file's samples: its lines, when it looks like one sample per line; else itself."""
+    lines = text.splitlines()
+    if len(lines) >= LINE_SAMPLES_MIN_LINES and all(line.strip() for line in lines):
+        return lines, "one sample per line (no blank lines)"
+    return [text], "free text (blank lines or few lines: kept whole)"
+
+
+def _is_plain_text(source: str) -> bool:
+    if source.startswith("hf:") or source == "builtin:python-docs":
+        return False
+    if source.startswith(("builtin:", "url:")):
+        return True
+    p = Path(source).expanduser()
+    return p.is_file() and p.suffix.lower() not in (".csv", ".jsonl")
+
+
+def documents(source: str, text_column: str) -> tuple[Iterable[str], str]:
+    """The documents of a source and how they were read (for the progress line)."""
+    if _is_plain_text(source):
+        docs = [d for d in read_documents(source, text_column) if d]
+        if len(docs) == 1:
+            return split_samples(docs[0])
+        return docs, "documents"
+    return read_documents(source, text_column), "documents"
+
+
+def _validation_documents(source: str, text_column: str) -> Iterator[str] | None:
+    """An hf: dataset's own validation split, or None when it has none (or it cannot be had)."""
+    if not source.startswith("hf:"):
+        return None
+    docs = _hf_documents(source[3:], text_column, split="validation")
+    try:
+        first = next(docs)
+    except (StopIteration, UserError):
+        return None
+
+    def chained() -> Iterator[str]:
+        yield first
+        yield from docs
+
+    return chained()
+
+
+def finetune_cache_key(source: str, tokenizer, val_fraction: float, text_column: str) -> str:
+    ident = json.dumps([CACHE_VERSION, source_identity(source), tokenizer_identity(tokenizer), val_fraction,
+                        text_column])
+    slug = "".join(c if c.isalnum() else "-" for c in source.split("/")[-1])[:40].strip("-")
+    return f"{slug}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+class PackedData:
+    """The train and val token streams of one source under one tokenizer, memory-mapped."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.meta = json.loads((folder / "meta.json").read_text())
+        dtype = np.dtype(self.meta["dtype"])
+        self.train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
+        self.val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
+
+    def num_blocks(self, split: str, block_size: int) -> int:
+        """Non-overlapping blocks of block_size + 1 tokens (the last token of one is the first of the next)."""
+        arr = self.train if split == "train" else self.val
+        return max(0, (len(arr) - 1) // block_size)
+
+    def blocks(self, split: str, index: np.ndarray, block_size: int) -> np.ndarray:
+        """(n, block_size + 1) int64 rows: block i is tokens [i*block_size, (i+1)*block_size]."""
+        arr = self.train if split == "train" else self.val
+        idx = index[:, None] * block_size + np.arange(block_size + 1)
+        return arr[idx].astype(np.int64)
+
+
+def prepare(source: str, tokenizer, val_fraction: float, block_size: int, text_column: str = "text",
+            progress=lambda msg: None) -> PackedData:
+    """Tokenize `source` once into the cache (or open the cached files) and check it is long enough."""
+    folder = cache_dir() / "finetune" / finetune_cache_key(source, tokenizer, val_fraction, text_column)
+    if not (folder / "meta.json").exists():
+        _build(folder, source, tokenizer, val_fraction, text_column, progress)
+    data = PackedData(folder)
+    need = block_size + 1
+    for split, arr in (("train", data.train), ("val", data.val)):
+        if len(arr) < need:
+            raise UserError(
+                f"data.source {source} is too short: its {split} split has {len(arr)} tokens and model.block_size "
+                f"{block_size} needs at least {need} (use more text, a smaller model.block_size, or a larger "
+                f"data.val_fraction)")
+    return data
+
+
+def _batches(docs: Iterable[str], max_docs: int = 1024, max_chars: int = 4 * CHUNK_CHARS) -> Iterator[list[str]]:
+    batch: list[str] = []
+    chars = 0
+    for d in docs:
+        if not d:
+            continue
+        batch.append(d)
+        chars += len(d)
+        if len(batch) >= max_docs or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _chunks(text: str) -> list[str]:
+    """A long document in pieces cut after a newline (tokenized apart, joined back into one stream)."""
+    out, start = [], 0
+    while len(text) - start > CHUNK_CHARS:
+        cut = text.rfind("\n", start, start + CHUNK_CHARS)
+        cut = start + CHUNK_CHARS if cut <= start else cut + 1
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+def _encode(tokenizer, batch: list[str]) -> list[list[int]]:
+    """Token ids of each document (long ones in pieces), without special tokens."""
+    pieces, owners = [], []
+    for i, doc in enumerate(batch):
+        for piece in _chunks(doc) if len(doc) > CHUNK_CHARS else [doc]:
+            pieces.append(piece)
+            owners.append(i)
+    enc = tokenizer(pieces, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    out: list[list[int]] = [[] for _ in batch]
+    for i, ids in zip(owners, enc):
+        out[i].extend(ids)
+    return out
+
+
+def _build(folder: Path, source: str, tokenizer, val_fraction: float, text_column: str, progress) -> None:
+    """Write train.bin/val.bin/meta.json into a temporary folder, then rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        meta = _tokenize_into(tmp, source, tokenizer, val_fraction, text_column, progress)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another run prepared the same data meanwhile: theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _tokenize_into(tmp: Path, source: str, tokenizer, val_fraction: float, text_column: str, progress) -> dict:
+    eos = eos_id(tokenizer)
+    vocab = max(len(tokenizer), tokenizer.vocab_size)
+    dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
+    progress(f"reading {source}")
+    docs, mode = documents(source, text_column)
+    val_docs = _validation_documents(source, text_column)
+    counts = {"train": 0, "val": 0}
+    n_docs, last = 0, time.time()
+    with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval:
+        files = {"train": ftrain, "val": fval}
+
+        def write(split: str, ids: list[int]) -> None:
+            arr = np.array(([eos] if eos is not None else []) + ids, dtype=dtype)
+            arr.tofile(files[split])
+            counts[split] += len(arr)
+
+        for batch in _batches(docs):
+            for ids in _encode(tokenizer, batch):
+                # whole documents per split (unless the source brings its own validation split)
+                held_out = val_docs is None and _goes_to_val(counts, val_fraction)
+                write("val" if held_out else "train", ids)
+            n_docs += len(batch)
+            if time.time() - last > 5:
+                last = time.time()
+                progress(f"tokenized {n_docs:,} documents, {sum(counts.values()) / 1e6:,.1f}M tokens")
+        if val_docs is not None:
+            mode += "; val from the dataset's validation split"
+            for batch in _batches(val_docs):
+                for ids in _encode(tokenizer, batch):
+                    write("val", ids)
+    if n_docs == 0 or counts["train"] + counts["val"] <= n_docs:
+        raise UserError(f"data.source {source} is empty")
+    if val_docs is None and n_docs < WHOLE_DOCS_MIN:
+        # too few documents to hold some out whole: the tail of the token stream is val
+        ids = np.concatenate([np.fromfile(tmp / f"{s}.bin", dtype=dtype) for s in ("train", "val")])
+        cut = int(len(ids) * (1 - val_fraction))
+        ids[:cut].tofile(tmp / "train.bin")
+        ids[cut:].tofile(tmp / "val.bin")
+        counts = {"train": cut, "val": len(ids) - cut}
+    progress(f"{source}: {mode}; {n_docs:,} documents, {counts['train']:,} train and {counts['val']:,} val tokens")
+    return {"dtype": np.dtype(dtype).name, "n_train": counts["train"], "n_val": counts["val"], "eos": eos,
+            "n_docs": n_docs, "mode": mode, "source": source, "tokenizer": tokenizer.name_or_path,
+            "val_fraction": val_fraction, "created": time.time()}
+
+
+# --------------------------------------------------------------------------- the workload
+
+
+def rows_per_step(cfg: cfgmod.Config) -> int:
+    """Rows (blocks) of one optimizer step over the whole run (torchrun's WORLD_SIZE included)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return cfg.train.micro_batch * cfg.train.grad_accum * max(1, world)
+
+
+def iters_for_epochs(epochs: float, train_blocks: int, rows: int) -> int:
+    return max(1, math.ceil(epochs * train_blocks / rows))
+
+
+class FinetuneWorkload:
+    def __init__(self, cfg: cfgmod.Config, progress=None, model=None, tokenizer=None):
+        progress = progress or (lambda msg: None)
+        self.cfg = cfg
+        if model is None or tokenizer is None:
+            model, tokenizer = load_pretrained(cfg.model.pretrained, progress)
+        self.tokenizer = tokenizer
+        self.eos = eos_id(tokenizer)
+        self.n_positions = max_positions(model.config) or cfg.model.block_size
+        if cfg.model.block_size > self.n_positions:
+            raise UserError(f"model.block_size = {cfg.model.block_size} is longer than {cfg.model.pretrained} "
+                            f"can attend to ({self.n_positions} positions); use at most {self.n_positions}")
+        model.train()  # from_pretrained returns eval mode; training (dropout) must not wait for the first eval
+        self.model = CausalLMAdapter(model)
+        self.data = prepare(cfg.data.source, tokenizer, cfg.data.val_fraction, cfg.model.block_size,
+                            cfg.data.text_column, progress)
+        self.train_blocks = self.data.num_blocks("train", cfg.model.block_size)
+        self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, its block order), the one in use
+        self._pending_config = False  # epochs resolved into max_iters, not yet in config.toml
+        if cfg.train.epochs > 0:
+            self._resolve_epochs(progress)
+
+    def _resolve_epochs(self, progress) -> None:
+        t = self.cfg.train
+        rows = rows_per_step(self.cfg)
+        iters = iters_for_epochs(t.epochs, self.train_blocks, rows)
+        progress(f"train.epochs = {t.epochs:g}: max_iters = {iters:,} ({self.train_blocks:,} blocks of "
+                 f"{self.cfg.model.block_size} tokens per epoch, {rows} per step)")
+        t.max_iters = t.lr_decay_iters = iters
+        t.epochs = 0.0
+        self._pending_config = True
+
+    # ------------------------------------------------------------------ batches
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + 7_777_777 + epoch)
+            self._perm = (epoch, torch.randperm(self.train_blocks, generator=gen))
+        return self._perm[1]
+
+    def train_block_indices(self, step: int, n: int) -> np.ndarray:
+        """The blocks of step `step` (n rows): rows step*n .. step*n+n-1 of the epoch-ordered stream."""
+        out = np.empty(n, dtype=np.int64)
+        for j in range(n):
+            r = step * n + j
+            epoch, pos = divmod(r, self.train_blocks)
+            out[j] = int(self._epoch_order(epoch)[pos])
+        return out
+
+    def sample_batch(self, split: str, n: int, gen: torch.Generator, step: int | None):
+        T = self.cfg.model.block_size
+        if split == "train" and step is not None:
+            index = self.train_block_indices(step, n)
+        else:  # eval: random blocks from `gen` (the Trainer seeds it the same way every time)
+            index = torch.randint(self.data.num_blocks(split, T), (n,), generator=gen).numpy()
+        rows = torch.from_numpy(self.data.blocks(split, index, T))
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    # ------------------------------------------------------------------ sampling
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"] if prompt else []
+        if ids:
+            return ids
+        return [self.eos] if self.eos is not None else [0]  # an empty prompt starts a new document
+
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, gen: torch.Generator) -> str:
+        """Sample with `gen` only (never the global RNG), a KV cache, temperature and top-k."""
+        hf = self.model.hf
+        device = next(hf.parameters()).device
+        limit = self.n_positions
+        ids = self.encode_prompt(prompt)
+        n_vocab = len(self.tokenizer)
+        out = hf(input_ids=torch.tensor([ids[-limit:]], device=device), use_cache=True)
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1, :].float()  # (1, V)
+            if logits.size(-1) > n_vocab:  # rows past the tokenizer (padding) cannot be decoded
+                logits[:, n_vocab:] = -float("inf")
+            if temperature <= 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=gen)
+            new.append(int(nxt))
+            ids.append(new[-1])
+            past = out.past_key_values
+            if past is None or past.get_seq_length() >= limit:  # context full: slide the window
+                out = hf(input_ids=torch.tensor([ids[-(limit - 1):]], device=device), use_cache=True)
+            else:
+                out = hf(input_ids=nxt.view(1, 1), past_key_values=past, use_cache=True)
+        return prompt + self.tokenizer.decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    # ------------------------------------------------------------------ the rest of the protocol
+
+    def flops_per_token(self) -> float:
+        c = self.model.hf.config
+        return flops_per_token(self.model.num_params(), c.num_hidden_layers, c.hidden_size, self.cfg.model.block_size)
+
+    def on_checkpoint(self, run_dir, iter: int, best: bool) -> None:
+        """runs/<name>/model/ (and model-best/ when best): save_pretrained, swapped in whole."""
+        self._persist_resolved_config(run_dir)
+        root = Path(run_dir.path)
+        tmp = root / f".model.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.hf.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        if best:
+            best_tmp = root / f".{BEST_DIR}.tmp{os.getpid()}"
+            shutil.rmtree(best_tmp, ignore_errors=True)
+            shutil.copytree(tmp, best_tmp, copy_function=_link_or_copy)  # the same bytes: hard links
+            _swap_in(best_tmp, root / BEST_DIR)
+        _swap_in(tmp, Path(run_dir.model_dir))
+
+    def _persist_resolved_config(self, run_dir) -> None:
+        """Write epochs' resolved max_iters into config.toml (once; the Trainer saves it only on set/OOM).
+
+        If config.toml has epochs = 0 already, the Trainer saved our resolved config (after a `set`
+        or an OOM) and it is newer than ours: leave it alone.
+        """
+        if not self._pending_config:
+            return
+        self._pending_config = False
+        path = Path(run_dir.config_path)
+        on_disk = cfgmod.load(path)
+        if on_disk.train.epochs > 0:
+            on_disk.train.epochs = 0.0
+            on_disk.train.max_iters = self.cfg.train.max_iters
+            on_disk.train.lr_decay_iters = self.cfg.train.lr_decay_iters
+            cfgmod.save(on_disk, path)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _swap_in(new: Path, dest: Path) -> None:
+    """Replace folder `dest` by `new` (two renames: `dest` is missing only between them)."""
+    old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(new, dest)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,271 @@
+"""The finetune engine, offline: a tiny GPT-2 and a BPE tokenizer built here, loaded via from_pretrained."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2_cockpit.engine import cli, launch, presets, runner
+from gpt2_cockpit.engine.errors import NetworkUnavailable, UserError
+from gpt2_cockpit.engine.events import read_all
+from gpt2_cockpit.engine.finetune import FinetuneWorkload, load_pretrained, prepare, split_samples
+from conftest import TINY_TEXT
+from helpers import of_type, step_losses
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory):
+    """A 2-layer GPT-2 and a byte-level BPE tokenizer trained on the spot, saved as a model folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([TINY_TEXT], trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+    model.save_pretrained(folder)
+    return folder
+
+
+def ft_overrides(model_dir, corpus, **train) -> list[str]:
+    base = {
+        "model.pretrained": f'"{model_dir}"', "model.block_size": 32, "data.source": f'"{corpus}"',
+        "train.epochs": 0, "train.max_iters": 12, "train.micro_batch": 4, "train.grad_accum": 2,
+        "train.learning_rate": 3e-3, "train.min_lr": 3e-4, "train.warmup_iters": 2, "train.lr_decay_iters": 12,
+        "train.eval_interval": 6, "train.eval_iters": 2, "train.log_interval": 1, "train.sample_interval": 0,
+        "train.checkpoint_interval": 6,
+    }
+    base.update({f"train.{k}": v for k, v in train.items()})
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_ft(model_dir, corpus, name, extra=(), resume=False, **train):
+    if resume:
+        run = _resolve(name)
+        launch.prepare_restart(run, list(extra))
+    else:
+        run = launch.create_run("gpt2-finetune", ft_overrides(model_dir, corpus, **train) + list(extra), name)
+    code = runner.run_process(run.path, resume=resume)
+    return run, code, read_all(run.events_path)
+
+
+def _resolve(name):
+    from gpt2_cockpit.engine.runs import resolve
+
+    return resolve(name)
+
+
+def test_shipped_preset_is_the_tutorial_recipe():
+    cfg = presets.load("gpt2-finetune")
+    assert cfg.engine == "finetune" and cfg.model.pretrained == "gpt2" and cfg.model.block_size == 512
+    t = cfg.train
+    assert (t.learning_rate, t.micro_batch, t.grad_accum, t.weight_decay, t.epochs) == (5e-5, 4, 4, 0.01, 3.0)
+    assert t.dtype == "auto"
+    assert "data.source" in cfg.description
+
+
+def test_headless_finetune_through_the_cli(tiny_gpt2, corpus, capsys):
+    """The issue's 'done when': trains headless, val loss falls, val_ppl logged, model/ works in pipeline()."""
+    code = cli.main(["train", "gpt2-finetune", "--headless", "--name", "ft"]
+                    + [a for s in ft_overrides(tiny_gpt2, corpus, epochs=2, sample_interval=7) for a in ("--set", s)])
+    assert code == 0
+    run = _resolve("ft")
+    events = read_all(run.events_path)
+    (r,) = of_type(events, "run")
+    assert r["engine"] == "finetune" and r["device"] == "cpu"
+    # epochs = 2 over 113 blocks of 32 tokens, 8 blocks per step: ceil(2 * 113 / 8) = 29 iterations
+    assert "one sample per line" in capsys.readouterr().out
+    on_disk = run.config()
+    assert on_disk.train.max_iters == on_disk.train.lr_decay_iters == 29 and on_disk.train.epochs == 0
+    assert r["config"]["train"]["max_iters"] == 29 and max(step_losses(events)) == 29
+    evals = of_type(events, "eval")
+    assert [e["iter"] for e in evals] == [0, 6, 12, 18, 24, 29]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
+    for e in evals:
+        assert e["val_ppl"] == pytest.approx(math.exp(e["val_loss"]), rel=1e-9)
+    samples = of_type(events, "sample")
+    assert [s["iter"] for s in samples] == [7, 14, 21, 28] and all(s["text"] for s in samples)
+    assert of_type(events, "state")[-1]["state"] == "done"
+    assert of_type(events, "checkpoint")[-1]["iter"] == 29
+
+    from transformers import AutoModelForCausalLM, pipeline
+
+    gen = pipeline("text-generation", model=str(run.model_dir))
+    out = gen("The quick cat", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert out.startswith("The quick cat") and len(out) > len("The quick cat")
+    # model/ holds the last weights (iter 29), model-best/ the best by val loss: both load
+    best = AutoModelForCausalLM.from_pretrained(run.path / "model-best")
+    last = AutoModelForCausalLM.from_pretrained(run.model_dir)
+    assert best.config.n_layer == last.config.n_layer == 2
+    leftovers = [p.name for p in run.path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_model_folder_is_the_in_memory_model(tiny_gpt2, corpus):
+    run, code, _ = run_ft(tiny_gpt2, corpus, "m", max_iters=6)
+    assert code == 0
+    from transformers import AutoModelForCausalLM
+
+    from gpt2_cockpit.engine import checkpoint as ckpt
+
+    _, state = ckpt.load_latest(run.checkpoints)
+    saved = AutoModelForCausalLM.from_pretrained(run.model_dir).state_dict()
+    ours = {k.removeprefix("hf."): v for k, v in state["model"].items()}
+    assert saved.keys() <= ours.keys()
+    for k, v in saved.items():
+        assert torch.equal(v, ours[k]), k
+
+
+@pytest.mark.parametrize("dropout", [True])
+def test_exact_resume_is_bit_for_bit(tiny_gpt2, corpus, dropout):
+    # the tiny GPT-2 has GPT-2's dropout (0.1), so this also checks the RNG round trip; 14 steps of
+    # 8 blocks cross the epoch boundary (113 blocks) on both sides of the stop
+    _, _, whole = run_ft(tiny_gpt2, corpus, "whole", max_iters=16)
+    _, _, first = run_ft(tiny_gpt2, corpus, "split", max_iters=8)
+    run, code, both = run_ft(tiny_gpt2, corpus, "split", ["train.max_iters=16"], resume=True)
+    assert code == 0
+    assert of_type(both, "run")[-1]["resumed_from"] == 8
+    got, expected = step_losses(both), step_losses(whole)
+    assert len(got) == 16 and got == expected
+    assert [e["val_loss"] for e in of_type(both, "eval")][-1] == [e["val_loss"] for e in of_type(whole, "eval")][-1]
+
+
+def test_epochs_visit_every_block_once_in_a_seeded_order(tiny_gpt2, corpus):
+    cfg = presets.load("gpt2-finetune", ft_overrides(tiny_gpt2, corpus))
+    w = FinetuneWorkload(cfg)
+    blocks = w.train_blocks
+    n = 8
+    seen = np.concatenate([w.train_block_indices(k, n) for k in range(math.ceil(2 * blocks / n))])
+    epoch0, epoch1 = seen[:blocks].tolist(), seen[blocks:2 * blocks].tolist()
+    assert sorted(epoch0) == sorted(epoch1) == list(range(blocks))  # each epoch: every block once
+    assert epoch0 != list(range(blocks)) and epoch0 != epoch1  # shuffled, differently per epoch
+    # stateless: a fresh workload (a resumed run) draws the same rows for step 9 without replaying 0..8
+    again = FinetuneWorkload(cfg)
+    x1, y1 = w.sample_batch("train", n, torch.Generator(), 9)
+    x2, y2 = again.sample_batch("train", n, torch.Generator().manual_seed(5), 9)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == (n, 32) and x1.dtype == torch.int64 and x1.is_contiguous()
+    assert torch.equal(x1[:, 1:], y1[:, :-1])  # y is x shifted by one
+
+
+def test_text_file_modes_and_eos_between_documents(tiny_gpt2, corpus, tmp_path):
+    lines, mode = split_samples(TINY_TEXT)
+    assert "per line" in mode and len(lines) == TINY_TEXT.count("\n")
+    prose = "A first paragraph\nwrapped over lines.\n\nA second one.\n" * 10
+    docs, mode = split_samples(prose)
+    assert docs == [prose] and "free text" in mode
+
+    model, tok = load_pretrained(str(tiny_gpt2))
+    data = prepare(str(corpus), tok, 0.1, 32)
+    eos = tok.eos_token_id
+    stream = np.concatenate([data.train, data.val])
+    assert stream[0] == eos and int((stream == eos).sum()) == len(lines)  # one EOS before each line
+    assert data.meta["n_docs"] == len(lines) and 0.05 < len(data.val) / len(stream) < 0.15
+    decoded = tok.decode(data.train[1:int(np.argmax(data.train[1:] == eos)) + 1].tolist())
+    assert decoded == lines[0]  # a line is a sample: no newline, the EOS separates
+    # free text keeps its newlines, and the held-out part is the tail of its stream
+    p = tmp_path / "prose.txt"
+    p.write_text(prose)
+    free = prepare(str(p), tok, 0.2, 8)
+    assert int((np.concatenate([free.train, free.val]) == eos).sum()) == 1 and free.meta["n_docs"] == 1
+    assert "\n\n" in tok.decode(free.train.tolist())
+
+
+def test_generation_leaves_the_training_rng_alone(tiny_gpt2, corpus):
+    cfg = presets.load("gpt2-finetune", ft_overrides(tiny_gpt2, corpus))
+    w = FinetuneWorkload(cfg)
+    w.model.eval()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = w.generate("The quick", 70, 1.0, 50, torch.Generator().manual_seed(7))  # slides past 64 positions
+    assert torch.equal(torch.get_rng_state(), before)
+    b = w.generate("The quick", 70, 1.0, 50, torch.Generator().manual_seed(7))
+    assert a == b and a.startswith("The quick") and len(a) > len("The quick")
+    assert w.generate("", 5, 0.8, 0, torch.Generator().manual_seed(1))  # empty prompt: starts a document
+
+
+def test_pause_sample_set_resume_through_the_control_socket(tiny_gpt2, corpus):
+    run = launch.create_run("gpt2-finetune", ft_overrides(tiny_gpt2, corpus, max_iters=6, eval_interval=0), "c")
+    replies = {}
+
+    def remote():
+        deadline = time.time() + 60
+        while not run.socket_path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        replies["pause"] = launch.control(run, {"cmd": "pause"})
+        replies["sample"] = launch.control(run, {"cmd": "sample", "prompt": "The old", "max_new_tokens": 6,
+                                                 "request_id": "q1"})
+        replies["set"] = launch.control(run, {"cmd": "set", "key": "train.learning_rate", "value": 1e-4})
+        replies["resume"] = launch.control(run, {"cmd": "resume"})
+
+    t = threading.Thread(target=remote)
+    t.start()
+    code = runner.run_process(run.path)
+    t.join(10)
+    assert code == 0 and replies["pause"]["state"] == "paused" and replies["resume"]["state"] == "running"
+    events = read_all(run.events_path)
+    (s,) = of_type(events, "sample")
+    assert s["request_id"] == "q1" and s["text"].startswith("The old") and replies["sample"]["text"] == s["text"]
+    (st,) = of_type(events, "set")
+    assert st["new"] == 1e-4 and run.config().train.learning_rate == 1e-4
+    assert [e["state"] for e in of_type(events, "state")][-3:] == ["running", "stopping", "done"]
+    assert max(step_losses(events)) == 6
+
+
+def test_oom_shrinks_the_micro_batch(tiny_gpt2, corpus, monkeypatch):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "64")  # 4 rows x 32 tokens fail, 2 rows fit
+    run, code, events = run_ft(tiny_gpt2, corpus, "o", max_iters=3, eval_interval=0)
+    assert code == 0
+    (o,) = of_type(events, "oom")
+    assert (o["micro_batch_before"], o["micro_batch_after"], o["grad_accum_after"]) == (4, 2, 4)
+    assert (run.config().train.micro_batch, run.config().train.grad_accum) == (2, 4)
+    assert of_type(events, "state")[-1]["state"] == "done"
+
+
+def test_offline_hub_name_is_one_sentence(tiny_gpt2, corpus, capsys):
+    # HF_HUB_OFFLINE=1 (conftest) and nothing cached: fail at once, one line, no retries
+    t0 = time.time()
+    with pytest.raises(NetworkUnavailable) as e:
+        load_pretrained("no-such-org/no-such-tiny-gpt2")
+    assert time.time() - t0 < 10
+    msg = str(e.value)
+    assert "\n" not in msg and "no-such-org/no-such-tiny-gpt2" in msg and "connect once" in msg
+    # and through the CLI: exit 2, the sentence, no traceback
+    code = cli.main(["train", "gpt2-finetune", "--headless", "--name", "off", "--set",
+                     "model.pretrained=no-such-org/no-such-tiny-gpt2", "--set", f'data.source="{corpus}"'])
+    err = capsys.readouterr().err
+    assert code == 2 and "connect once" in err and "Traceback" not in err
+
+
+def test_user_mistakes_are_sentences(tiny_gpt2, corpus, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_pretrained(str(tmp_path / "missing-model"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="without a config.json"):
+        load_pretrained(str(empty))
+    cfg = presets.load("gpt2-finetune", ft_overrides(tiny_gpt2, corpus) + ["model.block_size=128"])
+    with pytest.raises(UserError, match="64 positions"):
+        FinetuneWorkload(cfg)
+    short = tmp_path / "short.txt"
+    short.write_text("too short\n")
+    cfg = presets.load("gpt2-finetune", ft_overrides(tiny_gpt2, short))
+    with pytest.raises(UserError, match="too short"):
+        FinetuneWorkload(cfg)
+    with pytest.raises(UserError, match="does not apply"):
+        presets.load("gpt2-finetune", ["model.n_layer=2"])

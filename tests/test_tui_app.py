@@ -1,0 +1,493 @@
+"""The cockpit driven for real with App.run_test() and Pilot, against a FakeRun (a control
+server and an event log in a test thread) or a recorded event log. CPU-only, offline, no torch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import pytest
+from test_tui_fakerun import FakeRun, loss_at, make_run
+
+from gpt2_cockpit.engine import launch, presets
+from gpt2_cockpit.engine.events import EventWriter
+from gpt2_cockpit.tui.app import make_app
+from gpt2_cockpit.tui.screens.home import HomeScreen, PresetList, RunsTable
+from gpt2_cockpit.tui.screens.preset_edit import PresetEditScreen, field_id
+from gpt2_cockpit.tui.screens.run import RunScreen
+from gpt2_cockpit.tui.widgets.dialogs import ConfirmScreen, LiveSettingsScreen
+from gpt2_cockpit.tui.widgets.log_pane import LogPane
+from gpt2_cockpit.tui.widgets.loss_plot import LossPane
+from gpt2_cockpit.tui.widgets.plan import DiagnosticsPane, PlanPane
+from gpt2_cockpit.tui.widgets.samples import SamplePane, SampleView
+from gpt2_cockpit.tui.widgets.status import GpuPane, StatusPane
+
+POLL = 0.05
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_COCKPIT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def fake():
+    runs = []
+
+    def start(steps: int = 20, step_every: float | None = None, **kw) -> FakeRun:
+        f = FakeRun(make_run(**kw), step_every=step_every)
+        f.history(steps)
+        runs.append(f.start())
+        return f
+
+    yield start
+    for f in runs:
+        f.close()
+
+
+def fake_doctor(checks) -> list[str]:
+    return [sys.executable, "-c", f"import json; print(json.dumps({checks!r}))"]
+
+
+def run_app(app, size=(80, 24)):
+    """Decorator: run an async test body against `app` inside run_test()."""
+    def wrap(body):
+        async def main():
+            async with app.run_test(size=size) as pilot:
+                await body(pilot)
+        asyncio.run(main())
+    return wrap
+
+
+async def wait_for(pilot, condition, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+
+
+def text_of(widget) -> str:
+    return str(widget.render())
+
+
+def status_text(app) -> str:
+    return text_of(app.screen.query_one(StatusPane))
+
+
+# --------------------------------------------------------------------------- run screen
+
+
+def test_attach_sends_the_whole_history_to_the_plot_in_one_batch(fake):
+    f = fake(steps=200)  # 2000 iters: 200 steps, 8 evals, 8 checkpoints
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app, size=(80, 24))
+    async def _(pilot):
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        loss = screen.query_one(LossPane)
+        await wait_for(pilot, lambda: loss.canvas.figure.points > 0, what="the loss plot")
+        assert screen.feed.polls >= 1 and len(screen.model.iters) == 200
+        train, val = loss.canvas.figure.series
+        width = loss.canvas.size.width
+        assert 0 < len(train.xs) <= 2 * width  # downsampled for the plot's width
+        assert train.xs[0] == 10 and train.xs[-1] == 2000  # ...but spans the whole history
+        assert val.xs == [250, 500, 750, 1000, 1250, 1500, 1750, 2000]
+        assert val.ys[-1] == pytest.approx(loss_at(2000) + 0.1)
+        assert loss.redraws <= 2  # the replay was one batch, not 200 repaints
+        await pilot.pause(0.2)
+        assert loss.canvas.renders >= 1
+        assert "2000/2000" in status_text(app)
+
+
+def test_plot_settings_log_scale_tokens_axis_and_smoothing(fake):
+    f = fake(steps=50)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        loss = app.screen.query_one(LossPane)
+        await wait_for(pilot, lambda: loss.canvas.figure.points > 0)
+        raw_first = loss_at(10)
+        await pilot.press("l", "t")
+        fig = loss.canvas.figure
+        assert fig.log_y and fig.x_label == "tokens"
+        tokens_per_iter = 12 * 1 * 64
+        assert fig.series[0].xs[-1] == 500 * tokens_per_iter
+        assert fig.series[1].xs[0] == 250 * tokens_per_iter  # evals placed by tokens too
+        while loss.smoothing > 0:
+            await pilot.press("left_square_bracket")
+        assert loss.canvas.figure.series[0].ys[0] == pytest.approx(raw_first)
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        assert loss.smoothing > 0 and "smooth" in loss.border_subtitle
+
+
+def test_new_steps_keep_the_plot_and_status_moving(fake):
+    f = fake(steps=5, step_every=0.05)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.model.iters) >= 15, what="new steps")
+        await wait_for(pilot, lambda: screen.query_one(LossPane).canvas.figure.series[0].xs[-1] >= 150)
+        assert f"{screen.model.iter}/2000" in status_text(app) or screen.model.iter > 0
+
+
+def test_p_pauses_the_run_and_the_screen_says_so(fake):
+    f = fake(steps=20)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.model.live, what="the run to be live")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: "paused" in status_text(app), what="paused on screen")
+        assert {"cmd": "pause"} in f.received
+        assert screen.query_one(StatusPane).has_class("-paused")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: {"cmd": "resume"} in f.received, what="resume sent")
+        await wait_for(pilot, lambda: "running" in status_text(app))
+
+
+def test_typed_prompt_produces_a_sample_that_is_shown_once(fake):
+    f = fake(steps=20)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.model.live)
+        await pilot.press("s")
+        assert screen.focused is screen.query_one("#prompt")
+        await pilot.press(*"Hello", "enter")
+        sent = lambda: [m for m in f.received if m.get("cmd") == "sample"]  # noqa: E731
+        await wait_for(pilot, lambda: sent(), what="sample request")
+        assert sent()[0]["prompt"] == "Hello" and sent()[0]["max_new_tokens"] == 200 and sent()[0]["request_id"]
+        views = lambda: screen.query_one(SamplePane).views  # noqa: E731
+        await wait_for(pilot, lambda: any(v.sample and "Hello -> generated" in v.sample.text for v in views()),
+                       what="the sample on screen")
+        await pilot.pause(0.3)  # the run's `sample` event arrives too: still shown once
+        shown = [v for v in views() if v.sample and v.sample.request_id == sent()[0]["request_id"]]
+        assert len(shown) == 1 and shown[0].sample.iter == 200
+        assert "@iter 200" in text_of(shown[0])
+        await pilot.press("escape")
+        assert screen.focused is None
+
+
+def test_periodic_samples_from_the_log_are_listed(fake):
+    f = fake(steps=5)
+    f.events.emit("sample", iter=50, prompt="", text="periodic text", request_id=None)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        pane = app.screen.query_one(SamplePane)
+        await wait_for(pilot, lambda: pane.views)
+        assert "periodic" in text_of(pane.views[0]) and "periodic text" in text_of(pane.views[0])
+
+
+def test_bad_sample_settings_are_refused_before_sending(fake):
+    f = fake(steps=5)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        app.screen.query_one("#temperature").value = "0"
+        await pilot.press("s", "x", "enter")
+        await pilot.pause(0.2)
+        assert not [m for m in f.received if m.get("cmd") == "sample"]
+
+
+def test_x_asks_before_stopping(fake):
+    f = fake(steps=20)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        await pilot.press("x")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert isinstance(app.screen, RunScreen)
+        await pilot.pause(0.1)
+        assert {"cmd": "stop"} not in f.received
+        await pilot.press("x", "y")
+        await wait_for(pilot, lambda: {"cmd": "stop"} in f.received, what="stop sent")
+        await wait_for(pilot, lambda: "stopped" in status_text(app))
+
+
+def test_c_writes_a_checkpoint_and_the_log_shows_it(fake):
+    f = fake(steps=20)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: {"cmd": "checkpoint"} in f.received)
+        log = app.screen.query_one(LogPane)
+        await wait_for(pilot, lambda: any("checkpoint @200" in e.text for e in log.entries))
+        assert "@200" in status_text(app)
+
+
+def test_e_edits_live_settings_with_validation(fake):
+    f = fake(steps=20)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app, size=(80, 24))
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        await pilot.press("e")
+        dialog = app.screen
+        assert isinstance(dialog, LiveSettingsScreen)
+        lr = dialog.query_one("#set-train-learning-rate")
+        lr.value = "-1"
+        await pilot.pause()
+        assert lr.has_class("-invalid") and "train.learning_rate" in text_of(dialog.query_one("#settings-error"))
+        await pilot.press("enter")
+        assert app.screen is dialog  # invalid: not applied
+        lr.value = "3e-4"
+        await pilot.pause()
+        assert not lr.has_class("-invalid")
+        lr.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any(m.get("cmd") == "set" for m in f.received), what="set sent")
+        assert [m for m in f.received if m.get("cmd") == "set"] == [
+            {"cmd": "set", "key": "train.learning_rate", "value": 3e-4}]
+        log = app.screen.query_one(LogPane)
+        await wait_for(pilot, lambda: any("train.learning_rate" in e.text for e in log.entries))
+        assert app.screen.settings["train.learning_rate"] == 3e-4
+
+
+def test_control_failure_is_told_not_raised(fake):
+    f = fake(steps=5)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        f.server.close()  # the process is there, its control socket is gone
+        await pilot.press("c")
+        log = app.screen.query_one(LogPane)
+        await wait_for(pilot, lambda: any(e.severity == "error" for e in log.entries), what="the error in the log")
+        assert any("not running" in e.text or "answer" in e.text for e in log.entries)
+        assert app.is_running
+
+
+def test_a_finished_run_disables_commands_and_keeps_its_history(home):
+    run = make_run(name="old")
+    w = EventWriter(run.events_path)
+    w.emit("run", name="old", preset="cpu-tiny", engine="pretrain", config={}, device="cpu", world_size=1,
+           resumed_from=None)
+    for i in range(1, 11):
+        w.emit("step", iter=i * 10, loss=loss_at(i * 10), lr=1e-3, tokens=i * 7680, tokens_per_sec=1e4, ms=40.0,
+               mfu=None, micro_batch=12, grad_accum=1)
+    w.emit("state", state="done", reason="max_iters reached")
+    app = make_app("run", str(run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.model.iter == 100)
+        assert screen.check_action("toggle_pause", ()) is None  # dimmed in the Footer
+        await pilot.press("p")
+        assert "done" in status_text(app)
+        gpu = screen.query_one(GpuPane).text
+        assert "no NVIDIA GPU" in gpu
+
+
+def test_a_run_that_died_without_saying_shows_crashed(home):
+    run = make_run(name="dead")
+    w = EventWriter(run.events_path)
+    w.emit("state", state="running", reason="")
+    w.emit("step", iter=10, loss=2.0, lr=1e-3, tokens=7680, tokens_per_sec=1e4, ms=40.0, mfu=None,
+           micro_batch=12, grad_accum=1)
+    run.pid_path.write_text("999999999\n")
+    app = make_app("run", str(run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.alive is False)
+        await pilot.pause(0.05)
+        assert "crashed" in status_text(app)
+
+
+def test_gpu_pane_shows_readings_with_na_for_missing_figures(fake):
+    f = fake(steps=5)
+    f.events.emit("gpu", index=0, name="NVIDIA GeForce RTX 4070 Ti", util=97, mem_used=10.5 * 1024**3,
+                  mem_total=12 * 1024**3, temp=None, power=None)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app, size=(160, 48))
+    async def _(pilot):
+        gpu = app.screen.query_one(GpuPane)
+        await wait_for(pilot, lambda: app.screen.model.gpus)
+        await pilot.pause(0.1)
+        text = gpu.text
+        assert "97%" in text and "10.5/12.0 GiB" in text and "N/A °C" in text and "N/A W" in text
+        assert "RTX 4070 Ti" in text  # big enough for the detailed view
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_every_pane_has_room_at_small_and_large_sizes(fake, size):
+    f = fake(steps=30)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app, size=size)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.iter == 300)
+        screen = app.screen
+        for pane in (LossPane, StatusPane, GpuPane, SamplePane, LogPane):
+            region = screen.query_one(pane).region
+            assert region.width >= 20 and region.height >= 3, (pane.__name__, region)
+            assert region.right <= size[0] and region.bottom <= size[1] - 1, (pane.__name__, region)
+        status = screen.query_one(StatusPane)
+        assert status.region.height >= len(screen.model.status_rows()) + 2  # no status row cut off
+        assert screen.query_one("#prompt").region.height == 1
+
+
+def test_bindings_are_in_the_footer_and_the_command_palette(fake):
+    f = fake(steps=5)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        shown = {b.binding.key: b.binding.description for b in app.screen.active_bindings.values()
+                 if b.binding.show and b.binding.description}
+        for key in "pscxeq":
+            assert key in shown, key
+        names = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Pause/Resume", "Sample", "Checkpoint", "Stop", "Settings", "Leave", "Log scale"} <= names
+
+
+def test_q_leaves_and_the_run_goes_on(fake):
+    f = fake(steps=5, step_every=0.05)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        await pilot.press("q")
+        await pilot.pause(0.1)
+
+    assert app.return_code == 0
+    assert not [m for m in f.received if m.get("cmd") in ("stop", "pause")]
+    before = f.iter
+    time.sleep(0.2)
+    assert f.iter > before  # still training
+
+
+# --------------------------------------------------------------------------- home screen
+
+CHECKS = [
+    {"id": "python", "name": "Python", "status": "pass", "detail": "3.11", "remedy": ""},
+    {"id": "cuda", "name": "CUDA", "status": "fail", "detail": "no driver", "remedy": "install the NVIDIA driver"},
+    {"id": "disk", "name": "Disk", "status": "warn", "detail": "low", "remedy": "free some space"},
+]
+
+
+def test_home_shows_diagnostics_presets_runs_and_the_plan(fake):
+    f = fake(steps=10, name="live-one")
+    user_cfg = presets.load("cpu-tiny")
+    presets.save_user(user_cfg, "my-tiny")
+    app = make_app("home", doctor_argv=fake_doctor(CHECKS))
+
+    @run_app(app, size=(80, 24))
+    async def _(pilot):
+        screen = app.screen
+        assert isinstance(screen, HomeScreen)
+        diag = screen.query_one(DiagnosticsPane)
+        await wait_for(pilot, lambda: "1 fail" in diag.text, what="diagnostics")
+        text = diag.text
+        assert "1 pass" in text and "1 warn" in text and "install the NVIDIA driver" in text
+        names = [i.name for i in screen.preset_infos]
+        assert {"cpu-tiny", "shakespeare-char", "my-tiny"} <= set(names)
+        assert screen.selected_preset_name() == "cpu-tiny"  # the default on a box without a GPU
+        plan = screen.query_one(PlanPane)
+        await wait_for(pilot, lambda: "tokens/step" in plan.text, what="the plan")
+        assert "768" in plan.text  # 12 x 64 x 1
+        table = screen.query_one(RunsTable)
+        await wait_for(pilot, lambda: table.row_count == 1, what="the runs table")
+        assert table.get_row_at(0)[0] == "live-one" and table.get_row_at(0)[2] == "running"
+        await pilot.press("down")
+        await wait_for(pilot, lambda: screen.selected_preset_name() in plan.text)
+
+
+def test_home_copes_with_a_failing_doctor(home):
+    app = make_app("home", doctor_argv=[sys.executable, "-c", "import sys; sys.exit('doctor exploded')"])
+
+    @run_app(app)
+    async def _(pilot):
+        diag = app.screen.query_one(DiagnosticsPane)
+        await wait_for(pilot, lambda: "unavailable" in diag.text)
+        assert "doctor exploded" in diag.text
+
+
+def test_enter_on_a_preset_starts_it_and_opens_the_run_screen(home, monkeypatch):
+    started = []
+
+    def fake_spawn(run, resume, gpus, wait=20.0):
+        f = FakeRun(run)
+        f.history(3)
+        started.append(f.start())
+        return 1234
+
+    monkeypatch.setattr(launch, "spawn", fake_spawn)
+    app = make_app("home", doctor_argv=fake_doctor(CHECKS), poll_interval=POLL)
+    try:
+        @run_app(app)
+        async def _(pilot):
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+            assert app.screen.run.path == started[0].run.path
+            assert started[0].cfg.name == "cpu-tiny"
+            await wait_for(pilot, lambda: app.screen.model.iter == 30)
+            await pilot.press("h")
+            assert isinstance(app.screen, HomeScreen)
+            table = app.screen.query_one(RunsTable)
+            await wait_for(pilot, lambda: table.row_count == 1)
+            table.focus()
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen))
+    finally:
+        for f in started:
+            f.close()
+
+
+def test_preset_form_validates_as_you_type_updates_the_plan_and_saves(home):
+    app = make_app("home", doctor_argv=fake_doctor(CHECKS))
+
+    @run_app(app, size=(80, 24))
+    async def _(pilot):
+        await pilot.press("e")
+        form = app.screen
+        assert isinstance(form, PresetEditScreen)
+        plan = form.query_one(PlanPane)
+        await wait_for(pilot, lambda: "tokens/step" in plan.text)
+        heads = form.query_one(f"#{field_id('model.n_head')}")
+        heads.value = "3"  # 128 is not divisible by 3
+        await pilot.pause()
+        assert "divisible" in text_of(form.query_one("#edit-error"))
+        assert form.cfg is None
+        heads.value = "4"
+        batch = form.query_one(f"#{field_id('train.micro_batch')}")
+        batch.value = "x"
+        await pilot.pause()
+        assert batch.has_class("-invalid") and "train.micro_batch" in text_of(form.query_one("#edit-error"))
+        batch.value = "24"
+        await pilot.pause()
+        assert not batch.has_class("-invalid") and form.cfg.train.micro_batch == 24
+        await wait_for(pilot, lambda: "1,536" in plan.text, what="the plan to follow the form")
+        form.query_one("#save-name").value = "tiny-24"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen))
+        assert presets.load("tiny-24").train.micro_batch == 24
+        assert app.screen.selected_preset_name() == "tiny-24"
