@@ -484,6 +484,7 @@ class Trainer:
             c.reply(state=self.state, iter=self.iter)
         elif c.cmd == "resume":
             if self.state == "paused":
+                self.bad_steps = 0  # the user has acted (e.g. lowered the learning rate): count afresh
                 self._set_state("running", "resumed by user")
                 self.log(f"resumed at iter {self.iter}")
             c.reply(state=self.state, iter=self.iter)

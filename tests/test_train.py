@@ -171,3 +171,25 @@ def test_repeated_nonfinite_steps_pause_the_run(corpus, monkeypatch):
     assert of_type(ev, "anomaly")[0]["action"] == "paused" and tr.iter == 3
     # no checkpoint of bad weights: the stop after the skipped step writes none
     assert ckpt.listing(run.checkpoints) == []
+
+
+def test_run_writes_periodic_gpu_events(corpus, monkeypatch):
+    from gpt2_cockpit.engine import gpustats, runner
+
+    class FakeSampler:
+        def sample(self):
+            return [{"index": 0, "name": "NVIDIA GeForce RTX 4070 Ti", "util": 97, "mem_used": 9 * 2**30,
+                     "mem_total": 12 * 2**30, "temp": 66, "power": None}]
+
+    monkeypatch.setattr(gpustats.GpuSampler, "create", classmethod(lambda cls, *a, **k: FakeSampler()))
+    monkeypatch.setattr(runner, "GPU_SAMPLE_SECONDS", 0.05)
+    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.05)
+    _, code, events = run_inprocess(corpus, "g", max_iters=150, eval_interval=0)
+    gpu = of_type(events, "gpu")
+    assert code == 0 and len(gpu) >= 2
+    assert gpu[0]["util"] == 97 and gpu[0]["power"] is None and gpu[0]["name"].endswith("4070 Ti")
+
+
+def test_no_gpu_means_no_gpu_events_and_no_error(corpus):
+    _, code, events = run_inprocess(corpus, "n", max_iters=5)
+    assert code == 0 and not of_type(events, "gpu") and not of_type(events, "error")
