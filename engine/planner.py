@@ -25,7 +25,7 @@ from typing import Any
 
 from . import config as cfgmod
 from .errors import UserError
-from .hardware import GPUS, display_name, known_gpu, memory_gb_from_name, nvml_gpus, peak_tflops
+from .hardware import display_name, known_gpu, memory_gb_from_name, nvml_gpus, peak_tflops
 from .hardware import flops_per_token as _flops_per_token
 
 DEFAULT_MFU = 0.35  # a well-tuned GPT-2 run with torch.compile + flash attention gets 0.35-0.5 on
@@ -388,8 +388,9 @@ class Plan:
         else:
             rows.append(("time", "n/a without a GPU peak (--gpu NAME or --peak-tflops)"))
         if self.hours_measured is not None:
-            rows.append(("time measured", f"{_duration(self.hours_measured)} at {_ms(self.ms_per_iter_measured)}/iter"
-                                          f" ({self.measured_from})"))
+            source = f" ({self.measured_from})" if self.measured_from else ""
+            rows.append(("time measured", f"{_duration(self.hours_measured)} at "
+                                          f"{_ms(self.ms_per_iter_measured)}/iter{source}"))
         if self.kwh is not None or self.kwh_measured is not None:
             parts = []
             if self.kwh is not None:
@@ -496,7 +497,7 @@ def make_plan(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_si
         notes.append(f"train.epochs = {t.epochs:g}: the run derives max_iters from the data; "
                      f"this plan uses {t.max_iters:,}")
     if fits is False:
-        notes.append("on OOM the run halves micro_batch and doubles grad_accum (same tokens/step)")
+        notes.append("on OOM the run shrinks micro_batch and raises grad_accum (same tokens/step)")
 
     return Plan(
         preset=cfg.name, engine=cfg.engine, shape=shape, params=counts["params"],

@@ -100,7 +100,8 @@ def resolve_dtype(cfg: cfgmod.Config, device: str) -> torch.dtype:
     name = cfg.train.dtype
     if name == "auto":
         if device.startswith("cuda"):
-            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            # emulated bf16 (T4, V100) is slow: only native support counts
+            name = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
         else:
             name = "float32"
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
