@@ -77,7 +77,9 @@ def load_pretrained(name: str, progress=lambda msg: None):
                             f"written by save_pretrained, e.g. a finetune run's model/ folder)")
         progress(f"loading {name}")
         return _load(str(local), local_files_only=True)
-    if name.startswith((".", "/", "~")) or local.exists():
+    if local.exists():
+        raise UserError(f"model.pretrained {name} is a file; it needs a model folder written by save_pretrained")
+    if name.startswith((".", "/", "~")):
         raise UserError(f"model.pretrained {name} does not exist (a hub name such as \"gpt2\", or a local folder "
                         f"written by save_pretrained)")
     try:
@@ -114,6 +116,14 @@ def _load(where: str, local_files_only: bool):
         if Path(where).is_dir():
             raise UserError(f"model.pretrained {where} could not be loaded ({detail})") from None
         raise _NotCached(detail) from None
+    # transformers 5 builds an empty tokenizer from config.json when the tokenizer files are missing
+    if len(tokenizer) < 2:
+        raise UserError(f"model.pretrained {where} has no tokenizer files (save the tokenizer beside the model: "
+                        f"tokenizer.save_pretrained(folder))")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserError(f"model.pretrained {where}: its tokenizer has {len(tokenizer)} tokens and the model only "
+                        f"{rows} embedding rows (model.resize_token_embeddings(len(tokenizer)) before saving)")
     return model, tokenizer
 
 

@@ -126,6 +126,9 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
 
         torch.manual_seed(cfg.train.seed + dist.rank)  # dropout masks differ per rank
         workload = build_workload(cfg, progress=lambda msg: print(msg, flush=True))
+        if main and cfg != run.config():
+            # what the engine resolved (finetune: train.epochs -> max_iters), so runs, plan and resume agree
+            cfgmod.save(cfg, run.config_path)
         trainer = Trainer(cfg, workload, device, run=run, events=events, control=control, dist=dist)
         resumed_from = None
         if resume:

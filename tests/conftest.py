@@ -19,13 +19,27 @@ TINY_TEXT = "".join(
 
 
 @pytest.fixture(autouse=True)
-def cockpit_home(tmp_path, monkeypatch) -> Path:
+def cockpit_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("GPT2_COCKPIT_HOME", str(home))
     for var in ("GPT2_COCKPIT_FAKE_OOM_TOKENS", "GPT2_COCKPIT_FAKE_NAN_AT_ITER", "GPT2_COCKPIT_PEAK_TFLOPS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
+    yield home
+    _kill_leftover_runs(home)
+
+
+def _kill_leftover_runs(home: Path) -> None:
+    """A failed test must not leave a detached run training in the background."""
+    import signal
+
+    for pid_file in (home / "runs").glob("*/pid"):
+        try:
+            pid = int(pid_file.read_text())
+            if pid != os.getpid():
+                os.killpg(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
 
 @pytest.fixture
