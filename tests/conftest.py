@@ -35,9 +35,9 @@ def _kill_leftover_runs(home: Path) -> None:
 
     for pid_file in (home / "runs").glob("*/pid"):
         try:
-            pid = int(pid_file.read_text())
-            if pid != os.getpid():
-                os.killpg(pid, signal.SIGKILL)
+            pgid = os.getpgid(int(pid_file.read_text()))  # detached runs lead their own group
+            if pgid != os.getpgid(0):
+                os.killpg(pgid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
 

@@ -4,7 +4,6 @@ server and an event log in a test thread) or a recorded event log. CPU-only, off
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 
@@ -14,14 +13,14 @@ from test_tui_fakerun import FakeRun, loss_at, make_run
 from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.events import EventWriter
 from gpt2_cockpit.tui.app import make_app
-from gpt2_cockpit.tui.screens.home import HomeScreen, PresetList, RunsTable
+from gpt2_cockpit.tui.screens.home import HomeScreen, RunsTable
 from gpt2_cockpit.tui.screens.preset_edit import PresetEditScreen, field_id
 from gpt2_cockpit.tui.screens.run import RunScreen
 from gpt2_cockpit.tui.widgets.dialogs import ConfirmScreen, LiveSettingsScreen
 from gpt2_cockpit.tui.widgets.log_pane import LogPane
 from gpt2_cockpit.tui.widgets.loss_plot import LossPane
 from gpt2_cockpit.tui.widgets.plan import DiagnosticsPane, PlanPane
-from gpt2_cockpit.tui.widgets.samples import SamplePane, SampleView
+from gpt2_cockpit.tui.widgets.samples import SamplePane
 from gpt2_cockpit.tui.widgets.status import GpuPane, StatusPane
 
 POLL = 0.05
@@ -157,6 +156,8 @@ def test_p_pauses_the_run_and_the_screen_says_so(fake):
 
 def test_typed_prompt_produces_a_sample_that_is_shown_once(fake):
     f = fake(steps=20)
+    for it in (50, 100, 150):  # periodic samples fill the list first
+        f.events.emit("sample", iter=it, prompt="", text="periodic line\n" * 4, request_id=None)
     app = make_app("run", str(f.run.path), poll_interval=POLL)
 
     @run_app(app)
@@ -176,6 +177,8 @@ def test_typed_prompt_produces_a_sample_that_is_shown_once(fake):
         shown = [v for v in views() if v.sample and v.sample.request_id == sent()[0]["request_id"]]
         assert len(shown) == 1 and shown[0].sample.iter == 200
         assert "@iter 200" in text_of(shown[0])
+        sample_list = screen.query_one("#sample-list")
+        assert sample_list.max_scroll_y > 0 and sample_list.scroll_y == sample_list.max_scroll_y  # answer in view
         await pilot.press("escape")
         assert screen.focused is None
 
@@ -281,7 +284,10 @@ def test_control_failure_is_told_not_raised(fake):
         assert app.is_running
 
 
-def test_a_finished_run_disables_commands_and_keeps_its_history(home):
+def test_a_finished_run_disables_commands_and_keeps_its_history(home, monkeypatch):
+    from gpt2_cockpit.engine import hardware
+
+    monkeypatch.setattr(hardware, "has_cuda", lambda: False)  # a CPU box, whatever this one is
     run = make_run(name="old")
     w = EventWriter(run.events_path)
     w.emit("run", name="old", preset="cpu-tiny", engine="pretrain", config={}, device="cpu", world_size=1,
@@ -299,8 +305,8 @@ def test_a_finished_run_disables_commands_and_keeps_its_history(home):
         assert screen.check_action("toggle_pause", ()) is None  # dimmed in the Footer
         await pilot.press("p")
         assert "done" in status_text(app)
-        gpu = screen.query_one(GpuPane).text
-        assert "no NVIDIA GPU" in gpu
+        await wait_for(pilot, lambda: screen.query_one(GpuPane).nvidia is False)
+        assert "no NVIDIA GPU" in screen.query_one(GpuPane).text
 
 
 def test_a_run_that_died_without_saying_shows_crashed(home):
@@ -380,8 +386,9 @@ def test_q_leaves_and_the_run_goes_on(fake):
 
     assert app.return_code == 0
     assert not [m for m in f.received if m.get("cmd") in ("stop", "pause")]
-    before = f.iter
-    time.sleep(0.2)
+    before, deadline = f.iter, time.monotonic() + 5
+    while f.iter == before and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert f.iter > before  # still training
 
 

@@ -399,8 +399,8 @@ class RunModel:
         """(label, value) rows for the status pane; N/A where the run has not reported a figure."""
         s = self.last_step
         state = self.display_state
-        if self.reason and state == self.state:
-            state += f" ({self.reason})"
+        if self.reason and state == self.state and state != "running":
+            state += f" ({self.reason})"  # why it paused, stopped or failed
         if pending:
             state += f" → {pending}…"
         it = self.iter

@@ -34,10 +34,13 @@ def editable_keys(cfg: cfgmod.Config) -> list[str]:
     return keys
 
 
+_HINTS = {table: get_type_hints(cls) for table, cls in cfgmod.TABLES.items()}
+
+
 def parse_field(key: str, text: str) -> Any:
     """What the user typed, as the config value: strings stay as typed, the rest is TOML syntax."""
     table, name = key.split(".")
-    if get_type_hints(cfgmod.TABLES[table])[name] is str:
+    if _HINTS[table][name] is str:
         return text
     return cfgmod.parse_value(text.strip())
 
@@ -68,6 +71,7 @@ class PresetEditScreen(Screen[str | None]):
         self.cfg: cfgmod.Config | None = self.base  # the valid config of the form, None while invalid
         self.errors: dict[str, str] = {}
         self._generation = 0
+        self._texts = {field_id(k): value_text(self.base.get(k)) for k in self.keys}
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="edit-main"):
@@ -97,30 +101,35 @@ class PresetEditScreen(Screen[str | None]):
         return {key: self.query_one(f"#{field_id(key)}", Input) for key in self.keys}
 
     def validate(self) -> cfgmod.Config | None:
-        """Check each changed field alone (to mark it), then all together (cross-field rules)."""
+        """The form's config if valid; otherwise mark the fields at fault and say why.
+
+        All changes are checked together first (one engine validation per keystroke); only when
+        that fails is each changed field tried alone, to find which inputs to mark."""
         values = {key: parse_field(key, inp.value) for key, inp in self.inputs().items()}
         changed = {k: v for k, v in values.items() if v != self.base.get(k) or type(v) is not type(self.base.get(k))}
         origin = f"preset {self.preset_name}"
         self.errors = {}
-        for key, value in changed.items():
-            try:
-                cfgmod.with_overrides(self.base, {key: value}, origin=origin)
-            except UserError as e:
-                self.errors[key] = str(e)
         cfg = None
-        if not self.errors:
-            try:
-                cfg = cfgmod.with_overrides(self.base, changed, origin=origin) if changed else self.base
-            except UserError as e:
-                self.errors["*"] = str(e)
+        try:
+            cfg = cfgmod.with_overrides(self.base, changed, origin=origin) if changed else self.base
+        except UserError as whole:
+            for key, value in changed.items():
+                try:
+                    cfgmod.with_overrides(self.base, {key: value}, origin=origin)
+                except UserError as e:
+                    self.errors[key] = str(e)
+            if not self.errors:  # each change is fine alone; together they break a rule
+                self.errors["*"] = str(whole)
         for key, inp in self.inputs().items():
             inp.set_class(key in self.errors, "-invalid")
         self.query_one("#edit-error", Static).update("\n".join(self.errors.values()))
         return cfg
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "save-name":
-            return
+        key = event.input.id
+        if key == "save-name" or self._texts.get(key) == event.value:
+            return  # not an edit (each input reports its first value when it mounts)
+        self._texts[key] = event.value
         self.cfg = self.validate()
         if self.cfg is not None:
             self._replan()

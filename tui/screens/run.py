@@ -52,6 +52,14 @@ class ControlDone(Message):
         self.error = error
 
 
+class GpuProbed(Message):
+    """Whether NVML sees an NVIDIA GPU on this machine (so a CPU box says so before the run does)."""
+
+    def __init__(self, present: bool) -> None:
+        super().__init__()
+        self.present = present
+
+
 class RunScreen(Screen):
     AUTO_FOCUS = ""  # keys go to the screen until the user asks for the prompt (s) or tabs
     BINDINGS = [
@@ -119,6 +127,18 @@ class RunScreen(Screen):
         if self.config_error:
             self.log_pane.say(self.config_error, "error")
         self._poll()
+        self._probe_gpu()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="gpu-probe")
+    def _probe_gpu(self) -> None:
+        from gpt2_cockpit.engine.hardware import has_cuda  # NVML, never torch
+
+        self.post_message(GpuProbed(has_cuda()))
+
+    def on_gpu_probed(self, message: GpuProbed) -> None:
+        gpu = self.query_one(GpuPane)
+        gpu.nvidia = message.present
+        gpu.show()
 
     # ---------------------------------------------------------------- the feed
 
@@ -136,12 +156,11 @@ class RunScreen(Screen):
         if changes.plot:
             self.loss.data_changed()
         now = time.monotonic()
-        if changes.status or now - self._last_status > STATUS_REFRESH or m.live != self._was_live:
+        repaint = changes.status or m.live != self._was_live or now - self._last_status > STATUS_REFRESH
+        if repaint:  # also every few seconds, so ages and the ETA stay current while nothing happens
             self._last_status = now
             self.status.show()
-            if changes.gpu or not m.gpus:
-                self.query_one(GpuPane).show()
-        elif changes.gpu:
+        if repaint or changes.gpu:
             self.query_one(GpuPane).show()
         if changes.samples:
             self.samples.show_samples(changes.samples)
@@ -248,14 +267,15 @@ class RunScreen(Screen):
                 self._control("set", [{"cmd": "set", "key": k, "value": v} for k, v in changes.items()],
                               CONTROL_TIMEOUT)
 
-        self.app.push_screen(LiveSettingsScreen(current), apply)
+        self.app.push_screen(LiveSettingsScreen(current, self.run.name), apply)
 
     def action_focus_prompt(self) -> None:
         self.samples.prompt_input.focus()
 
     def on_sample_pane_sample_requested(self, message: SamplePane.SampleRequested) -> None:
         if not self.model.live:
-            text = f"run {self.run.name} is not running; sampling needs its live weights"
+            text = (f"run {self.run.name} is not running; sample its last checkpoint with "
+                    f"'gpt2-cockpit sample {self.run.name} PROMPT'")
             self.log_pane.say(text, "warn")
             self.notify(text, severity="warning")
             return
@@ -291,6 +311,3 @@ class RunScreen(Screen):
             return (f"Left the cockpit; run {self.run.name} goes on. "
                     f"'gpt2-cockpit attach {self.run.name}' to come back.")
         return f"Left the cockpit (run {self.run.name}: {self.model.display_state})."
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()

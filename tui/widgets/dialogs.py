@@ -62,15 +62,16 @@ class LiveSettingsScreen(ModalScreen[dict | None]):
         Binding("ctrl+s", "apply", "Apply"),
     ]
 
-    def __init__(self, cfg: cfgmod.Config, keys: tuple[str, ...] = cfgmod.LIVE_KEYS) -> None:
+    def __init__(self, cfg: cfgmod.Config, run_name: str = "", keys: tuple[str, ...] = cfgmod.LIVE_KEYS) -> None:
         super().__init__()
         self.cfg = cfg
+        self.run_name = run_name or cfg.name
         self.keys = keys
         self.errors: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="live-settings"):
-            yield Static(f"Live settings of {self.cfg.name} — Enter or ctrl+s applies, Esc cancels",
+            yield Static(f"Live settings of {self.run_name}\nEnter or ctrl+s applies, Esc cancels",
                          classes="dialog-title")
             for key in self.keys:
                 with Horizontal(classes="form-row"):

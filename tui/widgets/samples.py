@@ -83,6 +83,7 @@ class SamplePane(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "samples"
+        self.query_one("#sample-list").anchor()  # follow new samples, unless the user scrolls up to read
 
     @property
     def prompt_input(self) -> Input:
@@ -122,6 +123,7 @@ class SamplePane(Vertical):
         view = SampleView(pending_prompt=prompt, classes="-pending")
         self._pending[request_id] = view
         self._append(view)
+        self.query_one("#sample-list").anchor()  # the user asked: show the answer when it comes
 
     def fail_pending(self, request_id: str, error: str) -> None:
         view = self._pending.pop(request_id, None)
@@ -147,4 +149,3 @@ class SamplePane(Vertical):
             if old not in pending:
                 old.remove()
         lst.mount_all(views)
-        lst.call_after_refresh(lst.scroll_end, animate=False)

@@ -58,6 +58,7 @@ class GpuPane(TextPane):
     def __init__(self, model: RunModel, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
+        self.nvidia: bool | None = None  # does this machine have an NVIDIA GPU? (None: not known yet)
 
     def on_mount(self) -> None:
         self.border_title = "GPU"
@@ -68,8 +69,10 @@ class GpuPane(TextPane):
         self.can_focus = len(m.gpus) > 1  # scroll through several GPUs with the arrow keys
         if not m.gpus:
             device = (m.device or "").lower()
-            if device and not device.startswith("cuda"):
-                text = f"no NVIDIA GPU\nthe run trains on {m.device}"
+            if self.nvidia is False:
+                text = "no NVIDIA GPU" + (f"\nthe run trains on {m.device}" if m.device else "")
+            elif device and not device.startswith("cuda"):
+                text = f"no GPU in use: the run trains on {m.device}"
             elif m.state in ("stopped", "done", "failed") or m.alive is False:
                 text = "no GPU readings in this run's log"
             else:
