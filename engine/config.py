@@ -7,6 +7,7 @@ unknown key, wrong type, out-of-range value) raises UserError naming the file an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -183,6 +184,11 @@ def _check_ranges(cfg: Config, origin: str) -> None:
         raise UserError(f"{origin}: a finetune preset needs model.pretrained (\"gpt2\" or a local model folder)")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
 def from_dict(raw: dict[str, Any], origin: str = "<config>") -> Config:
     """Build and validate a Config from parsed TOML; `origin` names the file in messages."""
     if not isinstance(raw, dict):
@@ -195,7 +201,7 @@ def from_dict(raw: dict[str, Any], origin: str = "<config>") -> Config:
             if not isinstance(value, dict):
                 raise UserError(f"{origin}: [{key}] must be a table")
             table = getattr(cfg, key)
-            hints = get_type_hints(type(table))
+            hints = _hints(type(table))
             for name, v in value.items():
                 full = f"{key}.{name}"
                 if name not in hints:

@@ -77,11 +77,9 @@ def progress_printer(event: dict) -> None:
 
 def run_process(path: Path, resume: bool = False, headless: bool = False) -> int:
     """Train the run in `path` in this process; returns the exit code."""
-    from .train import Dist, Trainer, resolve_device
-
     run = RunDir(Path(path))
-    dist = Dist.from_env()
-    main = dist.is_main
+    main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; rank 0 speaks for the run
+    dist = None
     events = EventWriter(run.events_path) if main else NullEventWriter()
     if headless and main:
         events.listeners.append(progress_printer)
@@ -111,6 +109,11 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
             control = ControlServer(run.socket_path)
             threading.Thread(target=_background, args=(run, events, stop_bg), daemon=True).start()
             events.emit("state", state="preparing", reason="resuming" if resume else "loading data and model")
+        # torch loads here (seconds): after the pid and the socket are out, so a launcher and a
+        # cockpit see the run at once
+        from .train import Dist, Trainer, resolve_device
+
+        dist = Dist.from_env()
         cfg = run.config()
         if dist.enabled:
             import torch.distributed as tdist
@@ -154,7 +157,7 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
         stop_bg.set()
         control.close()
         events.close()
-        if dist.enabled:
+        if dist is not None and dist.enabled:
             import torch.distributed as tdist
 
             if tdist.is_initialized():

@@ -184,7 +184,7 @@ def test_run_writes_periodic_gpu_events(corpus, monkeypatch):
     monkeypatch.setattr(gpustats.GpuSampler, "create", classmethod(lambda cls, *a, **k: FakeSampler()))
     monkeypatch.setattr(runner, "GPU_SAMPLE_SECONDS", 0.05)
     monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.05)
-    _, code, events = run_inprocess(corpus, "g", max_iters=150, eval_interval=0)
+    _, code, events = run_inprocess(corpus, "g", max_iters=40, eval_interval=0)
     gpu = of_type(events, "gpu")
     assert code == 0 and len(gpu) >= 2
     assert gpu[0]["util"] == 97 and gpu[0]["power"] is None and gpu[0]["name"].endswith("4070 Ti")

@@ -83,7 +83,6 @@ class SamplePane(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "samples"
-        self.query_one("#sample-list").anchor()  # follow new samples, unless the user scrolls up to read
 
     @property
     def prompt_input(self) -> Input:
@@ -123,23 +122,33 @@ class SamplePane(Vertical):
         view = SampleView(pending_prompt=prompt, classes="-pending")
         self._pending[request_id] = view
         self._append(view)
-        self.query_one("#sample-list").anchor()  # the user asked: show the answer when it comes
+        self._reveal(view)
 
     def fail_pending(self, request_id: str, error: str) -> None:
         view = self._pending.pop(request_id, None)
         if view is not None:
             view.fail(error)
+            self._reveal(view)
 
     def show_samples(self, samples: list[Sample]) -> None:
-        new = []
+        new, newest = [], None
         for s in samples:
             view = self._pending.pop(s.request_id, None) if s.request_id else None
             if view is not None:
                 view.resolve(s)
             else:
-                new.append(SampleView(s))
+                view = SampleView(s)
+                new.append(view)
+            newest = view
         if new:
             self._append(*new[-MAX_SHOWN:])
+        if newest is not None:
+            self._reveal(newest)
+
+    def _reveal(self, view: SampleView) -> None:
+        """Scroll so the sample's first line is at the top: a long sample is read from its start."""
+        lst = self.query_one("#sample-list", VerticalScroll)
+        self.call_after_refresh(lst.scroll_to_widget, view, top=True, animate=False)
 
     def _append(self, *views: SampleView) -> None:
         lst = self.query_one("#sample-list", VerticalScroll)
