@@ -499,3 +499,22 @@ def test_preset_form_validates_as_you_type_updates_the_plan_and_saves(home):
         await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen))
         assert presets.load("tiny-24").train.micro_batch == 24
         assert app.screen.selected_preset_name() == "tiny-24"
+
+
+def test_an_oom_while_watching_offers_to_save_the_split_into_the_preset(fake, home):
+    from gpt2_cockpit.engine import presets
+
+    f = fake(steps=20)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        assert isinstance(app.screen, RunScreen)  # the history's replay offers nothing
+        f.events.emit("oom", iter=21, micro_batch_before=12, micro_batch_after=6, grad_accum_after=2)
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the offer")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: (home / "presets" / "cpu-tiny.toml").exists(), what="saved preset")
+    saved = presets.load("cpu-tiny")
+    assert (saved.train.micro_batch, saved.train.grad_accum) == (6, 2)
+    assert {i.name: i.origin for i in presets.available()}["cpu-tiny"] == "user"

@@ -23,7 +23,7 @@ from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
 from gpt2_cockpit.engine import config as cfgmod
-from gpt2_cockpit.engine import launch
+from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.runs import RunDir
 
@@ -169,7 +169,39 @@ class RunScreen(Screen):
         if m.live != self._was_live:
             self._was_live = m.live
             self.refresh_bindings()
+        ooms = [e for e in message.events if e.get("type") == "oom"]
+        if ooms and getattr(self, "_replayed", False):  # a new OOM while we watch, not old history
+            self.offer_oom_split(ooms[-1])
+        self._replayed = True
         self.set_timer(self.poll_interval, self._poll)  # re-armed only now: polls never pile up
+
+    def offer_oom_split(self, oom: dict[str, Any]) -> None:
+        """After an OOM shrink, offer to keep the split that fits in the user's preset."""
+        mb, accum = oom.get("micro_batch_after"), oom.get("grad_accum_after")
+        try:
+            preset = self.run.config().name
+        except UserError:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                try:
+                    cfg = presets.load(preset)
+                except UserError:  # the preset is gone: keep the run's own config instead
+                    cfg = self.run.config()
+                cfg.train.micro_batch, cfg.train.grad_accum = mb, accum
+                path = presets.save_user(cfg, preset)
+            except UserError as e:
+                self.log_pane.say(str(e), "error")
+                return
+            self.log_pane.say(f"saved micro_batch {mb} x grad_accum {accum} into your preset {path}", "info")
+            self.notify(f"preset {preset}: micro_batch {mb} x grad_accum {accum}", title="preset saved")
+
+        self.app.push_screen(ConfirmScreen(
+            f"Out of memory: the run now uses micro_batch {mb} x grad_accum {accum} (same tokens per step). "
+            f"Save that into your preset '{preset}' so the next run starts there?", yes="Save"), answered)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state != WorkerState.ERROR:
