@@ -159,7 +159,7 @@ def _start(run, args: argparse.Namespace, resume: bool, gpus: int | None) -> int
 def _cockpit(mode: str, run: str | None = None) -> int:
     """Open the Textual cockpit (a separate import tree that never loads torch)."""
     if not sys.stdout.isatty() and not os.environ.get("GPT2_COCKPIT_FORCE_TUI"):
-        hint = f"; the run goes on: follow it with 'gpt2-cockpit runs'" if run else ""
+        hint = "; the run goes on: follow it with 'gpt2-cockpit runs'" if run else ""
         raise UserError(f"the cockpit needs a terminal (stdout is not a TTY){hint}")
     from gpt2_cockpit.tui.app import main as tui_main
 

@@ -311,16 +311,15 @@ def prepare(source: str, tokenizer: str, val_fraction: float, block_size: int, t
     return data
 
 
-def _build(folder: Path, source: str, tokenizer: str, val_fraction: float, text_column: str,
-           progress: Progress) -> None:
-    """Write train.bin/val.bin/meta.json into a temporary folder, then rename it into place."""
+def build_atomically(folder: Path, fill: Callable[[Path], dict]) -> None:
+    """Let fill() write token files into a temporary folder and return their meta; then rename
+    the folder into place, so a cache folder with a meta.json is always complete."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        meta = (_build_char if tokenizer == "char" else _build_gpt2)(tmp, source, val_fraction, text_column, progress)
-        meta.update(source=source, tokenizer=tokenizer, val_fraction=val_fraction, created=time.time())
+        meta = fill(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, folder)
@@ -329,6 +328,16 @@ def _build(folder: Path, source: str, tokenizer: str, val_fraction: float, text_
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _build(folder: Path, source: str, tokenizer: str, val_fraction: float, text_column: str,
+           progress: Progress) -> None:
+    def fill(tmp: Path) -> dict:
+        meta = (_build_char if tokenizer == "char" else _build_gpt2)(tmp, source, val_fraction, text_column, progress)
+        meta.update(source=source, tokenizer=tokenizer, val_fraction=val_fraction, created=time.time())
+        return meta
+
+    build_atomically(folder, fill)
 
 
 def _goes_to_val(counts: dict[str, int], val_fraction: float) -> bool:

@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import config as cfgmod
-from .data import _goes_to_val, _hf_documents, _hub_reachable, read_documents, source_identity
+from .data import _goes_to_val, build_atomically, _hf_documents, _hub_reachable, read_documents, source_identity
 from .errors import NetworkUnavailable, UserError
 from .hardware import flops_per_token
 from .paths import cache_dir
@@ -323,20 +323,7 @@ def _encode(tokenizer, batch: list[str]) -> list[list[int]]:
 
 def _build(folder: Path, source: str, tokenizer, val_fraction: float, text_column: str, progress) -> None:
     """Write train.bin/val.bin/meta.json into a temporary folder, then rename it into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        meta = _tokenize_into(tmp, source, tokenizer, val_fraction, text_column, progress)
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another run prepared the same data meanwhile: theirs is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    build_atomically(folder, lambda tmp: _tokenize_into(tmp, source, tokenizer, val_fraction, text_column, progress))
 
 
 def _tokenize_into(tmp: Path, source: str, tokenizer, val_fraction: float, text_column: str, progress) -> dict:

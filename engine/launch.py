@@ -7,7 +7,6 @@ through torchrun for several GPUs) and speaks to it over its control socket.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess

@@ -172,15 +172,13 @@ def _cuda() -> bool:
 
 def sample_from_checkpoint(run: RunDir, prompt: str, max_new_tokens: int, temperature: float, top_k: int) -> str:
     """Generate from a run's newest checkpoint (the run is not live)."""
-    import torch
-
     from . import checkpoint as ckpt
-    from .train import Trainer, resolve_device
+    from .train import Dist, Trainer, resolve_device
 
     cfg = run.config()
     _, state = ckpt.load_latest(run.checkpoints)
     cfg.train.compile = False
-    device = resolve_device(cfg, __import__("gpt2_cockpit.engine.train", fromlist=["Dist"]).Dist())
+    device = resolve_device(cfg, Dist())
     trainer = Trainer(cfg, build_workload(cfg), device)
     trainer.raw_model.load_state_dict(state["model"])
     trainer.iter = int(state["iter"])

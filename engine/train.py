@@ -538,7 +538,6 @@ class Trainer:
         self._set_state("running", f"resumed from iter {resumed_from}" if resumed_from is not None else "")
         if resumed_from is None and t.eval_interval and self.dist.is_main:
             self.evaluate()  # the loss before any training: a baseline for the plot
-        last_log = time.perf_counter()
         while True:
             if self.handle_commands():
                 break

@@ -8,7 +8,7 @@ import pytest
 
 from gpt2_cockpit.engine import control as ctl
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import EventReader, EventWriter, read_all
+from gpt2_cockpit.engine.events import EventReader, EventWriter
 from gpt2_cockpit.engine.runs import RunDir, summarize
 
 

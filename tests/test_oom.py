@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gpt2_cockpit.engine import config as cfgmod
+
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.pretrain import PretrainWorkload

@@ -1,6 +1,5 @@
 """Runs as their own processes: headless signals, detach, remote control, crash recovery, DDP on CPU."""
 
-import json
 import os
 import signal
 import subprocess
