@@ -126,7 +126,8 @@ def export_pretrain(run_dir, dest: Path, best: bool) -> str:
     if cfg.data.tokenizer == "gpt2":
         tokenizer, vocab = gpt2_tokenizer(), GPT2_VOCAB
     else:
-        chars = run_chars(cfg, rows, run_dir.name)
+        saved = (state.get("tokenizer") or {}).get("chars")  # checkpoints since the vocabulary was saved in them
+        chars = list(saved) if saved and len(saved) == rows else run_chars(cfg, rows, run_dir.name)
         tokenizer, vocab = char_tokenizer(chars, cfg.model.block_size), len(chars)
     model = to_hf(state["model"], cfg, vocab)
     from .finetune import _quiet_transformers

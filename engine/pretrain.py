@@ -50,5 +50,10 @@ class PretrainWorkload:
         m = self.cfg.model
         return flops_per_token(self.model.num_params(), m.n_layer, m.n_embd, m.block_size)
 
+    def tokenizer_state(self) -> dict:
+        """Saved in checkpoints, so a char-level run's vocabulary travels with its weights."""
+        chars = getattr(self.tokenizer, "chars", None)
+        return {"kind": self.tokenizer.kind, "chars": list(chars) if chars is not None else None}
+
     def on_checkpoint(self, run_dir, iter: int, best: bool) -> None:
         pass  # the checkpoint holds everything; `gpt2-cockpit export` makes a Hugging Face folder from it

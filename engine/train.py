@@ -238,6 +238,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state(self.device) if self.device_type == "cuda" else None,
             },
             "config": cfgmod.to_raw(self.cfg),
+            "tokenizer": self.workload.tokenizer_state() if hasattr(self.workload, "tokenizer_state") else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

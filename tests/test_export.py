@@ -86,7 +86,22 @@ def test_export_refuses_a_non_empty_folder_unless_forced(char_run, tmp_path, cap
 
 
 def test_export_says_what_is_missing(char_run, corpus, tmp_path, capsys):
+    import torch
+
+    from gpt2_cockpit.engine import checkpoint as ckpt
+
     shutil.rmtree(tmp_path / "home" / "cache" / "tokens")
+    # the checkpoint carries the char vocabulary: no token cache needed
+    assert cli.main(["export", "p", "--to", str(tmp_path / "c")]) == 0
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "c")
+    assert tok.decode(tok("The lazy fox")["input_ids"]) == "The lazy fox"
+    # an older checkpoint without it, and no cache: one sentence
+    for path in char_run.checkpoints.iterdir():
+        state = ckpt.load_file(path)
+        state.pop("tokenizer")
+        torch.save(state, path)
     assert cli.main(["export", "p", "--to", str(tmp_path / "a")]) == 2
     assert "vocabulary is gone" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()  # nothing written

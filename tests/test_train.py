@@ -114,6 +114,7 @@ def test_checkpoint_holds_everything_for_resume(corpus):
     assert set(state) >= {"model", "optimizer", "scaler", "iter", "best_val_loss", "rng", "data_position", "config"}
     assert state["data_position"] == state["iter"] == 10
     assert cfgmod.from_dict(state["config"]).train.max_iters == 10
+    assert state["tokenizer"]["kind"] == "char" and "T" in state["tokenizer"]["chars"]
 
 
 class Script:
