@@ -61,7 +61,7 @@ def run_app(app, size=(80, 24)):
     return wrap
 
 
-async def wait_for(pilot, condition, timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_for(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -518,3 +518,20 @@ def test_an_oom_while_watching_offers_to_save_the_split_into_the_preset(fake, ho
     saved = presets.load("cpu-tiny")
     assert (saved.train.micro_batch, saved.train.grad_accum) == (6, 2)
     assert {i.name: i.origin for i in presets.available()}["cpu-tiny"] == "user"
+
+
+def test_a_late_stop_reply_does_not_undo_the_logged_stopped_state(fake):
+    from gpt2_cockpit.tui.screens.run import ControlDone
+
+    f = fake(steps=20)
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        await wait_for(pilot, lambda: app.screen.model.live)
+        f.events.emit("state", state="stopping", reason="stop requested")
+        f.events.emit("state", state="stopped", reason="stop requested")
+        await wait_for(pilot, lambda: "stopped" in status_text(app), what="stopped from the log")
+        app.screen.post_message(ControlDone("stop", {"cmd": "stop"}, reply={"ok": True, "state": "stopping"}))
+        await pilot.pause(0.3)
+        assert app.screen.model.state == "stopped" and "stopped" in status_text(app)

@@ -25,6 +25,7 @@ from textual.worker import Worker, WorkerState
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.events import FINAL_STATES
 from gpt2_cockpit.engine.runs import RunDir
 
 from ..feed import EventFeed, EventsArrived
@@ -242,7 +243,9 @@ class RunScreen(Screen):
         reply, error, purpose = message.reply, message.error, message.purpose
         if purpose in ("pause", "resume", "stop"):
             self.status.pending = None
-            if reply:
+            # the event log may already have said more (a reply "stopping" can land after the
+            # event "stopped"): a reply never takes a run back out of a final state
+            if reply and self.model.state not in FINAL_STATES:
                 self.model.state = reply.get("state") or self.model.state
                 self.model.reason = ""
             self.status.show()
