@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -71,8 +71,8 @@ def load_file(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_latest(folder: Path, warn=print) -> tuple[Path, dict[str, Any]]:
-    """The newest readable checkpoint; an unreadable newer one is reported and skipped."""
+def load_latest(folder: Path, warn: Callable[[str], None] = lambda message: None) -> tuple[Path, dict[str, Any]]:
+    """The newest readable checkpoint; an unreadable newer one is skipped and reported through `warn`."""
     candidates = listing(folder)
     best = folder / "best.pt"
     if best.exists():

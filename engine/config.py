@@ -63,6 +63,9 @@ class TrainConfig:
     epochs: float = 0.0  # finetune: when > 0, max_iters is derived from this many passes
     peak_tflops: float = 0.0  # override the GPU peak used for MFU; 0 = from the built-in table
     max_bad_steps: int = 5  # consecutive non-finite steps (each skipped) before the run pauses
+    spike_zscore: float = 6.0  # a loss or grad norm this many std devs above its recent mean is a spike; 0 off
+    spike_window: int = 128  # steps of history the spike z-score is measured against (as llm.c)
+    skip_spikes: bool = False  # skip the optimizer update of a spike step (it is always logged)
 
 
 @dataclass
@@ -100,6 +103,8 @@ LIVE_KEYS = (
     "train.log_interval",
     "train.checkpoint_interval",
     "train.grad_clip",
+    "train.spike_zscore",
+    "train.skip_spikes",
 )
 
 # Keys that only mean something for one engine.
@@ -148,7 +153,7 @@ def _check_ranges(cfg: Config, origin: str) -> None:
         raise UserError(f"{origin}: engine = {cfg.engine!r} must be \"pretrain\" or \"finetune\"")
     for key in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "train.micro_batch",
                 "train.grad_accum", "train.max_iters", "train.eval_iters", "train.log_interval",
-                "train.max_bad_steps"):
+                "train.max_bad_steps", "train.spike_window"):
         if cfg.get(key) < 1:
             raise bad(key, "must be at least 1")
     for key in ("train.warmup_iters", "train.lr_decay_iters", "train.eval_interval", "train.sample_interval",
@@ -158,7 +163,8 @@ def _check_ranges(cfg: Config, origin: str) -> None:
     for key in ("train.learning_rate",):
         if not cfg.get(key) > 0:
             raise bad(key, "must be greater than 0")
-    for key in ("train.min_lr", "train.weight_decay", "train.grad_clip", "train.epochs", "train.peak_tflops"):
+    for key in ("train.min_lr", "train.weight_decay", "train.grad_clip", "train.epochs", "train.peak_tflops",
+                "train.spike_zscore"):
         if cfg.get(key) < 0:
             raise bad(key, "must not be negative")
     if t.min_lr > t.learning_rate:

@@ -1,14 +1,19 @@
 """The control channel a run owns: a Unix socket in its run directory, JSON lines, never pickle.
 
 One request per connection: the client sends one JSON object and a newline, the run answers
-with one JSON object and a newline. `status` is answered at once from the latest snapshot;
-every other command waits for the training loop, which handles commands between optimizer
-steps (so pausing, sampling or setting a value never lands mid-step).
+with one JSON object and a newline. Every command waits for the training loop, which handles
+commands between optimizer steps (so pausing, sampling or setting a value never lands mid-step).
 
-Requests: {"cmd": "status" | "pause" | "resume" | "stop" | "checkpoint"
-                | "sample", "prompt", "max_new_tokens", "temperature", "top_k"
+Requests: {"cmd": "pause" | "resume" | "stop" | "checkpoint"
+                | "sample", "prompt", "max_new_tokens", "temperature", "top_k", "request_id"
                 | "set", "key", "value"}
-Replies:  {"ok": true, ...} or {"ok": false, "error": "one sentence"}
+Replies:  {"ok": true} (accepted) or {"ok": false, "error": "one sentence"} (refused), nothing more.
+
+The reply only says accepted or refused: what a command did is in the run's event log, the one
+source of truth for every viewer. pause, resume, stop, checkpoint and set are answered once
+applied, so the events they caused are in the log before the reply; a sample is answered when
+accepted, and its text follows as a `sample` event with the request's `request_id` (or an `error`
+event with it, if generation failed).
 
 Never imports torch: the cockpit and the CLI use the client half.
 """
@@ -27,7 +32,7 @@ from typing import Any, Iterator
 
 from .errors import UserError
 
-COMMANDS = ("status", "pause", "resume", "stop", "checkpoint", "sample", "set")
+COMMANDS = ("pause", "resume", "stop", "checkpoint", "sample", "set")
 MAX_REQUEST = 64 * 1024
 _SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes; leave room
 
@@ -83,12 +88,13 @@ class Command:
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _reply: dict[str, Any] | None = field(default=None, repr=False)
 
-    def reply(self, **fields: Any) -> None:
+    def accept(self) -> None:
+        """Answer {"ok": true}; later answers to the same command are ignored."""
         if self._reply is None:
-            self._reply = {"ok": True, **fields}
+            self._reply = {"ok": True}
             self._done.set()
 
-    def fail(self, error: str) -> None:
+    def refuse(self, error: str) -> None:
         if self._reply is None:
             self._reply = {"ok": False, "error": error}
             self._done.set()
@@ -102,19 +108,6 @@ class Command:
         return {"cmd": self.cmd, **self.args}
 
 
-class NullControl:
-    """No control channel (benchmarks, non-zero ranks): same signatures, never any commands."""
-
-    def poll(self) -> list[Command]:
-        return []
-
-    def update_status(self, **fields: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class ControlServer:
     """Listens on the run's control socket in a daemon thread; the loop drains `poll()`."""
 
@@ -122,8 +115,6 @@ class ControlServer:
         self.path = Path(sock_path)
         self.reply_timeout = reply_timeout
         self.queue: queue.Queue[Command] = queue.Queue()
-        self.status: dict[str, Any] = {}
-        self._status_lock = threading.Lock()
         self._closed = False
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
@@ -139,9 +130,9 @@ class ControlServer:
         self.thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self.thread.start()
 
-    def update_status(self, **fields: Any) -> None:
-        with self._status_lock:
-            self.status.update(fields)
+    def submit(self, cmd: Command) -> None:
+        """A command from inside the run process (a signal handler's stop): nobody waits for it."""
+        self.queue.put(cmd)
 
     def poll(self) -> list[Command]:
         out = []
@@ -162,7 +153,7 @@ class ControlServer:
                 pass
         # answer anything still waiting, so no client hangs on a run that is gone
         for c in self.poll():
-            c.fail("the run has exited")
+            c.refuse("the run has exited")
 
     def _serve(self) -> None:
         while not self._closed:
@@ -195,9 +186,6 @@ class ControlServer:
             return {"ok": False, "error": "the request is not JSON"}
         if not isinstance(msg, dict) or msg.get("cmd") not in COMMANDS:
             return {"ok": False, "error": f"unknown command; expected one of {', '.join(COMMANDS)}"}
-        if msg["cmd"] == "status":
-            with self._status_lock:
-                return {"ok": True, **self.status}
         if self._closed:
             return {"ok": False, "error": "the run has exited"}
         cmd = Command(msg.pop("cmd"), msg)

@@ -30,6 +30,7 @@ from .errors import NetworkUnavailable, UserError
 from .paths import cache_dir
 
 CACHE_VERSION = 1
+GPT2_VOCAB = 50257  # GPT-2's BPE: 50,000 merges, 256 bytes and <|endoftext|>
 GPT2_EOT = 50256  # <|endoftext|> in GPT-2's BPE, placed between documents
 GPT2_VOCAB_PADDED = 50304  # 50257 rounded up to a multiple of 64: faster matmuls, unused rows never trained
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -207,7 +208,7 @@ class GPT2Tokenizer:
     """tiktoken's GPT-2 BPE (the encoding file is downloaded once and cached by tiktoken)."""
 
     kind = "gpt2"
-    vocab_size = 50257
+    vocab_size = GPT2_VOCAB
 
     def __init__(self):
         try:

@@ -1,9 +1,10 @@
-"""`gpt2-cockpit doctor`: is this machine set up to train on its GPU, and if not, what to do.
+"""The checks behind `gpt2-cockpit doctor`: is this machine set up to train on its GPU, and if
+not, what to do. The command line (cli/) prints them; the cockpit shows them.
 
 Each check answers pass / warn / fail with a detail and, when not a pass, a one-line remedy.
 Checks marked `required` are the ones GPU training cannot do without; `doctor` exits 1 when
-one of them fails. NVML (pynvml, from nvidia-ml-py) and torch are imported lazily inside
-run_checks and can be swapped for fakes, so every path is tested on a machine with no GPU.
+one of them fails. NVML (nvml.probe) and torch are asked inside run_checks and can be swapped
+for fakes, so every path is tested on a machine with no GPU.
 Nothing here touches the network unless asked (`--online`, 2-second timeouts).
 
 A check never crashes the doctor: an exception inside one becomes that check's fail (or warn)
@@ -12,17 +13,17 @@ with the exception's one-line message.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
+
+from .nvml import NvmlGpu, as_str, call_or_none
+from .nvml import probe as nvml_probe
 
 MIN_DRIVER = 535  # CUDA 12.2; what current PyTorch wheels and FlashAttention-2 builds expect
 GIB = 1024 ** 3
@@ -60,11 +61,11 @@ class Check:
 class _Probe:
     """What the checks share: one NVML session and one torch import, done once."""
 
-    nvml: Any = None
+    nvml: Any = None  # the pynvml module (or a fake); None when it is not installed
     nvml_error: Exception | str | None = None  # why NVML is not usable
     driver: str | None = None
     cuda_driver: int | None = None  # 12040 for CUDA 12.4
-    gpus: list[dict[str, Any]] = field(default_factory=list)  # from NVML
+    gpus: list[NvmlGpu] = field(default_factory=list)  # from NVML
     torch: Any = None
     torch_error: str | None = None
     cuda_available: bool = False
@@ -81,10 +82,6 @@ def _one_line(e: BaseException | str) -> str:
     return f"{name}: {text}" if name and text and name not in text else (text or name)
 
 
-def _s(value) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def _cuda_str(v: int) -> str:
     return f"{v // 1000}.{v % 1000 // 10}"
 
@@ -97,53 +94,7 @@ def _index_for(cuda_driver: int | None) -> str:
     return f"pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/{tag}"
 
 
-def _call(fn, *args):
-    try:
-        return fn(*args)
-    except Exception:
-        return None
-
-
 # --------------------------------------------------------------------------- probing
-
-
-def _probe_nvml(p: _Probe, nvml) -> None:
-    if nvml is None:
-        from .hardware import import_nvml
-
-        nvml = import_nvml()
-        if nvml is None:
-            p.nvml_error = "pynvml (nvidia-ml-py) is not installed"
-            return
-    p.nvml = nvml
-    try:
-        nvml.nvmlInit()
-    except Exception as e:
-        p.nvml_error = e
-        return
-    try:
-        p.driver = _s(nvml.nvmlSystemGetDriverVersion())
-        p.cuda_driver = _call(nvml.nvmlSystemGetCudaDriverVersion)
-        for i in range(nvml.nvmlDeviceGetCount()):
-            h = nvml.nvmlDeviceGetHandleByIndex(i)
-            mem = _call(nvml.nvmlDeviceGetMemoryInfo, h)
-            cc = _call(getattr(nvml, "nvmlDeviceGetCudaComputeCapability", lambda h: None), h)
-            # compute processes (CUDA) and graphics ones (a desktop's X server holds VRAM too);
-            # None when the driver will not list them (some vGPUs, some containers)
-            compute = _call(nvml.nvmlDeviceGetComputeRunningProcesses, h)
-            graphics = _call(getattr(nvml, "nvmlDeviceGetGraphicsRunningProcesses", lambda h: None), h)
-            procs = None if compute is None else [(getattr(q, "pid", None), getattr(q, "usedGpuMemory", None))
-                                                  for q in list(compute) + list(graphics or [])]
-            p.gpus.append({
-                "index": i, "name": _s(_call(nvml.nvmlDeviceGetName, h) or f"GPU {i}"),
-                "cc": tuple(cc) if cc else None,
-                "mem_total": getattr(mem, "total", None), "mem_free": getattr(mem, "free", None),
-                "processes": procs,
-            })
-    except Exception as e:
-        p.nvml_error = e
-    finally:
-        _call(nvml.nvmlShutdown)
 
 
 def _probe_torch(p: _Probe, torch_mod) -> None:
@@ -283,8 +234,8 @@ def check_torch_cuda(p: _Probe) -> Check:
     n = cuda.device_count()
     c.status, c.detail = "pass", f"True: {n} device{'s' if n != 1 else ''}, cuda:0 is {cuda.get_device_name(0)}"
     # a GPU newer than the build (an RTX 50xx under a CUDA 12.4 wheel) fails with "no kernel image"
-    arch = _call(cuda.get_arch_list) or []
-    cc = _call(cuda.get_device_capability, 0)
+    arch = call_or_none(cuda.get_arch_list) or []
+    cc = call_or_none(cuda.get_device_capability, 0)
     if arch and cc:
         sm = cc[0] * 10 + cc[1]
         sms = {int(a.split("_")[1]) for a in arch if a.startswith("sm_") and a.split("_")[1].isdigit()}
@@ -304,26 +255,27 @@ def _hides_gpus(cvd: str | None) -> bool:
 
 def check_gpu(p: _Probe) -> Check:
     c = Check("gpu", "GPU", "fail", "", required=True)
-    gpus = [dict(g) for g in p.gpus]
+    gpus = list(p.gpus)
     if not gpus and p.cuda_available:  # NVML missing but torch sees GPUs: ask torch
         cuda = p.torch.cuda
         for i in range(cuda.device_count()):
-            free, total = _call(cuda.mem_get_info, i) or (None, None)
-            gpus.append({"index": i, "name": cuda.get_device_name(i), "cc": _call(cuda.get_device_capability, i),
-                         "mem_total": total, "mem_free": free, "processes": None})
+            free, total = call_or_none(cuda.mem_get_info, i) or (None, None)
+            cc = call_or_none(cuda.get_device_capability, i)
+            gpus.append(NvmlGpu(i, cuda.get_device_name(i), mem_total=total, mem_free=free,
+                                compute_capability=tuple(cc) if cc else None))
     if not gpus:
         c.detail = "no NVIDIA GPU found"
         c.remedy = "see the driver check above" if p.nvml_error is not None else "check nvidia-smi lists the GPU"
         return c
     parts, old = [], []
     for g in gpus:
-        cc = g["cc"]
-        mem = (f"{g['mem_total'] / GIB:.1f} GiB" if g["mem_total"] else "memory N/A")
-        free = f", {g['mem_free'] / GIB:.1f} free" if g["mem_free"] is not None else ""
-        parts.append(f"{g['index']}: {g['name'].replace('NVIDIA ', '')}, "
+        cc = g.compute_capability
+        mem = (f"{g.mem_total / GIB:.1f} GiB" if g.mem_total else "memory N/A")
+        free = f", {g.mem_free / GIB:.1f} free" if g.mem_free is not None else ""
+        parts.append(f"{g.index}: {g.name.replace('NVIDIA ', '')}, "
                      f"{'sm_%d%d' % tuple(cc) if cc else 'sm N/A'}, {mem}{free}")
         if cc and tuple(cc) < (7, 0):
-            old.append(g["index"])
+            old.append(g.index)
     c.status, c.detail = "pass", "; ".join(parts)
     if old:
         c.status = "warn"
@@ -339,15 +291,15 @@ def check_gpu_processes(p: _Probe) -> Check:
     me = os.getpid()
     found, unknown = [], []
     for g in p.gpus:
-        if g["processes"] is None:
-            unknown.append(str(g["index"]))
+        if g.processes is None:
+            unknown.append(str(g.index))
             continue
-        for pid, used in g["processes"]:
+        for pid, used in g.processes:
             if pid == me:
                 continue
             name = _process_name(p.nvml, pid)
             mem = f" {used / GIB:.1f} GiB" if isinstance(used, int) and used > 0 else ""
-            found.append(f"GPU{g['index']} pid {pid} {name}{mem}".rstrip())
+            found.append(f"GPU{g.index} pid {pid} {name}{mem}".rstrip())
     if found:
         c.status = "warn"
         c.detail = "; ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
@@ -361,20 +313,20 @@ def check_gpu_processes(p: _Probe) -> Check:
 
 
 def _process_name(nvml, pid) -> str:
-    name = _call(getattr(nvml, "nvmlSystemGetProcessName", lambda pid: None), pid)
+    name = call_or_none(getattr(nvml, "nvmlSystemGetProcessName", lambda pid: None), pid)
     if not name:
         try:
             name = Path(f"/proc/{pid}/comm").read_text().strip()
         except (OSError, TypeError):
             name = ""
-    return Path(_s(name)).name if name else ""
+    return Path(as_str(name)).name if name else ""
 
 
 def _capability(p: _Probe) -> tuple[int, int] | None:
-    cc = _call(p.torch.cuda.get_device_capability, 0)
+    cc = call_or_none(p.torch.cuda.get_device_capability, 0)
     if cc:
         return tuple(cc)
-    return p.gpus[0]["cc"] if p.gpus and p.gpus[0]["cc"] else None
+    return p.gpus[0].compute_capability if p.gpus else None
 
 
 def _no_cuda(c: Check, p: _Probe) -> Check:
@@ -409,9 +361,9 @@ def check_sdpa(p: _Probe) -> Check:
         return _no_cuda(c, p)
     b = p.torch.backends.cuda
     cc = _capability(p) or (0, 0)
-    built = _call(getattr(b, "is_flash_attention_available", lambda: True))
-    flash = bool(_call(b.flash_sdp_enabled)) and built is not False and cc >= (8, 0)
-    mem_eff = bool(_call(b.mem_efficient_sdp_enabled)) and cc >= (5, 0)
+    built = call_or_none(getattr(b, "is_flash_attention_available", lambda: True))
+    flash = bool(call_or_none(b.flash_sdp_enabled)) and built is not False and cc >= (8, 0)
+    mem_eff = bool(call_or_none(b.mem_efficient_sdp_enabled)) and cc >= (5, 0)
     if flash:
         c.detail = "flash attention" + (" and memory-efficient kernels" if mem_eff else "") + " available"
     elif mem_eff:
@@ -433,7 +385,7 @@ def check_cudnn(p: _Probe) -> Check:
         c.status, c.detail = "warn", "not checked: no CUDA build of torch"
         c.remedy = "see the failed checks above"
         return c
-    v = _call(p.torch.backends.cudnn.version)
+    v = call_or_none(p.torch.backends.cudnn.version)
     if not v:
         c.status, c.detail = "warn", "torch finds no cuDNN (GPT training does not need it, convolutions would)"
         c.remedy = "pip install nvidia-cudnn-cu12, or reinstall torch from its official index"
@@ -603,11 +555,9 @@ def run_checks(nvml=None, torch_mod=None, *, online: bool = False, runs_path: Pa
                versions: dict[str, str | None] | None = None, python: tuple[int, ...] | None = None) -> list[Check]:
     """Every check, in order. nvml / torch_mod: modules to use instead of pynvml / torch (tests
     pass fakes); versions: package versions instead of importlib.metadata's."""
-    p = _Probe(online=online, runs_path=runs_path)
-    try:
-        _probe_nvml(p, nvml)
-    except Exception as e:  # a fake or a driver misbehaving in a way we did not foresee
-        p.nvml_error = e
+    report = nvml_probe(nvml)  # never raises: what NVML would not say is in report.error
+    p = _Probe(nvml=report.nvml, nvml_error=report.error, driver=report.driver, cuda_driver=report.cuda_driver,
+               gpus=report.gpus, online=online, runs_path=runs_path)
     try:
         _probe_torch(p, torch_mod)
     except Exception as e:
@@ -626,18 +576,6 @@ def run_checks(nvml=None, torch_mod=None, *, online: bool = False, runs_path: Pa
 
 def exit_code(checks: list[Check]) -> int:
     return 1 if any(c.required and c.status == "fail" for c in checks) else 0
-
-
-def run_in_subprocess(timeout: float = 60.0) -> list[Check]:
-    """The checks from a child process, for the cockpit, which must not import torch itself."""
-    try:
-        proc = subprocess.run([sys.executable, "-m", "gpt2_cockpit.engine.cli", "doctor", "--json"],
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        return [Check(d["id"], d["name"], d["status"], d["detail"], d.get("remedy") or "", bool(d.get("required")))
-                for d in json.loads(proc.stdout)]
-    except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired) as e:
-        return [Check("doctor", "Diagnostics", "fail", f"gpt2-cockpit doctor did not answer: {_one_line(e)}",
-                      "run gpt2-cockpit doctor in a terminal to see why", True)]
 
 
 # --------------------------------------------------------------------------- output
@@ -681,20 +619,3 @@ def format_checks(checks: list[Check], width: int = 80, color: bool = False) -> 
     for text in summary:
         lines += textwrap.wrap(text, width=width, break_on_hyphens=False)
     return "\n".join(lines)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print a JSON list of {id, name, status, detail, remedy}")
-    p.add_argument("--online", action="store_true",
-                   help="also probe whether the GPT-2 download sites answer (2-second timeouts)")
-
-
-def run(args: argparse.Namespace) -> int:
-    checks = run_checks(online=getattr(args, "online", False))
-    if args.json:
-        print(json.dumps([c.to_dict() for c in checks], indent=2))
-    else:
-        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        width = min(shutil.get_terminal_size((80, 24)).columns, 100)
-        print(format_checks(checks, width=width, color=color))
-    return exit_code(checks)

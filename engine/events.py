@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-EVENT_TYPES = ("run", "state", "step", "eval", "sample", "oom", "checkpoint", "gpu", "set", "anomaly", "error")
+EVENT_TYPES = ("run", "state", "step", "prepare", "eval", "sample", "oom", "checkpoint", "gpu", "set", "anomaly", "error")
 STATES = ("preparing", "running", "paused", "stopping", "stopped", "done", "failed")
 FINAL_STATES = ("stopped", "done", "failed")
 
@@ -37,7 +37,7 @@ class EventWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self.listeners: list = []  # callables(event) — e.g. the headless progress printer
+        self.listeners: list = []  # callables(event): e.g. the headless progress printer
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"type": type, "time": round(time.time(), 3), **fields}
@@ -56,18 +56,6 @@ class EventWriter:
             self.fd = -1
 
 
-class NullEventWriter:
-    """Same signatures, writes nothing (non-zero ranks, benchmarks)."""
-
-    listeners: list = []
-
-    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        return {"type": type, **fields}
-
-    def close(self) -> None:
-        pass
-
-
 class EventReader:
     """Reads events.jsonl from the start, then yields new events as they are appended.
 
@@ -75,10 +63,17 @@ class EventReader:
     a partial last line is kept until its newline arrives; undecodable lines are skipped.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, from_end: bool = False):
+        """from_end: skip what the log holds now and read only what is appended from here on
+        (a client that sends a command reads the events it caused)."""
         self.path = Path(path)
         self._offset = 0
         self._partial = b""
+        if from_end:
+            try:
+                self._offset = self.path.stat().st_size
+            except FileNotFoundError:
+                pass
 
     def poll(self) -> list[dict[str, Any]]:
         try:

@@ -1,4 +1,4 @@
-"""`gpt2-cockpit export RUN --to DIR`: a run as a Hugging Face GPT-2 folder (save_pretrained).
+"""A run as a Hugging Face GPT-2 folder (save_pretrained), for `gpt2-cockpit export RUN --to DIR`.
 
 A finetune run already keeps one (runs/<name>/model/, or model-best/ with --best): it is copied.
 A pretrain run's newest checkpoint (best.pt with --best) becomes a GPT2LMHeadModel:
@@ -22,43 +22,29 @@ unless --force, which replaces the files of the export and removes stale weight 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 from pathlib import Path
 
 from . import config as cfgmod
+from .data import GPT2_VOCAB
 from .errors import NetworkUnavailable, UserError
 from .paths import cache_dir
 
-GPT2_VOCAB = 50257
 GPT2_EOT_TEXT = "<|endoftext|>"
 STALE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run name or run directory")
-    p.add_argument("--to", required=True, metavar="DIR", help="folder to write (must be empty or new)")
-    p.add_argument("--best", action="store_true", help="export the best checkpoint by val loss, not the newest")
-    p.add_argument("--force", action="store_true", help="write into a non-empty DIR, replacing its model files")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .runs import resolve
-
-    run_dir = resolve(args.run)
-    dest = Path(args.to).expanduser()
-    check_destination(dest, args.force)
-    cfg = run_dir.config()
-    if cfg.engine == "finetune":
-        what = export_finetune(run_dir, dest, args.best)
-    else:
-        what = export_pretrain(run_dir, dest, args.best)
-    print(f"exported {run_dir.name} ({what}) to {dest}; load it with "
-          f"transformers.pipeline(\"text-generation\", model=\"{dest}\")")
-    return 0
+def export_run(run_dir, dest: Path, best: bool = False, force: bool = False, warn=lambda message: None) -> str:
+    """Write a run's model into dest as a Hugging Face GPT-2 folder; returns what was exported
+    ("pretrain, iter 500, ckpt_000500.pt"). warn(message): told when an unreadable newer
+    checkpoint is skipped for an older one."""
+    check_destination(dest, force)
+    if run_dir.config().engine == "finetune":
+        return export_finetune(run_dir, dest, best)
+    return export_pretrain(run_dir, dest, best, warn)
 
 
 def check_destination(dest: Path, force: bool) -> None:
@@ -111,7 +97,7 @@ def export_finetune(run_dir, dest: Path, best: bool) -> str:
 # --------------------------------------------------------------------------- pretrain runs
 
 
-def export_pretrain(run_dir, dest: Path, best: bool) -> str:
+def export_pretrain(run_dir, dest: Path, best: bool, warn=lambda message: None) -> str:
     from . import checkpoint as ckpt
 
     if best:
@@ -120,7 +106,7 @@ def export_pretrain(run_dir, dest: Path, best: bool) -> str:
             raise UserError(f"run {run_dir.name} has no best checkpoint yet (it is written when an eval improves val loss)")
         state = ckpt.load_file(path)
     else:
-        path, state = ckpt.load_latest(run_dir.checkpoints)
+        path, state = ckpt.load_latest(run_dir.checkpoints, warn=warn)
     cfg = cfgmod.from_dict(state["config"], f"{path} (its config)")
     rows = state["model"]["transformer.wte.weight"].shape[0]
     if cfg.data.tokenizer == "gpt2":

@@ -1,12 +1,12 @@
 """The finetune engine's workload: a Hugging Face causal LM on the user's text, packed into blocks.
 
-The shared Trainer (engine/train.py) runs the loop, so events, control, checkpoints, OOM recovery
-and exact resume are the pretrain engine's; this module supplies what differs:
+The shared Stepper (engine/step.py) and loop (engine/loop.py) train it, so events, control,
+checkpoints, OOM recovery and exact resume are the pretrain engine's; this module supplies what differs:
 
 - the model and its tokenizer, `from_pretrained` from a local folder or a hub name. The hub cache
   is tried first with no network at all; only a name missing from it reaches for the Hub, after
   one short reachability probe, so an offline box gets one sentence instead of a retry storm.
-  Weights are loaded in float32 (the Trainer's autocast gives mixed precision on a GPU).
+  Weights are loaded in float32 (the Stepper's autocast gives mixed precision on a GPU).
 - the data: documents from engine.data.read_documents, tokenized once with the model's tokenizer
   into a cache (uint16/uint32 memmaps under cache/finetune/), an EOS token before every document,
   packed without padding. A plain text file (.txt and the like) with no blank lines and at least
@@ -146,11 +146,11 @@ def eos_id(tokenizer) -> int | None:
 
 
 class CausalLMAdapter(nn.Module):
-    """Our Trainer's model interface, `model(idx, targets) -> (logits, loss)`, over an HF causal LM.
+    """Our Stepper's model interface, `model(idx, targets) -> (logits, loss)`, over an HF causal LM.
 
     The batches already hold shifted targets (x = rows[:, :-1], y = rows[:, 1:]), so the loss is a
     plain cross-entropy over every position. idx stays the first positional argument: the fault
-    injection hook in train.py reads it there.
+    injection hook in step.py reads it there.
     """
 
     def __init__(self, hf_model: nn.Module):
@@ -403,7 +403,6 @@ class FinetuneWorkload:
                             cfg.data.text_column, progress)
         self.train_blocks = self.data.num_blocks("train", cfg.model.block_size)
         self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, its block order), the one in use
-        self._pending_config = False  # epochs resolved into max_iters, not yet in config.toml
         if cfg.train.epochs > 0:
             self._resolve_epochs(progress)
 
@@ -415,7 +414,6 @@ class FinetuneWorkload:
                  f"{self.cfg.model.block_size} tokens per epoch, {rows} per step)")
         t.max_iters = t.lr_decay_iters = iters
         t.epochs = 0.0
-        self._pending_config = True
 
     # ------------------------------------------------------------------ batches
 
@@ -438,7 +436,7 @@ class FinetuneWorkload:
         T = self.cfg.model.block_size
         if split == "train" and step is not None:
             index = self.train_block_indices(step, n)
-        else:  # eval: random blocks from `gen` (the Trainer seeds it the same way every time)
+        else:  # eval: random blocks from `gen` (the Stepper seeds it the same way every time)
             index = torch.randint(self.data.num_blocks(split, T), (n,), generator=gen).numpy()
         rows = torch.from_numpy(self.data.blocks(split, index, T))
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
@@ -488,9 +486,11 @@ class FinetuneWorkload:
         c = self.model.hf.config
         return flops_per_token(self.model.num_params(), c.num_hidden_layers, c.hidden_size, self.cfg.model.block_size)
 
+    def tokenizer_state(self) -> None:
+        return None  # the tokenizer is saved beside the model (on_checkpoint), not in the checkpoint
+
     def on_checkpoint(self, run_dir, iter: int, best: bool) -> None:
         """runs/<name>/model/ (and model-best/ when best): save_pretrained, swapped in whole."""
-        self._persist_resolved_config(run_dir)
         root = Path(run_dir.path)
         tmp = root / f".model.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -502,23 +502,6 @@ class FinetuneWorkload:
             shutil.copytree(tmp, best_tmp, copy_function=_link_or_copy)  # the same bytes: hard links
             _swap_in(best_tmp, root / BEST_DIR)
         _swap_in(tmp, Path(run_dir.model_dir))
-
-    def _persist_resolved_config(self, run_dir) -> None:
-        """Write epochs' resolved max_iters into config.toml (once; the Trainer saves it only on set/OOM).
-
-        If config.toml has epochs = 0 already, the Trainer saved our resolved config (after a `set`
-        or an OOM) and it is newer than ours: leave it alone.
-        """
-        if not self._pending_config:
-            return
-        self._pending_config = False
-        path = Path(run_dir.config_path)
-        on_disk = cfgmod.load(path)
-        if on_disk.train.epochs > 0:
-            on_disk.train.epochs = 0.0
-            on_disk.train.max_iters = self.cfg.train.max_iters
-            on_disk.train.lr_decay_iters = self.cfg.train.lr_decay_iters
-            cfgmod.save(on_disk, path)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .hardware import as_str, import_nvml
+from .nvml import as_str, call_or_none, import_nvml
 
 FIELDS = ("index", "name", "util", "mem_used", "mem_total", "temp", "power")
 
@@ -44,7 +44,8 @@ class GpuSampler:
         self.nvml = nvml
         self.indices = indices
         self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
-        self.names = [as_str(_call(nvml.nvmlDeviceGetName, h) or f"GPU {i}") for i, h in zip(indices, self.handles)]
+        self.names = [as_str(call_or_none(nvml.nvmlDeviceGetName, h) or f"GPU {i}")
+                      for i, h in zip(indices, self.handles)]
         self.count = len(self.handles)
         self._closed = False
 
@@ -63,11 +64,11 @@ class GpuSampler:
             count = nvml.nvmlDeviceGetCount()
             wanted = [i for i in (range(count) if indices is None else indices) if 0 <= i < count]
             if not wanted:
-                _call(nvml.nvmlShutdown)
+                call_or_none(nvml.nvmlShutdown)
                 return NullGpuSampler()
             return cls(nvml, wanted)
         except Exception:
-            _call(nvml.nvmlShutdown)
+            call_or_none(nvml.nvmlShutdown)
             return NullGpuSampler()
 
     def sample(self) -> list[dict[str, Any]]:
@@ -78,10 +79,10 @@ class GpuSampler:
         nvml = self.nvml
         out = []
         for index, name, h in zip(self.indices, self.names, self.handles):
-            util = _call(nvml.nvmlDeviceGetUtilizationRates, h)
-            mem = _call(nvml.nvmlDeviceGetMemoryInfo, h)
-            temp = _call(nvml.nvmlDeviceGetTemperature, h, getattr(nvml, "NVML_TEMPERATURE_GPU", 0))
-            power_mw = _call(nvml.nvmlDeviceGetPowerUsage, h)
+            util = call_or_none(nvml.nvmlDeviceGetUtilizationRates, h)
+            mem = call_or_none(nvml.nvmlDeviceGetMemoryInfo, h)
+            temp = call_or_none(nvml.nvmlDeviceGetTemperature, h, getattr(nvml, "NVML_TEMPERATURE_GPU", 0))
+            power_mw = call_or_none(nvml.nvmlDeviceGetPowerUsage, h)
             out.append({
                 "index": index,
                 "name": name,
@@ -96,18 +97,10 @@ class GpuSampler:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            _call(self.nvml.nvmlShutdown)
+            call_or_none(self.nvml.nvmlShutdown)
 
     def __bool__(self) -> bool:
         return True
-
-
-def _call(fn, *args):
-    """An NVML call, or None when it raises (NVMLError_NotSupported, GpuIsLost, ...)."""
-    try:
-        return fn(*args)
-    except Exception:
-        return None
 
 
 def _number(v):

@@ -1,4 +1,4 @@
-"""GPU facts without torch: a table of known GPUs, FLOPs arithmetic, NVIDIA presence via NVML.
+"""GPU facts without torch: a table of known GPUs, FLOPs arithmetic, NVIDIA presence (nvml.py).
 
 Peak figures are dense (no 2:4 sparsity) tensor-core TFLOP/s for bf16/fp16 inputs with fp32
 accumulation, which is what PyTorch's autocast matmuls use. GeForce cards run fp32-accumulate
@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+
+from .nvml import device_count
 
 
 @dataclass(frozen=True)
@@ -152,87 +154,6 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int) -
     return 6.0 * n_params + 12.0 * n_layer * block_size * n_embd
 
 
-# --------------------------------------------------------------------------- NVML (no torch)
-
-
-def import_nvml():
-    """The pynvml module (nvidia-ml-py), or None when it is not installed."""
-    try:
-        import pynvml
-
-        return pynvml
-    except ImportError:
-        return None
-
-
-def as_str(value) -> str:
-    """NVML strings are bytes in older bindings, str in newer ones."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-@dataclass
-class NvmlGpu:
-    """One GPU as the driver sees it. Any figure the device will not report is None."""
-
-    index: int
-    name: str
-    mem_total: int | None = None  # bytes
-    mem_free: int | None = None  # bytes
-    power_limit_w: float | None = None  # enforced power limit
-    compute_capability: tuple[int, int] | None = None
-
-
-def _try(fn, *args):
-    try:
-        return fn(*args)
-    except Exception:
-        return None
-
-
-def nvml_gpus(nvml=None) -> list[NvmlGpu]:
-    """Every NVIDIA GPU the driver can see, through NVML; [] without a driver or pynvml.
-
-    NVML's order is PCI bus order, which is also CUDA's when CUDA_DEVICE_ORDER=PCI_BUS_ID;
-    CUDA_VISIBLE_DEVICES is not applied here.
-    """
-    nvml = nvml or import_nvml()
-    if nvml is None:
-        return []
-    try:
-        nvml.nvmlInit()
-    except Exception:
-        return []
-    try:
-        gpus = []
-        for i in range(nvml.nvmlDeviceGetCount()):
-            h = nvml.nvmlDeviceGetHandleByIndex(i)
-            mem = _try(nvml.nvmlDeviceGetMemoryInfo, h)
-            limit_mw = _try(nvml.nvmlDeviceGetEnforcedPowerManagementLimit, h)
-            cc = _try(getattr(nvml, "nvmlDeviceGetCudaComputeCapability", lambda h: None), h)
-            gpus.append(NvmlGpu(
-                index=i,
-                name=as_str(_try(nvml.nvmlDeviceGetName, h) or f"GPU {i}"),
-                mem_total=getattr(mem, "total", None),
-                mem_free=getattr(mem, "free", None),
-                power_limit_w=limit_mw / 1000.0 if limit_mw else None,
-                compute_capability=tuple(cc) if cc else None,
-            ))
-        return gpus
-    except Exception:
-        return []
-    finally:
-        _try(nvml.nvmlShutdown)
-
-
 def has_cuda() -> bool:
-    """Is there an NVIDIA GPU the driver can see? (NVML; no torch import.)"""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount() > 0
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return False
+    """Is there an NVIDIA GPU the driver can see? (NVML, never torch.)"""
+    return device_count() > 0

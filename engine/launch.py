@@ -1,8 +1,9 @@
 """Starting runs and talking to them: the part of the engine the CLI and the cockpit share.
 
-Never imports torch: a run's own process (engine.runner) does the training; this module
-creates its directory, launches it (in the foreground, or detached in its own session, or
-through torchrun for several GPUs) and speaks to it over its control socket.
+Never imports torch and never prints: a run's own process (engine.runner) does the training;
+this module creates its directory, launches it (in the foreground, or detached in its own
+session, or through torchrun for several GPUs) and speaks to it over its control socket. What
+a command did is read back from the run's event log (control.py says why).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from . import config as cfgmod
 from . import control as ctl
-from . import presets
+from . import presets, sampling
 from .errors import UserError
-from .runs import RunDir, create, format_age, list_dirs, resolve, summarize
+from .events import FINAL_STATES, EventReader
+from .runs import RunDir, create, summarize
 
 
 def create_run(preset: str | None, overrides: list[str], name: str | None) -> RunDir:
@@ -39,8 +42,7 @@ def create_run(preset: str | None, overrides: list[str], name: str | None) -> Ru
 def prepare_restart(run: RunDir, overrides: list[str]) -> None:
     """Before restarting a stopped/crashed run: apply --set overrides to its config.toml."""
     if overrides:
-        cfg = cfgmod.with_overrides(run.config(), overrides)
-        cfgmod.save(cfg, run.config_path)
+        run.write_config(cfgmod.with_overrides(run.config(), overrides))
 
 
 def runner_argv(run: RunDir, resume: bool, gpus: int | None) -> list[str]:
@@ -118,85 +120,58 @@ def _tail(path, lines: int = 1) -> str:
 
 
 def control(run: RunDir, msg: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """Send one command to a live run; a failed command becomes a UserError."""
+    """Send one command to a live run; its reply is only {"ok": true}. A refusal, or a run that
+    is not there, becomes a UserError."""
     if not run.alive():
         state = summarize(run).state
         raise UserError(f"run {run.name} is not running (state: {state}); "
                         f"restart it with 'gpt2-cockpit resume {run.name}'")
     reply = ctl.request(run.socket_path, msg, timeout=timeout)
     if not reply.get("ok"):
-        raise UserError(f"run {run.name}: {reply.get('error', 'the command failed')}")
+        raise UserError(f"run {run.name}: {reply.get('error') or 'the command was refused'}")
     return reply
 
 
-def simple_command(run_name: str, cmd: str) -> int:
-    run = resolve(run_name)
-    reply = control(run, {"cmd": cmd})
-    if cmd == "checkpoint":
-        print(f"{run.name}: checkpoint at iter {reply.get('iter')} -> {reply.get('path')}")
-    else:
-        print(f"{run.name}: {reply.get('state', cmd)}")
-    return 0
+def command(run: RunDir, msg: dict[str, Any], timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Send pause/resume/stop/checkpoint/set to a live run; returns the events logged meanwhile.
+
+    The run applies such a command before it replies, and logs what it did first, so the
+    events it caused (a `state`, `checkpoint` or `set` event) are among those returned. The
+    reader is opened before sending, so nothing logged in between is missed.
+    """
+    reader = EventReader(run.events_path, from_end=True)
+    control(run, msg, timeout)
+    return reader.poll()
 
 
-def sample(run_name: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int) -> int:
-    if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {max_new_tokens}: needs at least 1")
-    if not temperature > 0:
-        raise UserError(f"--temperature {temperature}: must be greater than 0")
-    if top_k < 0:
-        raise UserError(f"--top-k {top_k}: must not be negative (0 means no top-k)")
-    run = resolve(run_name)
-    msg = {"cmd": "sample", "prompt": prompt, "max_new_tokens": max_new_tokens,
-           "temperature": temperature, "top_k": top_k}
-    if run.alive():
-        reply = control(run, msg, timeout=900)
-        print(reply["text"])
-        return 0
-    # not live: generate from the newest checkpoint in this process
-    from .runner import sample_from_checkpoint
+def sample_text(run: RunDir, prompt: str, max_new_tokens: int = sampling.MAX_NEW_TOKENS,
+                temperature: float = sampling.TEMPERATURE, top_k: int = sampling.TOP_K,
+                timeout: float = 900.0) -> str:
+    """Generate from a live run's weights as they are now; returns the text.
 
-    print(sample_from_checkpoint(run, prompt, max_new_tokens, temperature, top_k))
-    return 0
-
-
-def set_live(run_name: str, assignments: list[str]) -> int:
-    run = resolve(run_name)
-    pairs = [cfgmod.parse_assignment(a) for a in assignments]
-    for key, _ in pairs:
-        if key not in cfgmod.LIVE_KEYS:
-            raise UserError(f"{key} cannot change during a run (live keys: {', '.join(cfgmod.LIVE_KEYS)}); "
-                            f"for a stopped run use 'gpt2-cockpit resume {run.name} --set {key}=...'")
-    for key, value in pairs:
-        reply = control(run, {"cmd": "set", "key": key, "value": value})
-        print(f"{run.name}: {key} {reply.get('old')} -> {reply.get('new')}")
-    return 0
-
-
-def print_runs() -> int:
-    dirs = list_dirs()
-    if not dirs:
-        print("no runs yet; start one with 'gpt2-cockpit train'")
-        return 0
-    rows = [("NAME", "PRESET", "STATE", "ITER", "LOSS", "AGE")]
-    for run in dirs:
-        s = summarize(run)
-        loss = f"{s.loss:.4f}" if isinstance(s.loss, (int, float)) else "-"
-        rows.append((s.name, s.preset, s.state, f"{s.iter}/{s.max_iters}", loss, format_age(s.age)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    return 0
-
-
-def print_presets() -> int:
-    infos = presets.available()
-    width = max(len(i.name) for i in infos)
-    for info in infos:
-        try:
-            desc = cfgmod.load(info.path).description
-        except UserError as e:
-            desc = f"(invalid: {e})"
-        tag = "" if info.origin == "shipped" else " [user]"
-        print(f"{info.name.ljust(width)}  {desc}{tag}")
-    return 0
+    The run accepts the request, samples between optimizer steps, and logs the text as a
+    `sample` event (or a failure as an `error` event) carrying the request's id; this follows
+    the log until one of those arrives. A refusal, a timeout or the run stopping first is a
+    UserError.
+    """
+    sampling.check(max_new_tokens, temperature, top_k)
+    request_id = uuid.uuid4().hex[:12]
+    deadline = time.monotonic() + timeout
+    reader = EventReader(run.events_path, from_end=True)
+    control(run, {"cmd": "sample", "prompt": prompt, "max_new_tokens": max_new_tokens,
+                  "temperature": temperature, "top_k": top_k, "request_id": request_id}, timeout)
+    while True:
+        alive = run.alive()  # asked before reading, so a sample logged just before exiting is seen
+        for event in reader.poll():
+            if event.get("request_id") == request_id and event.get("type") == "sample":
+                return str(event.get("text", ""))
+            if event.get("request_id") == request_id and event.get("type") == "error":
+                raise UserError(f"run {run.name}: {event.get('message') or 'the sample failed'}")
+            if event.get("type") == "state" and event.get("state") in FINAL_STATES:
+                raise UserError(f"run {run.name} {event['state']} before the sample was ready; "
+                                f"'gpt2-cockpit sample {run.name}' samples from its last checkpoint")
+        if not alive:
+            raise UserError(f"run {run.name} exited before the sample was ready")
+        if time.monotonic() > deadline:
+            raise UserError(f"run {run.name} sent no sample within {timeout:.0f}s")
+        time.sleep(0.1)

@@ -9,12 +9,13 @@ Parameters are counted from the model's shape, tokens from the batch arithmetic,
 training keeps on the GPU (estimate_vram, below), time from an assumed MFU on the GPU's peak
 (or from a measured ms/iter), energy at the GPU's power limit.
 
-The cockpit imports this module, and the cockpit never loads torch: keep it that way.
+The cockpit imports this module, and the cockpit never loads torch: keep it that way. data.py
+(torch-free, but it brings numpy) is imported only inside the functions that need it, so the
+command line builds its parser without paying for it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,8 +26,10 @@ from typing import Any
 
 from . import config as cfgmod
 from .errors import UserError
-from .hardware import display_name, known_gpu, memory_gb_from_name, nvml_gpus, peak_tflops
+from .fmt import fmt_hours, fmt_ms, fmt_si
+from .hardware import display_name, known_gpu, memory_gb_from_name, peak_tflops
 from .hardware import flops_per_token as _flops_per_token
+from .nvml import probe as nvml_probe
 
 DEFAULT_MFU = 0.35  # a well-tuned GPT-2 run with torch.compile + flash attention gets 0.35-0.5 on
 #                     A100/H100; small models (d=384) and GeForce cards sit lower, so be modest
@@ -44,8 +47,6 @@ HF_GPT2 = {
     "gpt2-xl": (48, 25, 1600),
     "distilgpt2": (6, 12, 768),
 }
-HF_GPT2_VOCAB = 50257
-GPT2_VOCAB_PADDED = 50304  # 50257 rounded up to a multiple of 64, as nanoGPT and engine/model.py
 CHAR_VOCAB_GUESS = 256  # char-level before the corpus is tokenized: the corpus decides
 
 
@@ -68,12 +69,9 @@ class ModelShape:
 
 def _char_vocab(cfg: cfgmod.Config) -> tuple[int, str]:
     """The cached corpus's vocabulary if it was tokenized already, else a guess."""
-    try:
-        from .data import cached_vocab_size  # torch-free; reads the token cache's meta.json
+    from .data import cached_vocab_size  # the token cache's meta.json
 
-        v = cached_vocab_size(cfg)
-    except (ImportError, AttributeError):
-        v = None
+    v = cached_vocab_size(cfg)
     if v:
         return int(v), f"char, {v} symbols in the cached corpus"
     return CHAR_VOCAB_GUESS, f"char, ~{CHAR_VOCAB_GUESS} guessed (the corpus decides)"
@@ -81,12 +79,14 @@ def _char_vocab(cfg: cfgmod.Config) -> tuple[int, str]:
 
 def _hf_shape(cfg: cfgmod.Config) -> ModelShape:
     """A finetune's architecture: a hub GPT-2 size by name, or a local folder's config.json."""
+    from .data import GPT2_VOCAB
+
     name = cfg.model.pretrained.strip()
     key = name.split("/")[-1] if name.startswith(("openai-community/", "distilbert/")) else name
     if key in HF_GPT2:
         n_layer, n_head, n_embd = HF_GPT2[key]
-        return ModelShape(n_layer, n_head, n_embd, 1024, cfg.model.block_size, HF_GPT2_VOCAB, True, 0.1,
-                          f"GPT-2 BPE, {HF_GPT2_VOCAB:,} ({key})", hf=True)
+        return ModelShape(n_layer, n_head, n_embd, 1024, cfg.model.block_size, GPT2_VOCAB, True, 0.1,
+                          f"GPT-2 BPE, {GPT2_VOCAB:,} ({key})", hf=True)
     path = Path(name).expanduser() / "config.json"
     if not path.is_file():
         sizes = ", ".join(HF_GPT2)
@@ -112,7 +112,10 @@ def model_shape(cfg: cfgmod.Config, vocab_size: int | None = None) -> ModelShape
     if vocab_size:
         note = f"{vocab_size:,} (given)"
     elif cfg.data.tokenizer == "gpt2":
-        vocab_size, note = GPT2_VOCAB_PADDED, f"GPT-2 BPE, 50,257 padded to {GPT2_VOCAB_PADDED:,}"
+        from .data import GPT2_VOCAB, GPT2_VOCAB_PADDED
+
+        vocab_size = GPT2_VOCAB_PADDED
+        note = f"GPT-2 BPE, {GPT2_VOCAB:,} padded to {GPT2_VOCAB_PADDED:,}"
     else:
         vocab_size, note = _char_vocab(cfg)
     return ModelShape(m.n_layer, m.n_head, m.n_embd, m.block_size, m.block_size, vocab_size, m.bias, m.dropout, note)
@@ -156,7 +159,7 @@ class GpuSpec:
     @classmethod
     def detect(cls, nvml=None, peak_override: float = 0.0) -> "GpuSpec | None":
         """This machine's first GPU through NVML (no torch); None without one."""
-        gpus = nvml_gpus(nvml)
+        gpus = nvml_probe(nvml).gpus
         if not gpus:
             return None
         g = gpus[0]
@@ -343,16 +346,16 @@ class Plan:
             ("preset", f"{self.preset} ({self.engine})"),
             ("model", f"{s.n_layer} layers x {s.n_head} heads x {s.n_embd} wide, context {s.block_size:,}"),
             ("vocabulary", s.vocab_note),
-            ("parameters", f"{_si(self.params)} (with position embeddings {_si(self.params_total)})"),
-            ("", f"{_si(self.params_non_embedding)} without any embedding"),
+            ("parameters", f"{fmt_si(self.params)} (with position embeddings {fmt_si(self.params_total)})"),
+            ("", f"{fmt_si(self.params_non_embedding)} without any embedding"),
             ("tokens/step", f"{self.tokens_per_step:,} = {self.micro_batch} x {s.block_size:,} x {self.grad_accum} accum"
                             + (f" x {self.world_size} GPUs" if self.world_size > 1 else "")),
-            ("total tokens", f"{_si(self.total_tokens)} in {self.max_iters:,} iters"),
+            ("total tokens", f"{fmt_si(self.total_tokens)} in {self.max_iters:,} iters"),
             ("tokens/param", f"{_num(self.tokens_per_param)} (compute-optimal ~{TOKENS_PER_PARAM_OPTIMAL}: "
-                             f"{_si(TOKENS_PER_PARAM_OPTIMAL * self.params)} tokens)"),
-            ("FLOPs/token", f"{_si(self.flops_per_token)} = 6N {_si(self.flops_per_token - self.flops_attention_per_token)}"
-                            f" + attention {_si(self.flops_attention_per_token)}"),
-            ("FLOPs total", f"{self.flops_total:.3g} ({_si(self.flops_total, 'FLOP')})".replace("e+", "e")),
+                             f"{fmt_si(TOKENS_PER_PARAM_OPTIMAL * self.params)} tokens)"),
+            ("FLOPs/token", f"{fmt_si(self.flops_per_token)} = 6N {fmt_si(self.flops_per_token - self.flops_attention_per_token)}"
+                            f" + attention {fmt_si(self.flops_attention_per_token)}"),
+            ("FLOPs total", f"{self.flops_total:.3g} ({fmt_si(self.flops_total, 'FLOP')})".replace("e+", "e")),
             ("precision", f"{_DTYPE_LABEL[self.dtype]}{', torch.compile' if self.compiled else ''}"),
         ]
         b = self.vram_breakdown
@@ -384,13 +387,13 @@ class Plan:
         else:
             rows.append(("GPU", "none detected; plan for one with --gpu \"RTX 4070 Ti\""))
         if self.hours is not None:
-            rows.append(("time", f"{_duration(self.hours)} at {self.mfu:.0%} MFU (~{_ms(self.ms_per_iter_estimate)}/iter)"))
+            rows.append(("time", f"{fmt_hours(self.hours)} at {self.mfu:.0%} MFU (~{fmt_ms(self.ms_per_iter_estimate)}/iter)"))
         else:
             rows.append(("time", "n/a without a GPU peak (--gpu NAME or --peak-tflops)"))
         if self.hours_measured is not None:
             source = f" ({self.measured_from})" if self.measured_from else ""
-            rows.append(("time measured", f"{_duration(self.hours_measured)} at "
-                                          f"{_ms(self.ms_per_iter_measured)}/iter{source}"))
+            rows.append(("time measured", f"{fmt_hours(self.hours_measured)} at "
+                                          f"{fmt_ms(self.ms_per_iter_measured)}/iter{source}"))
         if self.kwh is not None or self.kwh_measured is not None:
             parts = []
             if self.kwh is not None:
@@ -557,26 +560,6 @@ def measured_ms_per_iter(cfg: cfgmod.Config, world_size: int = 1, last: int = 20
 # --------------------------------------------------------------------------- formatting
 
 
-def _si(n: float, unit: str = "") -> str:
-    """40_560_000 -> '40.56M', 1.0486e10 -> '10.49B'; with a unit, 3.1e18 -> '3.15 EFLOP'."""
-    for div, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {suffix}{unit}" if unit else f"{n / div:.2f}{suffix}"
-    return f"{n:g} {unit}".strip()
-
-
-def _duration(hours: float) -> str:
-    if hours < 1 / 3600:
-        return "<1 s"
-    if hours < 1 / 60:
-        return f"{hours * 3600:.0f} s"
-    if hours < 1:
-        return f"{hours * 60:.0f} min"
-    if hours < 48:
-        return f"{hours:.1f} h"
-    return f"{hours / 24:.1f} days ({hours:,.0f} h)"
-
-
 def _num(x: float) -> str:
     return f"{x:,.0f}" if x >= 10 else f"{x:.2g}"
 
@@ -587,66 +570,8 @@ def _kwh(kwh: float) -> str:
     return f"{kwh:.1f}" if kwh >= 10 else f"{kwh:.2f}"
 
 
-def _ms(ms: float | None) -> str:
-    if ms is None:
-        return "n/a"
-    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2g} ms"
-
-
 def _short_gpu(name: str) -> str:
     return name.replace("NVIDIA ", "").replace("GeForce ", "")
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    # the default preset (shakespeare-char on a GPU, else cpu-tiny) is resolved in run(), not
-    # here: build_parser() runs for every command, and asking NVML there would slow them all
-    p.add_argument("preset", nargs="?", default=None,
-                   help="preset name or .toml path (default: shakespeare-char on a GPU, else cpu-tiny)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one preset key, e.g. --set train.micro_batch=8 (repeatable)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--gpu", metavar="NAME", help='plan for a GPU you may not have, e.g. "RTX 4070 Ti", "A100 40GB", "H100"')
-    p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs training together (DDP); default 1")
-    p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
-                   help=f"model FLOPs utilisation assumed for the time estimate (default {DEFAULT_MFU})")
-    p.add_argument("--peak-tflops", type=float, default=0.0, metavar="X",
-                   help="the GPU's dense bf16 TFLOP/s, instead of the built-in table")
-    p.add_argument("--ms-per-iter", type=float, default=None, metavar="MS",
-                   help="a measured pace (default: from the newest run of the same workload, if any)")
-    p.add_argument("--price-per-kwh", type=float, default=None, metavar="PRICE",
-                   help=f"electricity price for the cost row (default ${PRICE_ENV})")
-
-
-def run(args: argparse.Namespace) -> int:
-    from . import presets
-
-    # the default preset is resolved here, not at parse time: it asks NVML, which `plan X` needn't
-    name = args.preset or presets.default_name()
-    cfg = presets.load(name, args.overrides)
-    peak_override = args.peak_tflops or cfg.train.peak_tflops
-    if args.peak_tflops < 0:
-        raise UserError(f"--peak-tflops {args.peak_tflops}: expected a positive number")
-    if args.gpu:
-        gpu: GpuSpec | None | str = GpuSpec.named(args.gpu, peak_override)
-    elif cfg.train.device == "cpu":
-        gpu = None
-    else:
-        gpu = GpuSpec.detect(peak_override=peak_override)
-    ms, source = args.ms_per_iter, "--ms-per-iter"
-    if ms is None and not args.gpu:  # a pace measured here says nothing about a GPU we don't have
-        found = measured_ms_per_iter(cfg, args.gpus)
-        if found:
-            ms, source = found
-    plan = make_plan(cfg, gpu=gpu, world_size=args.gpus, mfu=args.mfu, ms_per_iter=ms,
-                     price_per_kwh=args.price_per_kwh, measured_from=source)
-    if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
-    else:
-        print(format_rows(plan.rows()))
-    return 0
 
 
 def format_rows(rows: list[tuple[str, str]], width: int = 80) -> str:

@@ -65,6 +65,11 @@ class RunDir:
     def config(self) -> cfgmod.Config:
         return cfgmod.load(self.config_path)
 
+    def write_config(self, cfg: cfgmod.Config) -> None:
+        """The one writer of config.toml (atomic): at creation, before a restart with --set, and
+        from the run process itself (the resolved config at start, then live `set` and OOM splits)."""
+        cfgmod.save(cfg, self.config_path)
+
     def pid(self) -> int | None:
         try:
             return int(self.pid_path.read_text().strip())
@@ -124,7 +129,7 @@ def create(cfg: cfgmod.Config, name: str | None = None) -> RunDir:
         raise UserError(f"a run named '{name}' already exists in {root}; pick another --name") from None
     run = RunDir(path)
     run.checkpoints.mkdir(mode=0o700)
-    cfgmod.save(cfg, run.config_path)
+    run.write_config(cfg)
     return run
 
 
@@ -198,16 +203,13 @@ def summarize(run: RunDir, events: list[dict[str, Any]] | None = None) -> RunSum
             s.max_iters = e.get("new", s.max_iters)
         s.updated = e.get("time", s.updated)
     s.alive = run.alive()
-    if s.state not in FINAL_STATES and not s.alive and s.state != "new":
-        s.state = "crashed"
+    s.state = effective_state(s.state, s.alive)
     return s
 
 
-def format_age(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.0f}d"
+def effective_state(logged: str, alive: bool | None) -> str:
+    """The state to show: the logged one, or "crashed" when the process died without logging
+    a final state (alive None: not known yet, so the log is trusted)."""
+    if alive is False and logged not in FINAL_STATES and logged != "new":
+        return "crashed"
+    return logged

@@ -69,4 +69,4 @@ def cli_env(home: Path) -> dict[str, str]:
     return env
 
 
-CLI = [sys.executable, "-m", "gpt2_cockpit.engine.cli"]
+CLI = [sys.executable, "-m", "gpt2_cockpit.cli"]

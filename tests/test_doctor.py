@@ -87,7 +87,7 @@ def test_box_without_nvidia_fails_plainly(tmp_path):
 
 
 def test_pynvml_not_installed(tmp_path, monkeypatch):
-    monkeypatch.setattr("gpt2_cockpit.engine.hardware.import_nvml", lambda: None)
+    monkeypatch.setattr("gpt2_cockpit.engine.nvml.import_nvml", lambda: None)
     cs = checks(None, cpu_torch(), tmp_path)
     assert cs["nvidia_driver"].status == "fail" and "nvidia-ml-py" in cs["nvidia_driver"].remedy
 
@@ -287,7 +287,7 @@ def test_json_shape():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "gpt2_cockpit.engine.cli", "doctor", *args],
+    return subprocess.run([sys.executable, "-m", "gpt2_cockpit.cli", "doctor", *args],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
 
 

@@ -51,25 +51,28 @@ def test_control_round_trip_and_errors(tmp_path):
     sock = tmp_path / ("deep" * 20) / "control.sock"  # longer than sockaddr_un allows
     sock.parent.mkdir(parents=True)
     server = ctl.ControlServer(sock)
-    server.update_status(state="running", iter=7)
     assert oct(sock.stat().st_mode & 0o777) == "0o600"
-    assert ctl.request(sock, {"cmd": "status"}) == {"ok": True, "state": "running", "iter": 7}
-    assert ctl.request(sock, {"cmd": "launch_missiles"})["ok"] is False
+    unknown = ctl.request(sock, {"cmd": "launch_missiles"})
+    assert unknown["ok"] is False and "unknown command" in unknown["error"]
+    assert ctl.request(sock, {"cmd": "status"})["ok"] is False  # no status snapshot: the event log says it all
 
     def loop():
         for _ in range(200):
             for c in server.poll():
-                c.reply(state="paused") if c.cmd == "pause" else c.fail("no such thing")
-                return
+                c.accept() if c.cmd == "pause" else c.refuse("no such thing")
+                c.refuse("a second answer is ignored")
+                if c.cmd == "stop":
+                    return
             threading.Event().wait(0.01)
 
     t = threading.Thread(target=loop)
     t.start()
-    assert ctl.request(sock, {"cmd": "pause"}) == {"ok": True, "state": "paused"}
+    assert ctl.request(sock, {"cmd": "pause"}) == {"ok": True}  # accepted, and nothing more
+    assert ctl.request(sock, {"cmd": "stop"}) == {"ok": False, "error": "no such thing"}
     t.join()
     server.close()
     with pytest.raises(UserError, match="not running"):
-        ctl.request(sock, {"cmd": "status"})
+        ctl.request(sock, {"cmd": "pause"})
 
 
 def test_summary_reads_state_iter_loss_and_detects_crash(tmp_path):

@@ -7,8 +7,9 @@ import shutil
 import pytest
 import torch
 
+from gpt2_cockpit.cli import main as cli
 from gpt2_cockpit.engine import checkpoint as ckpt
-from gpt2_cockpit.engine import cli, launch, presets, runner
+from gpt2_cockpit.engine import launch, presets, runner
 from gpt2_cockpit.engine.export import to_hf, tokenizer_from_tiktoken
 from gpt2_cockpit.engine.model import GPT, GPTConfig
 from gpt2_cockpit.engine.pretrain import PretrainWorkload

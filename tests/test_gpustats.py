@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from gpt2_cockpit.engine import gpustats, hardware
+from gpt2_cockpit.engine import gpustats, hardware, nvml
 from gpt2_cockpit.engine.gpustats import GpuSampler, NullGpuSampler, describe
 
 MIB = 1024 ** 2
@@ -197,15 +197,16 @@ def test_describe_formats_a_sample():
 
 
 def test_nvml_inventory_for_the_planner():
-    gpus = hardware.nvml_gpus(FakeNvml([rtx_4070_ti(), rtx_4070_ti(limit_mw=None, cc=None)]))
+    gpus = nvml.probe(FakeNvml([rtx_4070_ti(), rtx_4070_ti(limit_mw=None, cc=None)])).gpus
     assert [(g.index, g.name) for g in gpus] == [(0, "NVIDIA GeForce RTX 4070 Ti"), (1, "NVIDIA GeForce RTX 4070 Ti")]
     assert gpus[0].power_limit_w == 285.0 and gpus[0].compute_capability == (8, 9)
     assert gpus[0].mem_total == 12282 * MIB and gpus[0].mem_free == 2042 * MIB
     assert gpus[1].power_limit_w is None and gpus[1].compute_capability is None
-    assert hardware.nvml_gpus(FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)) == []
+    assert nvml.probe(FakeNvml(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)).gpus == []
 
 
 def test_gpustats_and_hardware_never_import_torch():
-    code = ("import sys; import gpt2_cockpit.engine.gpustats as g, gpt2_cockpit.engine.hardware as h; "
-            "g.GpuSampler.create().sample(); h.nvml_gpus(); assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys; import gpt2_cockpit.engine.gpustats as g, gpt2_cockpit.engine.hardware as h, "
+            "gpt2_cockpit.engine.nvml as n; g.GpuSampler.create().sample(); n.probe(); h.has_cuda(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))

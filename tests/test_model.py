@@ -29,7 +29,10 @@ def test_param_count_excludes_position_embeddings_and_ties_weights():
 
 def test_gpt2_small_size():
     m = GPT(GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, bias=True))
-    assert abs(m.num_params() - 124.4e6) < 0.1e6 or abs(m.num_params() - 123.65e6) < 0.1e6
+    # GPT-2 small is 124,439,808 parameters with its 1024 x 768 position embeddings (as Hugging Face
+    # counts them); we report them without, as nanoGPT does
+    assert sum(p.numel() for p in m.parameters()) == 124_439_808
+    assert m.num_params() == 124_439_808 - 1024 * 768 == 123_653_376
 
 
 def test_residual_projections_scaled():

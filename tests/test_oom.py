@@ -8,7 +8,7 @@ from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.pretrain import PretrainWorkload
 from gpt2_cockpit.engine.runs import resolve
-from gpt2_cockpit.engine.train import Trainer, install_fault_injection
+from gpt2_cockpit.engine.step import Stepper, install_fault_injection
 from conftest import tiny_overrides
 from helpers import of_type, run_inprocess, step_losses
 
@@ -41,14 +41,19 @@ def test_oom_halves_micro_batch_keeps_tokens_and_matches_smaller_split(monkeypat
 
 
 def test_oom_mid_run_redoes_the_same_step(monkeypatch, corpus):
-    # the budget only bites from iter 6 on: eval batches are the same size, so use a later NaN-free switch
+    # five steps fit; then (on the same run, resumed) the budget only admits micro-batch 1, so
+    # step 6 runs out of memory twice and is redone from its first micro-batch each time
     _, _, ref = run_inprocess(corpus, "ref", micro_batch=1, grad_accum=8, max_iters=8)
-    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "16")  # only micro-batch 1 fits: two halvings
-    run, code, events = run_inprocess(corpus, "oom", micro_batch=4, grad_accum=2, max_iters=8)
+    _, code, first = run_inprocess(corpus, "oom", micro_batch=4, grad_accum=2, max_iters=5)
+    assert code == 0 and not of_type(first, "oom")
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "16")
+    _, code, events = run_inprocess(corpus, "oom", ["train.max_iters=8"], resume=True)
     assert code == 0
     ooms = of_type(events, "oom")
-    assert [(o["micro_batch_before"], o["micro_batch_after"], o["grad_accum_after"]) for o in ooms] == \
-           [(4, 2, 4), (2, 1, 8)]
+    assert [(o["iter"], o["micro_batch_before"], o["micro_batch_after"], o["grad_accum_after"]) for o in ooms] == \
+           [(6, 4, 2, 4), (6, 2, 1, 8)]
+    steps = [e["iter"] for e in of_type(events, "step")]
+    assert steps == list(range(1, 9))  # step 6 once, none lost (1-5 before the restart)
     got, want = step_losses(events), step_losses(ref)
     assert got.keys() == want.keys()
     for i in want:
@@ -74,19 +79,19 @@ def test_nothing_fits_fails_with_one_sentence(monkeypatch, corpus):
 
 def test_eval_oom_splits_its_own_batch(monkeypatch, corpus):
     cfg = presets.load("cpu-tiny", tiny_overrides(corpus))
-    tr = Trainer(cfg, PretrainWorkload(cfg), "cpu")
-    x, y = tr.workload.sample_batch("val", 8, torch.Generator().manual_seed(0), None)
-    whole = tr._eval_batch(x, y)
+    stepper = Stepper(cfg, PretrainWorkload(cfg), "cpu")
+    x, y = stepper.workload.sample_batch("val", 8, torch.Generator().manual_seed(0), None)
+    whole = stepper._eval_batch(x, y)
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "32")
-    install_fault_injection(tr.raw_model)
-    tr.raw_model.eval()
-    assert tr._eval_batch(x, y) == pytest.approx(whole, abs=1e-5)
+    install_fault_injection(stepper.raw_model)
+    stepper.raw_model.eval()
+    assert stepper._eval_batch(x, y) == pytest.approx(whole, abs=1e-5)
 
 
 def test_sampling_oom_is_reported_not_fatal(monkeypatch, corpus):
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "5")
     cfg = presets.load("cpu-tiny", tiny_overrides(corpus))
-    tr = Trainer(cfg, PretrainWorkload(cfg), "cpu")
+    stepper = Stepper(cfg, PretrainWorkload(cfg), "cpu")
     with pytest.raises(UserError, match="sampling ran out of GPU memory"):
-        tr.sample("The quick cat sat", 5, 1.0, 0)
-    assert tr.raw_model.training  # back in training mode
+        stepper.generate("The quick cat sat", 5, 1.0, 0, seed=1)
+    assert stepper.raw_model.training  # back in training mode

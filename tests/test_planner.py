@@ -17,7 +17,7 @@ from gpt2_cockpit.engine.events import EventWriter
 from gpt2_cockpit.engine.planner import GpuSpec, count_params, make_plan
 from gpt2_cockpit.engine.runs import create
 
-CLI = [sys.executable, "-m", "gpt2_cockpit.engine.cli"]
+CLI = [sys.executable, "-m", "gpt2_cockpit.cli"]
 GIB = 1024 ** 3
 RTX_4070_TI = GpuSpec("NVIDIA GeForce RTX 4070 Ti", 12282 / 1024, 285.0, 80.2, True, "detected")
 

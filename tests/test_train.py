@@ -6,10 +6,10 @@ import torch
 from gpt2_cockpit.engine import checkpoint as ckpt
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import presets
-from gpt2_cockpit.engine.control import Command
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.pretrain import PretrainWorkload
-from gpt2_cockpit.engine.train import Trainer, lr_at
+from gpt2_cockpit.engine.owner import RunOwner
+from gpt2_cockpit.engine.step import Stepper, lr_at
 from conftest import tiny_overrides
 from helpers import of_type, run_inprocess, step_losses
 
@@ -26,7 +26,9 @@ def test_loss_falls_and_run_contract(corpus):
     (r,) = of_type(events, "run")
     assert r["engine"] == "pretrain" and r["world_size"] == 1 and r["resumed_from"] is None and r["device"] == "cpu"
     step = of_type(events, "step")[-1]
-    assert set(step) >= {"iter", "loss", "lr", "tokens", "tokens_per_sec", "ms", "mfu", "micro_batch", "grad_accum"}
+    assert set(step) >= {"iter", "loss", "lr", "tokens", "tokens_per_sec", "ms", "mfu", "micro_batch", "grad_accum",
+                         "grad_norm"}
+    assert step["grad_norm"] > 0
     assert step["tokens"] == 60 * 4 * 2 * 16 and step["mfu"] is None  # no peak known for a CPU
     (sample,) = of_type(events, "sample")
     assert sample["iter"] == 60 and len(sample["text"]) > 50
@@ -71,21 +73,22 @@ def test_lr_schedule_warmup_cosine_floor():
 
 def test_weight_decay_only_on_matrices(corpus):
     cfg = presets.load("cpu-tiny", tiny_overrides(corpus) + ["model.bias=true"])
-    tr = Trainer(cfg, PretrainWorkload(cfg), "cpu")
-    decay, no_decay = tr.optimizer.param_groups
+    stepper = Stepper(cfg, PretrainWorkload(cfg), "cpu")
+    decay, no_decay = stepper.optimizer.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
 
 
-def test_truncated_newest_checkpoint_falls_back(corpus, capsys):
+def test_truncated_newest_checkpoint_falls_back(corpus):
     run, _, _ = run_inprocess(corpus, "c", max_iters=20)
     newest = ckpt.listing(run.checkpoints)[0]
     assert newest.name == "ckpt-00000020.pt"
     (run.checkpoints / "best.pt").unlink()
     newest.write_bytes(newest.read_bytes()[:1000])  # a crash mid-copy, a full disk...
-    path, state = ckpt.load_latest(run.checkpoints)
+    warnings = []
+    path, state = ckpt.load_latest(run.checkpoints, warn=warnings.append)
     assert path.name == "ckpt-00000010.pt" and state["iter"] == 10
-    assert "unreadable" in capsys.readouterr().out
+    assert len(warnings) == 1 and "unreadable" in warnings[0] and "ckpt-00000020.pt" in warnings[0]
 
 
 def test_all_checkpoints_unreadable_is_one_sentence(corpus):
@@ -117,27 +120,6 @@ def test_checkpoint_holds_everything_for_resume(corpus):
     assert state["tokenizer"]["kind"] == "char" and "T" in state["tokenizer"]["chars"]
 
 
-class Script:
-    """A control channel that answers with a fixed script, keyed by the trainer's state."""
-
-    def __init__(self, trainer_ref, actions):
-        self.ref, self.actions, self.status = trainer_ref, actions, {}
-
-    def poll(self):
-        tr = self.ref[0]
-        for when, make in list(self.actions):
-            if when(tr):
-                self.actions.remove((when, make))
-                return [make()]
-        return []
-
-    def update_status(self, **f):
-        self.status.update(f)
-
-    def close(self):
-        pass
-
-
 def test_nan_is_skipped_and_training_goes_on(corpus, monkeypatch):
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "5")
     run, code, events = run_inprocess(corpus, "n", max_iters=12)
@@ -150,32 +132,52 @@ def test_nan_is_skipped_and_training_goes_on(corpus, monkeypatch):
     assert of_type(events, "state")[-1]["state"] == "done"
 
 
-def test_repeated_nonfinite_steps_pause_the_run(corpus, monkeypatch):
-    monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "3")
-    cfg = presets.load("cpu-tiny", tiny_overrides(corpus) + ["train.max_bad_steps=1"])
-    ref = [None]
-    stops = []
-    control = Script(ref, [(lambda tr: tr.state == "paused", lambda: stops.append(1) or Command("stop"))])
-    from gpt2_cockpit.engine.events import EventWriter
-    from gpt2_cockpit.engine.launch import create_run
+class StopWhenPaused(RunOwner):
+    """A run owner whose control channel says `stop` as soon as the loop has paused the run."""
 
-    run = create_run("cpu-tiny", tiny_overrides(corpus) + ["train.max_bad_steps=1"], "p")
-    events = EventWriter(run.events_path)
-    tr = Trainer(cfg, PretrainWorkload(cfg), "cpu", run=run, events=events, control=control)
-    ref[0] = tr
-    assert tr.fit() == "stopped"
+    def __init__(self, run):
+        super().__init__(run)
+        self.stops = 0
+        self.paused = False
+
+    def emit(self, type, **fields):
+        if type == "state" and fields["state"] == "paused":
+            self.paused = True
+        return super().emit(type, **fields)
+
+    def requests(self):
+        if self.paused and not self.stops:
+            self.stops += 1
+            return [{"id": "s", "cmd": "stop"}]
+        return []
+
+
+def test_repeated_nonfinite_steps_pause_the_run(corpus, monkeypatch):
     from gpt2_cockpit.engine.events import read_all
+    from gpt2_cockpit.engine.launch import create_run
+    from gpt2_cockpit.engine.loop import train
+
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "3")
+    run = create_run("cpu-tiny", tiny_overrides(corpus) + ["train.max_bad_steps=1"], "p")
+    cfg = run.config()
+    owner = StopWhenPaused(run)
+    assert train(Stepper(cfg, PretrainWorkload(cfg), "cpu"), owner) == "stopped"
+    owner.close()
+    assert owner.stops == 1  # the loop stayed paused until told to stop
 
     ev = read_all(run.events_path)
     paused = [e for e in of_type(ev, "state") if e["state"] == "paused"]
-    assert paused and "learning_rate" in paused[0]["reason"]
-    assert of_type(ev, "anomaly")[0]["action"] == "paused" and tr.iter == 3
+    assert len(paused) == 1 and "learning_rate" in paused[0]["reason"]
+    (anomaly,) = of_type(ev, "anomaly")
+    assert anomaly["action"] == "paused" and anomaly["iter"] == 3
+    assert max(step_losses(ev)) == 3  # no step was taken while paused
+    assert [e["state"] for e in of_type(ev, "state")][-2:] == ["stopping", "stopped"]
     # no checkpoint of bad weights: the stop after the skipped step writes none
     assert ckpt.listing(run.checkpoints) == []
 
 
 def test_run_writes_periodic_gpu_events(corpus, monkeypatch):
-    from gpt2_cockpit.engine import gpustats, runner
+    from gpt2_cockpit.engine import gpustats, owner
 
     class FakeSampler:
         def sample(self):
@@ -183,8 +185,8 @@ def test_run_writes_periodic_gpu_events(corpus, monkeypatch):
                      "mem_total": 12 * 2**30, "temp": 66, "power": None}]
 
     monkeypatch.setattr(gpustats.GpuSampler, "create", classmethod(lambda cls, *a, **k: FakeSampler()))
-    monkeypatch.setattr(runner, "GPU_SAMPLE_SECONDS", 0.05)
-    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(owner, "GPU_SAMPLE_SECONDS", 0.05)
+    monkeypatch.setattr(owner, "HEARTBEAT_SECONDS", 0.05)
     _, code, events = run_inprocess(corpus, "g", max_iters=40, eval_interval=0)
     gpu = of_type(events, "gpu")
     assert code == 0 and len(gpu) >= 2
@@ -194,3 +196,29 @@ def test_run_writes_periodic_gpu_events(corpus, monkeypatch):
 def test_no_gpu_means_no_gpu_events_and_no_error(corpus):
     _, code, events = run_inprocess(corpus, "n", max_iters=5)
     assert code == 0 and not of_type(events, "gpu") and not of_type(events, "error")
+
+
+def test_a_loss_spike_is_an_anomaly_event(corpus, monkeypatch):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_SPIKE_AT_ITER", "30")
+    _, code, events = run_inprocess(corpus, "spike", max_iters=34, eval_interval=0)
+    assert code == 0
+    spikes = [a for a in of_type(events, "anomaly") if a["iter"] == 30]
+    assert {a["kind"] for a in spikes} == {"loss_spike", "grad_spike"}  # 20x the loss: 20x the gradients too
+    assert all(a["action"] == "none" and a["zscore"] > 6 for a in spikes)
+    assert [a["iter"] for a in of_type(events, "anomaly") if a["kind"] == "loss_spike"] == [30]
+    loss_spike = next(a for a in spikes if a["kind"] == "loss_spike")
+    assert loss_spike["value"] == step_losses(events)[30]
+    assert of_type(events, "state")[-1]["state"] == "done"
+
+
+def test_skip_spikes_leaves_the_weights_of_a_spike_step_alone(corpus, monkeypatch):
+    monkeypatch.setenv("GPT2_COCKPIT_FAKE_SPIKE_AT_ITER", "25")
+    cfg = presets.load("cpu-tiny", tiny_overrides(corpus) + ["train.skip_spikes=true"])
+    stepper = Stepper(cfg, PretrainWorkload(cfg), "cpu")
+    for k in range(24):
+        assert stepper.step(k, 1e-3).applied
+    before = {n: p.clone() for n, p in stepper.raw_model.named_parameters()}
+    result = stepper.step(24, 1e-3)
+    assert not result.applied and not result.nonfinite and {s.kind for s in result.spikes} == {"loss_spike", "grad_spike"}
+    assert all(torch.equal(p, before[n]) for n, p in stepper.raw_model.named_parameters())
+    assert stepper.step(25, 1e-3).applied  # the next step trains as usual

@@ -1,14 +1,14 @@
 """The cockpit driven for real with App.run_test() and Pilot, against a FakeRun (a control
-server and an event log in a test thread) or a recorded event log. CPU-only, offline, no torch."""
+server and an event log in a test thread) or a recorded event log. CPU-only, offline, no torch.
+(tests/test_tui_realrun.py drives it against a real run process.)"""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 
 import pytest
-from test_tui_fakerun import FakeRun, loss_at, make_run
+from fakerun import FakeRun, loss_at, make_run, run_app, status_text, text_of, wait_for
 
 from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.events import EventWriter
@@ -49,32 +49,6 @@ def fake():
 
 def fake_doctor(checks) -> list[str]:
     return [sys.executable, "-c", f"import json; print(json.dumps({checks!r}))"]
-
-
-def run_app(app, size=(80, 24)):
-    """Decorator: run an async test body against `app` inside run_test()."""
-    def wrap(body):
-        async def main():
-            async with app.run_test(size=size) as pilot:
-                await body(pilot)
-        asyncio.run(main())
-    return wrap
-
-
-async def wait_for(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.02)
-
-
-def text_of(widget) -> str:
-    return str(widget.render())
-
-
-def status_text(app) -> str:
-    return text_of(app.screen.query_one(StatusPane))
 
 
 # --------------------------------------------------------------------------- run screen
@@ -134,7 +108,7 @@ def test_new_steps_keep_the_plot_and_status_moving(fake):
         screen = app.screen
         await wait_for(pilot, lambda: len(screen.model.iters) >= 15, what="new steps")
         await wait_for(pilot, lambda: screen.query_one(LossPane).canvas.figure.series[0].xs[-1] >= 150)
-        assert f"{screen.model.iter}/2000" in status_text(app) or screen.model.iter > 0
+        assert screen.model.iter >= 150 and f"{screen.model.iter}/2000" in status_text(app)
 
 
 def test_p_pauses_the_run_and_the_screen_says_so(fake):
@@ -173,7 +147,7 @@ def test_typed_prompt_produces_a_sample_that_is_shown_once(fake):
         views = lambda: screen.query_one(SamplePane).views  # noqa: E731
         await wait_for(pilot, lambda: any(v.sample and "Hello -> generated" in v.sample.text for v in views()),
                        what="the sample on screen")
-        await pilot.pause(0.3)  # the run's `sample` event arrives too: still shown once
+        await pilot.pause(0.3)  # more polls: the pending view was resolved, not joined by a second one
         shown = [v for v in views() if v.sample and v.sample.request_id == sent()[0]["request_id"]]
         assert len(shown) == 1 and shown[0].sample.iter == 200
         assert "@iter 200" in text_of(shown[0])
@@ -520,18 +494,80 @@ def test_an_oom_while_watching_offers_to_save_the_split_into_the_preset(fake, ho
     assert {i.name: i.origin for i in presets.available()}["cpu-tiny"] == "user"
 
 
-def test_a_late_stop_reply_does_not_undo_the_logged_stopped_state(fake):
-    from gpt2_cockpit.tui.screens.run import ControlDone
+def test_a_reply_never_changes_the_panes_only_the_log_does(fake):
+    f = fake(steps=20)
+    f.silent = True  # accepts pause without writing a `state` event
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
 
+    @run_app(app)
+    async def _(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.model.live)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: {"cmd": "pause"} in f.received, what="pause sent")
+        await pilot.pause(0.4)  # the ok reply is back and several polls have run
+        assert screen.model.state == "running"
+        assert "running → pausing…" in status_text(app)  # still on its way: nothing in the log says otherwise
+        f.events.emit("state", state="paused", reason="from another viewer")
+        await wait_for(pilot, lambda: "paused" in status_text(app), what="paused from the log")
+        assert screen.model.state == "paused" and "pausing" not in status_text(app)
+        assert screen.query_one(StatusPane).pending is None
+
+
+def test_a_refused_command_clears_its_marker_and_says_why(fake):
+    f = fake(steps=20)
+    f.refuse["pause"] = "the run is saving a checkpoint; try again in a moment"
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+    told = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (told.append(message), notify(message, **kw))
+
+    @run_app(app)
+    async def _(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.model.live)
+        await pilot.press("p")
+        log = screen.query_one(LogPane)
+        await wait_for(pilot, lambda: any("saving a checkpoint" in e.text for e in log.entries), what="the refusal")
+        assert [e.severity for e in log.entries if "saving a checkpoint" in e.text] == ["error"]
+        assert screen.query_one(StatusPane).pending is None and "pausing" not in status_text(app)
+        assert screen.model.state == "running"
+        assert any("saving a checkpoint" in m for m in told)
+
+
+@pytest.mark.parametrize("how", ["error event", "refused"])
+def test_a_sample_that_fails_says_why_in_its_view(fake, how):
+    f = fake(steps=20)
+    if how == "refused":
+        f.refuse["sample"] = "the prompt has characters the model does not know: 'é'"
+    else:
+        f.sample_error = "sampling failed: out of memory"
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.model.live)
+        await pilot.press("s", *"Hi", "enter")
+        pane = screen.query_one(SamplePane)
+        await wait_for(pilot, lambda: pane.views and pane.views[-1].has_class("-failed"), what="the failed view")
+        text = text_of(pane.views[-1])
+        assert "sample failed" in text
+        assert ("does not know" in text) if how == "refused" else ("out of memory" in text)
+        assert not pane.pending_ids()
+        assert any(e.severity == "error" for e in screen.query_one(LogPane).entries)
+
+
+def test_a_pending_sample_fails_when_the_run_ends_before_answering(fake):
     f = fake(steps=20)
     app = make_app("run", str(f.run.path), poll_interval=POLL)
 
     @run_app(app)
     async def _(pilot):
-        await wait_for(pilot, lambda: app.screen.model.live)
-        f.events.emit("state", state="stopping", reason="stop requested")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.model.live)
+        pane = screen.query_one(SamplePane)
+        pane.add_pending("lost", "a prompt")  # accepted, then the run stopped before generating
         f.events.emit("state", state="stopped", reason="stop requested")
-        await wait_for(pilot, lambda: "stopped" in status_text(app), what="stopped from the log")
-        app.screen.post_message(ControlDone("stop", {"cmd": "stop"}, reply={"ok": True, "state": "stopping"}))
-        await pilot.pause(0.3)
-        assert app.screen.model.state == "stopped" and "stopped" in status_text(app)
+        await wait_for(pilot, lambda: pane.views[-1].has_class("-failed"), what="the failed view")
+        assert "before answering" in text_of(pane.views[-1])

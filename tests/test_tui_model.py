@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_mem, fmt_mfu
 from gpt2_cockpit.tui.feed import EventsArrived
-from gpt2_cockpit.tui.model import (NA, RunModel, Sample, downsample, ema, fmt_count, fmt_duration, fmt_mem,
-                                    fmt_mfu, sparkline)
-from gpt2_cockpit.tui.plot import nice_ticks
+from gpt2_cockpit.tui.model import RunModel, downsample, ema, sparkline
+from gpt2_cockpit.tui.plot import log_ticks, nice_ticks
 
 
 def step(it, loss=2.0, tokens=None, ms=50.0, **kw):
@@ -92,12 +92,21 @@ def test_tokens_at_interpolates_between_steps():
     assert m.tokens_at(15) == 1500 and m.tokens_at(0) == 0 and m.tokens_at(30) == 3000
 
 
-def test_a_sample_is_added_once_per_request():
+def test_samples_and_sample_failures_come_from_events():
     m = RunModel("r")
-    assert m.add_sample(Sample(10, "a", "ab", "req1"))
     ch = m.ingest([{"type": "sample", "time": 1, "iter": 10, "prompt": "a", "text": "ab", "request_id": "req1"},
-                   {"type": "sample", "time": 1, "iter": 500, "prompt": "", "text": "x", "request_id": None}])
-    assert [s.iter for s in m.samples] == [10, 500] and [s.periodic for s in ch.samples] == [True]
+                   {"type": "sample", "time": 1, "iter": 500, "prompt": "", "text": "x", "request_id": None},
+                   {"type": "error", "time": 1, "message": "sampling failed: out of memory", "request_id": "req2"},
+                   {"type": "error", "time": 1, "message": "disk full"}])
+    assert [s.iter for s in m.samples] == [10, 500] and [s.periodic for s in ch.samples] == [False, True]
+    assert ch.sample_errors == [("req2", "sampling failed: out of memory")]
+    assert [e.severity for e in ch.log] == ["error", "error"]
+
+
+def test_only_state_events_say_the_state_changed():
+    m = RunModel("r")
+    assert not m.ingest([step(10), {"type": "set", "time": 1, "key": "train.learning_rate", "old": 1, "new": 2}]).state
+    assert m.ingest([{"type": "state", "time": 1, "state": "paused", "reason": ""}]).state
 
 
 def test_gpu_readings_keep_a_short_history_and_missing_figures_stay_none():
@@ -112,6 +121,9 @@ def test_gpu_readings_keep_a_short_history_and_missing_figures_stay_none():
 def test_crashed_when_the_process_died_without_a_final_state():
     m = RunModel("r")
     m.ingest([{"type": "state", "time": 1, "state": "running"}])
+    assert m.display_state == "running"  # liveness not known yet: the log is trusted
+    m.alive = True
+    assert m.display_state == "running" and m.live
     m.alive = False
     assert m.display_state == "crashed" and not m.live
     m.ingest([{"type": "state", "time": 2, "state": "done"}])
@@ -129,6 +141,13 @@ def test_formatting_says_na_for_what_was_not_reported():
 def test_nice_ticks_are_round_and_inside_the_range():
     assert nice_ticks(10, 2570, 6) == [500, 1000, 1500, 2000, 2500]
     assert nice_ticks(0, 1.3e6, 5) == [0, 500000, 1000000]
+
+
+def test_log_ticks_are_round_values_inside_the_range():
+    assert log_ticks(1.2, 4.5, 5) == [2, 3, 4]  # less than a decade: round linear steps
+    assert log_ticks(0.05, 30, 9) == pytest.approx([0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20])  # 1-2-5
+    assert log_ticks(0.05, 30, 8) == pytest.approx([0.1, 1, 10])  # too many: decades
+    assert log_ticks(1e-3, 1e3, 4) == pytest.approx([1e-3, 1e-1, 10, 1000])
 
 
 def test_queued_event_batches_merge_instead_of_being_dropped():

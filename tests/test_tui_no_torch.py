@@ -49,6 +49,7 @@ def test_engine_modules_the_cockpit_uses_never_import_textual(tmp_path):
         import gpt2_cockpit.engine.config, gpt2_cockpit.engine.events, gpt2_cockpit.engine.runs
         import gpt2_cockpit.engine.control, gpt2_cockpit.engine.launch, gpt2_cockpit.engine.presets
         import gpt2_cockpit.engine.planner, gpt2_cockpit.engine.hardware
+        import gpt2_cockpit.engine.fmt, gpt2_cockpit.engine.sampling
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("textual", "textual_plotext", "torch")))
     """, tmp_path)
     assert out.strip() == "[]"

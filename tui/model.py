@@ -15,7 +15,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-NA = "N/A"
+from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_float, fmt_lr, fmt_mfu
+from gpt2_cockpit.engine.events import FINAL_STATES
+from gpt2_cockpit.engine.runs import effective_state
 
 GPU_HISTORY = 60  # readings kept per GPU for the short history (a few minutes at one per few seconds)
 STEP_TIMES = 50  # recent step durations behind the ETA
@@ -23,63 +25,7 @@ MAX_SAMPLES = 100
 MAX_LOG = 1000
 
 
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt_float(v: Any, digits: int = 4) -> str:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-        return NA
-    return f"{v:.{digits}f}"
-
-
-def fmt_lr(v: Any) -> str:
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
-        return NA
-    return f"{v:.2e}"
-
-
-def fmt_count(v: Any, unit: str = "") -> str:
-    """12345 -> '12.3k', 5.2e9 -> '5.20G'."""
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
-        return NA
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{suffix}{unit}"
-    return f"{v:.3g}{unit}" if isinstance(v, float) else f"{v}{unit}"
-
-
-def fmt_duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        return NA
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
-
-
-def fmt_mfu(v: Any) -> str:
-    """MFU as the engine reports it: a fraction of the GPU's peak (0.42 -> '42.0%')."""
-    if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        return NA
-    return f"{v * 100:.1f}%"
-
-
-def fmt_mem(used: Any, total: Any) -> str:
-    """GPU memory in bytes (as the `gpu` events report it) -> "10.2/12.0 GiB"."""
-    def gib(v: Any) -> str:
-        return f"{v / 1024**3:.1f}" if isinstance(v, (int, float)) else NA
-
-    if used is None and total is None:
-        return NA
-    return f"{gib(used)}/{gib(total)} GiB"
-
-
-def fmt_pct(v: Any) -> str:
-    return f"{v:.0f}%" if isinstance(v, (int, float)) and math.isfinite(v) else NA
+# --------------------------------------------------------------------------- sparklines
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -184,6 +130,8 @@ class Changes:
     status: bool = False
     gpu: bool = False
     samples: list[Sample] = field(default_factory=list)
+    sample_errors: list[tuple[str, str]] = field(default_factory=list)  # (request_id, message)
+    state: bool = False  # a `state` event arrived
     log: list[LogEntry] = field(default_factory=list)
 
 
@@ -215,7 +163,6 @@ class RunModel:
         self.gpu_util: dict[int, deque] = {}
         self.gpu_mem: dict[int, deque] = {}
         self.samples: list[Sample] = []
-        self._seen_requests: set[str] = set()
         self.last_event_time: float | None = None
 
     # ---------------------------------------------------------------- ingest
@@ -256,7 +203,7 @@ class RunModel:
         self.reason = e.get("reason") or ""
         severity = "error" if self.state == "failed" else "warn" if self.state in ("paused", "stopping") else "info"
         self._log(ch, e, f"state: {self.state}" + (f" ({self.reason})" if self.reason else ""), severity)
-        ch.status = True
+        ch.status = ch.state = True
 
     def _on_step(self, e: dict, ch: Changes) -> None:
         it = e.get("iter")
@@ -292,20 +239,10 @@ class RunModel:
         ch.plot = ch.status = True
 
     def _on_sample(self, e: dict, ch: Changes) -> None:
-        self.add_sample(Sample(e.get("iter"), e.get("prompt") or "", e.get("text") or "",
-                               e.get("request_id"), e.get("time")), ch)
-
-    def add_sample(self, s: Sample, ch: Changes | None = None) -> bool:
-        """Add a sample unless its request was already shown (the reply and the event both carry it)."""
-        if s.request_id is not None:
-            if s.request_id in self._seen_requests:
-                return False
-            self._seen_requests.add(s.request_id)
+        s = Sample(e.get("iter"), e.get("prompt") or "", e.get("text") or "", e.get("request_id"), e.get("time"))
         self.samples.append(s)
         del self.samples[:-MAX_SAMPLES]
-        if ch is not None:
-            ch.samples.append(s)
-        return True
+        ch.samples.append(s)
 
     def _on_oom(self, e: dict, ch: Changes) -> None:
         self.micro_batch = e.get("micro_batch_after", self.micro_batch)
@@ -342,6 +279,8 @@ class RunModel:
         self._log(ch, e, f"anomaly at iter {e.get('iter')}: {e.get('kind')} → {e.get('action')}", "warn")
 
     def _on_error(self, e: dict, ch: Changes) -> None:
+        if e.get("request_id") is not None:  # a sample request the run took but could not answer
+            ch.sample_errors.append((e["request_id"], str(e.get("message"))))
         self._log(ch, e, f"error: {e.get('message')}", "error")
 
     def _truncate(self, last_iter: int) -> None:
@@ -362,13 +301,12 @@ class RunModel:
     @property
     def live(self) -> bool:
         """Can the run take commands? (its process is there and it has not finished)"""
-        return bool(self.alive) and self.state not in ("stopped", "done", "failed")
+        return bool(self.alive) and self.state not in FINAL_STATES
 
     @property
     def display_state(self) -> str:
-        if self.alive is False and self.state not in ("stopped", "done", "failed", "new"):
-            return "crashed"  # the process died without saying so
-        return self.state
+        """The logged state, or "crashed" when the process died without logging a final one."""
+        return effective_state(self.state, self.alive)
 
     def ms_per_iter(self) -> float | None:
         return statistics.median(self.step_ms) if self.step_ms else None

@@ -1,9 +1,11 @@
 """Our small adapter over plotext (through textual-plotext): declare series, get a drawn chart.
 
-plotext keeps mutable state between builds (a second `build()` of a log-scale figure applies
-the log again), so every render starts from a clean figure and replays the declared spec.
-The rest of the cockpit never calls plotext directly; swapping the plotting library means
-rewriting this file only.
+`PlotCanvas.show(figure)` replays a declared `Figure` onto textual-plotext's `plt` (its public
+plotting object) and lets `PlotextPlot.render` size, theme and build it. A build must be
+repeatable (a resize or a theme change builds again without a new figure), and plotext's own
+log scale is not: each build applies the log once more. So the log y-axis is done here, on the
+values, with tick labels in loss units. The rest of the cockpit never calls plotext directly;
+swapping the plotting library means rewriting this file only.
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [lo, hi]
 
 
+def log_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round values (in data units) for a log axis over [lo, hi] (both > 0): 1-2-5 steps per
+    decade when they fit, else whole decades; round linear steps when the range is narrow."""
+    if not (0 < lo < hi and math.isfinite(hi)):
+        return [lo]
+    if hi / lo < 10:
+        return nice_ticks(lo, hi, count)
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mantissas in ((1, 2, 5), (1,)):
+        ticks = [m * 10.0**d for d in range(first, last + 1) for m in mantissas]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) <= count:
+            return ticks
+    step = math.ceil((last - first) / max(count, 1))
+    return [10.0**d for d in range(first, last + 1, step) if lo <= 10.0**d <= hi]
+
+
 class PlotCanvas(PlotextPlot):
     """A plotext chart drawn from a `Figure`; `show()` swaps the figure and repaints once."""
 
@@ -62,8 +81,31 @@ class PlotCanvas(PlotextPlot):
         self.figure = Figure()
         self.renders = 0  # how many times plotext actually drew (tests check redraws stay rare)
 
+    def on_mount(self) -> None:
+        # series colours are theme variables: a new theme needs the figure replayed
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.show(self.figure))
+
     def show(self, figure: Figure) -> None:
         self.figure = figure
+        plt = self.plt
+        plt.clear_figure()
+        y_ticks: list[float] = []
+        for s in figure.series:
+            if not s.xs:
+                continue
+            ys = s.ys
+            if figure.log_y:
+                ys = [math.log10(y) for y in ys]  # the series hold only positive values on a log axis
+                y_ticks += s.ys
+            draw = plt.scatter if s.scatter else plt.plot
+            draw(s.xs, ys, label=s.label, marker=s.marker, color=self._rgb(s.color))
+        if figure.log_y and y_ticks:
+            ticks = log_ticks(min(y_ticks), max(y_ticks), max(3, (self.size.height or 10) // 3))
+            plt.yticks([math.log10(t) for t in ticks], [f"{t:g}" for t in ticks])
+        if figure.x_label:
+            plt.xlabel(figure.x_label)
+        if figure.x_ticks:
+            plt.xticks(figure.x_ticks, figure.x_tick_labels)
         self.refresh()
 
     def _rgb(self, variable: str) -> tuple[int, int, int]:
@@ -71,31 +113,13 @@ class PlotCanvas(PlotextPlot):
         return Color.parse(value).rgb
 
     def render(self) -> RenderResult:
-        width, height = self.size.width, self.size.height
-        fig = self.figure
-        if width < 16 or height < 5:
+        if self.size.width < 16 or self.size.height < 5:
             return Text("(too small to plot)", style="dim")
-        if not fig.points:
-            return Text(fig.empty_text, style="dim")
-        plt = self.plt
-        plt.clear_figure()
-        plt.plotsize(width, height)
-        plt._set_size(width, height)  # as PlotextPlot.render does: plotsize alone does not stick
-        plt.theme(self._get_plotext_theme_name(self.app.theme))
-        for s in fig.series:
-            if not s.xs:
-                continue
-            draw = plt.scatter if s.scatter else plt.plot
-            draw(s.xs, s.ys, label=s.label, marker=s.marker, color=self._rgb(s.color))
-        if fig.log_y:
-            plt.yscale("log")
-        if fig.x_label:
-            plt.xlabel(fig.x_label)
-        if fig.x_ticks:
-            plt.xticks(fig.x_ticks, fig.x_tick_labels)
+        if not self.figure.points:
+            return Text(self.figure.empty_text, style="dim")
         try:
-            out = plt.build()
+            drawn = super().render()
         except (ValueError, IndexError, ZeroDivisionError):  # plotext edge cases (e.g. one flat point)
             return Text("(plot unavailable for this data)", style="dim")
         self.renders += 1
-        return Text.from_ansi(out)
+        return drawn

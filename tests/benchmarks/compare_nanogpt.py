@@ -56,7 +56,7 @@ def run_ours(home: Path, iters: int, name: str) -> tuple[list[float], float]:
     env = dict(os.environ, GPT2_COCKPIT_HOME=str(home))
     sets = ["train.log_interval=1", "train.eval_iters=20", "train.sample_interval=0", f"train.max_iters={iters}",
             f"train.lr_decay_iters={iters}", "train.checkpoint_interval=0"]
-    cmd = [sys.executable, "-m", "gpt2_cockpit.engine.cli", "train", "cpu-tiny", "--headless", "--name", name]
+    cmd = [sys.executable, "-m", "gpt2_cockpit.cli", "train", "cpu-tiny", "--headless", "--name", name]
     for s in sets:
         cmd += ["--set", s]
     subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)

@@ -20,7 +20,8 @@ from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.events import EventReader
-from gpt2_cockpit.engine.runs import RunDir, RunSummary, format_age, list_dirs, summarize
+from gpt2_cockpit.engine.fmt import fmt_age
+from gpt2_cockpit.engine.runs import RunDir, RunSummary, list_dirs, summarize
 
 from ..widgets.plan import DiagnosticsPane, PlanPane, PlanResult, compute_plan, run_doctor
 
@@ -205,7 +206,7 @@ class HomeScreen(Screen):
         table.clear()
         for s in message.summaries:
             loss = f"{s.loss:.4f}" if isinstance(s.loss, (int, float)) else "-"
-            table.add_row(s.name, s.preset, s.state, f"{s.iter}/{s.max_iters}", loss, format_age(s.age), key=str(s.path))
+            table.add_row(s.name, s.preset, s.state, f"{s.iter}/{s.max_iters}", loss, fmt_age(s.age), key=str(s.path))
         if keep is not None and keep in {str(s.path) for s in message.summaries}:
             table.move_cursor(row=table.get_row_index(keep), animate=False)
         self.set_timer(RUNS_REFRESH, self._refresh_runs_if_showing)

@@ -4,6 +4,7 @@ by the engine's own config rules, with the plan beside it updating live; saved a
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any, get_type_hints
 
 from textual import work
@@ -18,6 +19,7 @@ from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 
+from ..validation import Checked, failures
 from ..widgets.dialogs import value_text
 from ..widgets.plan import PlanPane, PlanResult, compute_plan
 
@@ -69,7 +71,8 @@ class PresetEditScreen(Screen[str | None]):
         self.base = presets.load(preset_name)
         self.keys = editable_keys(self.base)
         self.cfg: cfgmod.Config | None = self.base  # the valid config of the form, None while invalid
-        self.errors: dict[str, str] = {}
+        self.errors: dict[str, str] = {}  # key (or "*" for the changes together) -> why not
+        self.origin = f"preset {preset_name}"
         self._generation = 0
         self._texts = {field_id(k): value_text(self.base.get(k)) for k in self.keys}
 
@@ -84,10 +87,10 @@ class PresetEditScreen(Screen[str | None]):
                         with Vertical(classes="form-inputs"):
                             for key in keys:
                                 yield Input(value_text(self.base.get(key)), id=field_id(key), compact=True,
-                                            classes="form-input")
+                                            classes="form-input", validators=[Checked(partial(self._check, key))])
             with Vertical(id="edit-side"):
                 yield PlanPane(id="edit-plan")
-                yield Static("", id="edit-error", classes="form-error")
+                yield Static("", id="edit-error", classes="form-error", markup=False)
                 with Horizontal(id="save-row"):
                     yield Label("save as", classes="form-label")
                     yield Input(f"{self.preset_name}-mine", id="save-name", compact=True)
@@ -100,28 +103,23 @@ class PresetEditScreen(Screen[str | None]):
     def inputs(self) -> dict[str, Input]:
         return {key: self.query_one(f"#{field_id(key)}", Input) for key in self.keys}
 
-    def validate(self) -> cfgmod.Config | None:
-        """The form's config if valid; otherwise mark the fields at fault and say why.
+    def _check(self, key: str, text: str) -> None:
+        """One field against the preset (an input's validator: it marks the input invalid)."""
+        cfgmod.with_overrides(self.base, {key: parse_field(key, text)}, origin=self.origin)
 
-        All changes are checked together first (one engine validation per keystroke); only when
-        that fails is each changed field tried alone, to find which inputs to mark."""
-        values = {key: parse_field(key, inp.value) for key, inp in self.inputs().items()}
-        changed = {k: v for k, v in values.items() if v != self.base.get(k) or type(v) is not type(self.base.get(k))}
-        origin = f"preset {self.preset_name}"
-        self.errors = {}
+    def validate(self) -> cfgmod.Config | None:
+        """The form's config if every field is valid and the fields are valid together;
+        otherwise None, and the error line says why."""
+        self.errors.pop("*", None)
         cfg = None
-        try:
-            cfg = cfgmod.with_overrides(self.base, changed, origin=origin) if changed else self.base
-        except UserError as whole:
-            for key, value in changed.items():
-                try:
-                    cfgmod.with_overrides(self.base, {key: value}, origin=origin)
-                except UserError as e:
-                    self.errors[key] = str(e)
-            if not self.errors:  # each change is fine alone; together they break a rule
-                self.errors["*"] = str(whole)
-        for key, inp in self.inputs().items():
-            inp.set_class(key in self.errors, "-invalid")
+        if not self.errors:
+            values = {key: parse_field(key, inp.value) for key, inp in self.inputs().items()}
+            changed = {k: v for k, v in values.items()
+                       if v != self.base.get(k) or type(v) is not type(self.base.get(k))}
+            try:
+                cfg = cfgmod.with_overrides(self.base, changed, origin=self.origin) if changed else self.base
+            except UserError as e:  # each change is fine alone; together they break a rule
+                self.errors["*"] = str(e)
         self.query_one("#edit-error", Static).update("\n".join(self.errors.values()))
         return cfg
 
@@ -130,6 +128,12 @@ class PresetEditScreen(Screen[str | None]):
         if key == "save-name" or self._texts.get(key) == event.value:
             return  # not an edit (each input reports its first value when it mounts)
         self._texts[key] = event.value
+        name = next(k for k in self.keys if field_id(k) == key)
+        error = failures(event.validation_result)
+        if error:
+            self.errors[name] = error
+        else:
+            self.errors.pop(name, None)
         self.cfg = self.validate()
         if self.cfg is not None:
             self._replan()

@@ -2,9 +2,13 @@
 
 Data flow: a thread worker polls the event log (`EventFeed`) and posts one `EventsArrived`
 per poll; the handler folds it into the `RunModel`, redraws only the panes it touched, and
-re-arms the poll timer. Commands go over the run's control socket in thread workers and come
-back as `ControlDone` messages, so a slow reply (a sample is answered between optimizer steps)
-never blocks the UI.
+re-arms the poll timer. The event log is the one source of truth: the panes change only from
+events, whoever caused them (this cockpit, another viewer, the command line).
+
+Commands go over the run's control socket in a thread worker, so a slow answer (a command waits
+for the current optimizer step) never blocks the UI. An accepted command's effects arrive as
+events; the reply only matters when the run refused it or could not be reached: that comes back
+as a `ControlFailed` message, which clears the command's pending marker and says why.
 """
 
 from __future__ import annotations
@@ -25,11 +29,10 @@ from textual.worker import Worker, WorkerState
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import FINAL_STATES
 from gpt2_cockpit.engine.runs import RunDir
 
 from ..feed import EventFeed, EventsArrived
-from ..model import RunModel, Sample
+from ..model import RunModel
 from ..widgets.dialogs import ConfirmScreen, LiveSettingsScreen
 from ..widgets.log_pane import LogPane
 from ..widgets.loss_plot import LossPane
@@ -37,19 +40,15 @@ from ..widgets.samples import SamplePane
 from ..widgets.status import GpuPane, StatusPane
 
 STATUS_REFRESH = 2.0  # seconds between repaints of ages/ETA when no events arrive
-CONTROL_TIMEOUT = 120.0  # pause/stop/checkpoint/set wait for the current optimizer step to end
-SAMPLE_TIMEOUT = 900.0
+CONTROL_TIMEOUT = 120.0  # a command is answered once the current optimizer step has ended
 
 
-class ControlDone(Message):
-    """The run answered a command (reply) or it could not be delivered (error, one sentence)."""
+class ControlFailed(Message):
+    """The run refused a command, or it could not be delivered (`error`: one sentence)."""
 
-    def __init__(self, purpose: str, request: dict[str, Any], reply: dict[str, Any] | None = None,
-                 error: str | None = None) -> None:
+    def __init__(self, request: dict[str, Any], error: str) -> None:
         super().__init__()
-        self.purpose = purpose
         self.request = request
-        self.reply = reply
         self.error = error
 
 
@@ -137,9 +136,7 @@ class RunScreen(Screen):
         self.post_message(GpuProbed(has_cuda()))
 
     def on_gpu_probed(self, message: GpuProbed) -> None:
-        gpu = self.query_one(GpuPane)
-        gpu.nvidia = message.present
-        gpu.show()
+        self.query_one(GpuPane).nvidia = message.present
 
     # ---------------------------------------------------------------- the feed
 
@@ -156,6 +153,8 @@ class RunScreen(Screen):
                 self.settings[e["key"]] = e.get("new")
         if changes.plot:
             self.loss.data_changed()
+        if changes.state:  # what a pause, resume or stop on its way did is now in the log
+            self.status.pending = None
         now = time.monotonic()
         repaint = changes.status or m.live != self._was_live or now - self._last_status > STATUS_REFRESH
         if repaint:  # also every few seconds, so ages and the ETA stay current while nothing happens
@@ -165,15 +164,19 @@ class RunScreen(Screen):
             self.query_one(GpuPane).show()
         if changes.samples:
             self.samples.show_samples(changes.samples)
+        for request_id, error in changes.sample_errors:
+            self.samples.fail_pending(request_id, error)
+        if not m.live:  # an accepted sample that the run ended before answering
+            for request_id in self.samples.pending_ids():
+                self.samples.fail_pending(request_id, f"the run ended ({m.display_state}) before answering")
         if changes.log:
             self.log_pane.add(changes.log)
         if m.live != self._was_live:
             self._was_live = m.live
             self.refresh_bindings()
         ooms = [e for e in message.events if e.get("type") == "oom"]
-        if ooms and getattr(self, "_replayed", False):  # a new OOM while we watch, not old history
+        if ooms and not message.replay:  # a new OOM while we watch, not old history
             self.offer_oom_split(ooms[-1])
-        self._replayed = True
         self.set_timer(self.poll_interval, self._poll)  # re-armed only now: polls never pile up
 
     def offer_oom_split(self, oom: dict[str, Any]) -> None:
@@ -222,67 +225,43 @@ class RunScreen(Screen):
         return True
 
     @work(thread=True, exit_on_error=False, group="control")
-    def _control(self, purpose: str, requests: list[dict[str, Any]], timeout: float) -> None:
-        """Send commands one after another; each answer comes back as a ControlDone message."""
+    def _control(self, requests: list[dict[str, Any]]) -> None:
+        """Send commands one after another. An accepted one is done: its events follow in the
+        log. A refused or undelivered one comes back as ControlFailed."""
         for msg in requests:
             try:
-                reply = launch.control(self.run, msg, timeout=timeout)
+                launch.control(self.run, msg, timeout=CONTROL_TIMEOUT)
             except (UserError, OSError, ValueError) as e:
-                self.post_message(ControlDone(purpose, msg, error=str(e) or e.__class__.__name__))
-            else:
-                self.post_message(ControlDone(purpose, msg, reply=reply))
+                self.post_message(ControlFailed(msg, str(e) or e.__class__.__name__))
 
-    def _send(self, purpose: str, msg: dict[str, Any], pending: str | None = None,
-              timeout: float = CONTROL_TIMEOUT) -> None:
+    def _send(self, msg: dict[str, Any], pending: str | None = None) -> None:
         if pending:
-            self.status.pending = pending
-            self.status.show()
-        self._control(purpose, [msg], timeout)
+            self.status.pending = pending  # until the run's next `state` event
+        self._control([msg])
 
-    def on_control_done(self, message: ControlDone) -> None:
-        reply, error, purpose = message.reply, message.error, message.purpose
-        if purpose in ("pause", "resume", "stop"):
+    def on_control_failed(self, message: ControlFailed) -> None:
+        cmd = message.request.get("cmd", "command")
+        if cmd in ("pause", "resume", "stop"):
             self.status.pending = None
-            # the event log may already have said more (a reply "stopping" can land after the
-            # event "stopped"): a reply never takes a run back out of a final state
-            if reply and self.model.state not in FINAL_STATES:
-                self.model.state = reply.get("state") or self.model.state
-                self.model.reason = ""
-            self.status.show()
-        if purpose == "sample":
-            rid = message.request.get("request_id")
-            if reply:
-                s = Sample(reply.get("iter"), message.request.get("prompt", ""), reply.get("text", ""),
-                           rid, time.time())
-                if self.model.add_sample(s):
-                    self.samples.show_samples([s])
-            else:
-                self.samples.fail_pending(rid, error or "no answer")
-        if error:
-            self.log_pane.say(error, "error")
-            self.notify(error, title=f"{purpose} failed", severity="error")
-            return
-        if purpose == "checkpoint":
-            self.notify(f"checkpoint at iter {reply.get('iter')}: {reply.get('path')}", title="checkpoint")
-        elif purpose == "set":
-            self.notify(f"{reply.get('key')}: {reply.get('old')} → {reply.get('new')}", title="set")
-        elif purpose in ("pause", "resume", "stop"):
-            self.notify(f"run {self.run.name}: {reply.get('state', purpose)}", title=purpose)
+        elif cmd == "sample":
+            self.samples.fail_pending(message.request.get("request_id"), message.error)
+        self.log_pane.say(message.error, "error")
+        self.notify(message.error, title=f"{cmd} failed", severity="error")
 
     def action_toggle_pause(self) -> None:
         if self.model.state == "paused":
-            self._send("resume", {"cmd": "resume"}, pending="resuming")
+            self._send({"cmd": "resume"}, pending="resuming")
         else:
-            self._send("pause", {"cmd": "pause"}, pending="pausing")
+            self._send({"cmd": "pause"}, pending="pausing")
 
     def action_checkpoint(self) -> None:
         self.notify("checkpoint requested; written after the current step", title="checkpoint")
-        self._send("checkpoint", {"cmd": "checkpoint"})
+        self._send({"cmd": "checkpoint"})
 
     def action_stop(self) -> None:
         def answered(yes: bool | None) -> None:
             if yes:
-                self._send("stop", {"cmd": "stop"}, pending="stopping")
+                self._send({"cmd": "stop"}, pending="stopping")
 
         self.app.push_screen(ConfirmScreen(
             f"Stop run {self.run.name}?\n\nIt finishes the current step, writes a checkpoint and exits. "
@@ -299,8 +278,7 @@ class RunScreen(Screen):
 
         def apply(changes: dict[str, Any] | None) -> None:
             if changes:
-                self._control("set", [{"cmd": "set", "key": k, "value": v} for k, v in changes.items()],
-                              CONTROL_TIMEOUT)
+                self._control([{"cmd": "set", "key": k, "value": v} for k, v in changes.items()])
 
         self.app.push_screen(LiveSettingsScreen(current, self.run.name), apply)
 
@@ -315,11 +293,9 @@ class RunScreen(Screen):
             self.notify(text, severity="warning")
             return
         rid = uuid.uuid4().hex[:12]
-        self.samples.add_pending(rid, message.prompt)
-        self._control("sample", [{"cmd": "sample", "prompt": message.prompt,
-                                  "max_new_tokens": message.max_new_tokens,
-                                  "temperature": message.temperature, "top_k": message.top_k,
-                                  "request_id": rid}], SAMPLE_TIMEOUT)
+        self.samples.add_pending(rid, message.prompt)  # resolved by the `sample` event with this id
+        self._send({"cmd": "sample", "prompt": message.prompt, "max_new_tokens": message.max_new_tokens,
+                    "temperature": message.temperature, "top_k": message.top_k, "request_id": rid})
 
     # ---------------------------------------------------------------- view
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from textual.app import ComposeResult
@@ -12,6 +13,8 @@ from textual.widgets import Button, Input, Label, Static
 
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine.errors import UserError
+
+from ..validation import Checked, failures
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -54,7 +57,9 @@ def value_text(v: Any) -> str:
 class LiveSettingsScreen(ModalScreen[dict | None]):
     """Edit the settings a live run accepts (LIVE_KEYS), validated as you type.
 
-    Dismisses with {key: new value} for the keys that changed, or None when cancelled.
+    Each input checks its own value with the engine's config rules (a validator); the dialog
+    checks the changes together. Dismisses with {key: new value} for the keys that changed, or
+    None when cancelled.
     """
 
     BINDINGS = [
@@ -67,7 +72,7 @@ class LiveSettingsScreen(ModalScreen[dict | None]):
         self.cfg = cfg
         self.run_name = run_name or cfg.name
         self.keys = keys
-        self.errors: dict[str, str] = {}
+        self.errors: dict[str, str] = {}  # key (or "*" for the changes together) -> why not
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="live-settings"):
@@ -77,8 +82,11 @@ class LiveSettingsScreen(ModalScreen[dict | None]):
                 with Horizontal(classes="form-row"):
                     yield Label(key, classes="form-label")
                     yield Input(value_text(self.cfg.get(key)), id=_input_id(key), compact=True,
-                                classes="form-input")
-            yield Static("", id="settings-error", classes="form-error")
+                                classes="form-input", validators=[Checked(partial(self._check, key))])
+            yield Static("", id="settings-error", classes="form-error", markup=False)
+
+    def _check(self, key: str, text: str) -> None:
+        cfgmod.with_overrides(self.cfg, {key: cfgmod.parse_value(text.strip())}, origin="live settings")
 
     def _inputs(self) -> dict[str, Input]:
         return {key: self.query_one(f"#{_input_id(key)}", Input) for key in self.keys}
@@ -94,27 +102,28 @@ class LiveSettingsScreen(ModalScreen[dict | None]):
                 out[key] = value
         return out
 
+    def on_input_changed(self, event: Input.Changed) -> None:
+        key = next(k for k, inp in self._inputs().items() if inp is event.input)
+        error = failures(event.validation_result)
+        if error:
+            self.errors[key] = error
+        else:
+            self.errors.pop(key, None)
+        self.validate()
+
     def validate(self) -> dict[str, Any] | None:
-        """The changes if they are all valid together; otherwise mark the bad inputs and say why."""
-        changes = self.changes()
-        self.errors = {}
-        for key, value in changes.items():
-            try:
-                cfgmod.with_overrides(self.cfg, {key: value}, origin="live settings")
-            except UserError as e:
-                self.errors[key] = str(e)
-        if not self.errors and changes:
+        """The changes if each is valid and they are valid together; otherwise say why not."""
+        self.errors.pop("*", None)
+        changes = None
+        if not self.errors:
+            changes = self.changes()
             try:
                 cfgmod.with_overrides(self.cfg, changes, origin="live settings")
             except UserError as e:
                 self.errors["*"] = str(e)
-        for key, inp in self._inputs().items():
-            inp.set_class(key in self.errors, "-invalid")
+                changes = None
         self.query_one("#settings-error", Static).update("\n".join(self.errors.values()))
-        return None if self.errors else changes
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        self.validate()
+        return changes
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

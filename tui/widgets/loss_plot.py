@@ -7,13 +7,17 @@ redraw costs the same for a 200-step run and a 20,000-step one.
 
 from __future__ import annotations
 
+import math
 import time
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.reactive import reactive
 from textual.timer import Timer
 
-from ..model import RunModel, downsample, ema, fmt_count
+from gpt2_cockpit.engine.fmt import fmt_count
+
+from ..model import RunModel, downsample, ema
 from ..plot import Figure, PlotCanvas, Series, nice_ticks
 
 SMOOTHING_STEPS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -23,12 +27,14 @@ REDRAW_INTERVAL = 0.3  # seconds; at most ~3 redraws a second however fast steps
 class LossPane(Vertical):
     """Loss history with adjustable smoothing, log scale and iteration/token x-axis."""
 
+    # the user's view settings: changing one redraws the plot and its subtitle at once
+    smoothing: reactive[float] = reactive(0.6, init=False)  # EMA weight, one of SMOOTHING_STEPS
+    log_y: reactive[bool] = reactive(False, init=False)
+    x_axis: reactive[str] = reactive("iter", init=False)  # or "tokens"
+
     def __init__(self, model: RunModel, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
-        self.smoothing = 0.6
-        self.log_y = False
-        self.x_axis = "iter"  # or "tokens"
         self.redraws = 0
         self._timer: Timer | None = None
         self._last_redraw = 0.0
@@ -53,19 +59,25 @@ class LossPane(Vertical):
         steps = SMOOTHING_STEPS
         i = min(range(len(steps)), key=lambda k: abs(steps[k] - self.smoothing))
         self.smoothing = steps[max(0, min(len(steps) - 1, i + direction))]
-        self._settings_changed()
 
     def toggle_log(self) -> None:
         self.log_y = not self.log_y
-        self._settings_changed()
 
     def toggle_x_axis(self) -> None:
         self.x_axis = "tokens" if self.x_axis == "iter" else "iter"
-        self._settings_changed()
 
     def _settings_changed(self) -> None:
         self._update_subtitle()
         self.redraw()
+
+    def watch_smoothing(self) -> None:
+        self._settings_changed()
+
+    def watch_log_y(self) -> None:
+        self._settings_changed()
+
+    def watch_x_axis(self) -> None:
+        self._settings_changed()
 
     def _update_subtitle(self) -> None:
         scale = "log" if self.log_y else "linear"
@@ -94,7 +106,7 @@ class LossPane(Vertical):
         by_tokens = self.x_axis == "tokens"
 
         def usable(y: object) -> bool:
-            return isinstance(y, (int, float)) and (y > 0 or not self.log_y)
+            return isinstance(y, (int, float)) and math.isfinite(y) and (y > 0 or not self.log_y)
 
         train = [(t if by_tokens else i, y) for i, t, y in zip(m.iters, m.tokens, m.losses) if usable(y)]
         xs = [p[0] for p in train]

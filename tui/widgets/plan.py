@@ -86,7 +86,7 @@ class PlanPane(TextPane):
 
 
 def doctor_argv() -> list[str]:
-    return [sys.executable, "-m", "gpt2_cockpit.engine.cli", "doctor", "--json"]
+    return [sys.executable, "-m", "gpt2_cockpit.cli", "doctor", "--json"]
 
 
 def run_doctor(argv: list[str], timeout: float = 120.0) -> list[dict[str, Any]] | str:

@@ -1,13 +1,14 @@
 """The sampling pane: a prompt with max tokens, temperature and top-k, and the samples so far.
 
-Enter in any of the inputs posts `SampleRequested`; the screen sends it to the run and the
-answer comes back through `show_sample` (from the reply, or from the run's `sample` event,
-whichever arrives first). Periodic samples from `train.sample_interval` are listed too.
+Enter in any of the inputs posts `SampleRequested`; the screen sends it to the run and adds a
+pending view, which the run's `sample` event with the same request_id resolves (or its `error`
+event, or a refusal, fails). Periodic samples from `train.sample_interval` are listed too.
+The settings' defaults and rules are the engine's (`engine.sampling`), checked as you type.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Callable
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -15,7 +16,11 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import Input, Label, Static
 
+from gpt2_cockpit.engine import sampling
+from gpt2_cockpit.engine.errors import UserError
+
 from ..model import Sample
+from ..validation import Checked, failures
 
 MAX_SHOWN = 50
 
@@ -64,22 +69,36 @@ class SamplePane(Vertical):
             self.temperature = temperature
             self.top_k = top_k
 
-    def __init__(self, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 200, **kwargs) -> None:
+    # the three settings: input id, label, how the text reads, the engine's default
+    PARAMS = (("max-tokens", "tokens", int, sampling.MAX_NEW_TOKENS),
+              ("temperature", "temp", float, sampling.TEMPERATURE),
+              ("top-k", "top-k", int, sampling.TOP_K))
+
+    def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._defaults = (max_new_tokens, temperature, top_k)
         self._pending: dict[str, SampleView] = {}
 
     def compose(self) -> ComposeResult:
-        n, t, k = self._defaults
         yield Input(placeholder="prompt, then Enter (s)", id="prompt", compact=True)
         with Horizontal(id="sample-params"):
-            yield Label("tokens", classes="param-label")
-            yield Input(str(n), id="max-tokens", type="integer", compact=True, classes="param")
-            yield Label("temp", classes="param-label")
-            yield Input(str(t), id="temperature", type="number", compact=True, classes="param")
-            yield Label("top-k", classes="param-label")
-            yield Input(str(k), id="top-k", type="integer", compact=True, classes="param")
+            for n, (input_id, label, parse, default) in enumerate(self.PARAMS):
+                yield Label(label, classes="param-label")
+                yield Input(str(default), id=input_id, type="integer" if parse is int else "number",
+                            compact=True, classes="param", validators=[Checked(self._checker(n))])
         yield VerticalScroll(id="sample-list", can_focus=True)
+
+    def _checker(self, n: int) -> Callable[[str], None]:
+        """The engine's check of setting `n`, the other two at their defaults."""
+        _, label, parse, _ = self.PARAMS[n]
+
+        def check(text: str) -> None:
+            values = [default for *_, default in self.PARAMS]
+            try:
+                values[n] = parse(text)
+            except ValueError:
+                raise UserError(f"{label} {text!r}: needs {'a whole number' if parse is int else 'a number'}") from None
+            sampling.check(*values)
+        return check
 
     def on_mount(self) -> None:
         self.border_title = "samples"
@@ -90,19 +109,14 @@ class SamplePane(Vertical):
 
     def params(self) -> tuple[int, float, int] | str:
         """The three settings, or one sentence saying which is wrong."""
-        try:
-            n = int(self.query_one("#max-tokens", Input).value)
-            t = float(self.query_one("#temperature", Input).value)
-            k = int(self.query_one("#top-k", Input).value)
-        except ValueError:
-            return "tokens and top-k must be whole numbers, temp a number"
-        if n < 1:
-            return f"tokens {n}: needs at least 1"
-        if not (t > 0 and math.isfinite(t)):
-            return f"temp {t}: must be greater than 0"
-        if k < 0:
-            return f"top-k {k}: must not be negative (0 means no top-k)"
-        return n, t, k
+        values = []
+        for input_id, _, parse, _ in self.PARAMS:
+            inp = self.query_one(f"#{input_id}", Input)
+            error = failures(inp.validate(inp.value))
+            if error:
+                return error
+            values.append(parse(inp.value))
+        return tuple(values)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -124,7 +138,10 @@ class SamplePane(Vertical):
         self._append(view)
         self._reveal(view)
 
-    def fail_pending(self, request_id: str, error: str) -> None:
+    def pending_ids(self) -> list[str]:
+        return list(self._pending)
+
+    def fail_pending(self, request_id: str | None, error: str) -> None:
         view = self._pending.pop(request_id, None)
         if view is not None:
             view.fail(error)

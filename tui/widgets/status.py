@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 
 from textual.content import Content
+from textual.reactive import reactive
 from textual.widgets import Static
 
-from ..model import NA, RunModel, fmt_mem, fmt_pct, sparkline
+from gpt2_cockpit.engine.fmt import NA, fmt_mem, fmt_pct
+
+from ..model import RunModel, sparkline
 from .panes import TextPane
 
 STATE_STYLES = {
@@ -21,15 +24,22 @@ STATE_STYLES = {
 
 
 class StatusPane(Static):
-    """Label/value rows; `pending` shows a command on its way (e.g. 'pausing')."""
+    """Label/value rows of the run model; `show()` after the model changed.
+
+    `pending` is a command on its way (e.g. 'pausing'), shown after the state until the run's
+    log says what happened."""
+
+    pending: reactive[str | None] = reactive(None, init=False)
 
     def __init__(self, model: RunModel, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
-        self.pending: str | None = None
 
     def on_mount(self) -> None:
         self.border_title = "status"
+        self.show()
+
+    def watch_pending(self) -> None:
         self.show()
 
     def show(self) -> None:
@@ -55,13 +65,18 @@ class GpuPane(TextPane):
 
     STALE_AFTER = 30.0  # seconds without a reading before the figures are marked as old
 
+    nvidia: reactive[bool | None] = reactive(None, init=False)
+    """Does this machine have an NVIDIA GPU? (None: not known yet)"""
+
     def __init__(self, model: RunModel, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
-        self.nvidia: bool | None = None  # does this machine have an NVIDIA GPU? (None: not known yet)
 
     def on_mount(self) -> None:
         self.border_title = "GPU"
+        self.show()
+
+    def watch_nvidia(self) -> None:
         self.show()
 
     def show(self) -> None:

@@ -1,12 +1,18 @@
-"""A stand-in for a training run, for the cockpit's tests: no torch, no model.
+"""A stand-in for a training run, for the cockpit's tests: no torch, no model. (A helper
+module, not a test file; tests/test_tui_realrun.py drives the cockpit against a real run.)
 
 `FakeRun` owns a real run directory (config.toml, events.jsonl, pid, control socket) and a
-thread that does what engine.runner does from the outside: it answers control commands
-between "steps" and appends events. The tests drive the real cockpit against it.
+thread that does what a run does from the outside, speaking the control protocol: a command is
+applied between "steps", the events it causes are written, and only then the reply goes back,
+`{"ok": true}` or `{"ok": false, "error": ...}`, nothing more. A sample is accepted first; its
+text follows as a `sample` event with the request's id (or an `error` event with it).
+
+Also the small helpers every cockpit test uses to drive the app with Pilot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import threading
@@ -30,7 +36,11 @@ def loss_at(it: int) -> float:
 
 class FakeRun:
     """Answers commands and writes events like a live run; `step_every` seconds per logged step
-    while running (None: no steps of its own, only what the test writes)."""
+    while running (None: no steps of its own, only what the test writes).
+
+    Tests can script misbehaviour: `refuse[cmd] = "why"` refuses that command; `sample_error`
+    makes every accepted sample end in an `error` event; `silent` accepts pause/resume/stop
+    without writing any event (a reply must never change what the cockpit shows)."""
 
     def __init__(self, run: RunDir, step_every: float | None = None, log_interval: int = 10):
         self.run = run
@@ -41,6 +51,9 @@ class FakeRun:
         self.state = "running"
         self.received: list[dict] = []
         self.step_every = step_every
+        self.refuse: dict[str, str] = {}
+        self.sample_error: str | None = None
+        self.silent = False
         self._stop = threading.Event()
         run.pid_path.write_text(f"{os.getpid()}\n")
         self.server = ControlServer(run.socket_path)
@@ -98,33 +111,74 @@ class FakeRun:
     def handle(self, cmd) -> None:
         self.received.append(cmd.to_wire())
         a = cmd.args
-        if cmd.cmd in ("pause", "resume"):
+        if cmd.cmd in self.refuse:
+            cmd.refuse(self.refuse[cmd.cmd])
+        elif cmd.cmd in ("pause", "resume", "stop") and self.silent:
+            cmd.accept()
+        elif cmd.cmd in ("pause", "resume"):
             self.state = "paused" if cmd.cmd == "pause" else "running"
             self.events.emit("state", state=self.state, reason="from the cockpit")
-            cmd.reply(state=self.state)
+            cmd.accept()
         elif cmd.cmd == "stop":
-            self.state = "stopping"
-            cmd.reply(state="stopping")
             self.events.emit("state", state="stopping", reason="stop requested")
+            self.events.emit("checkpoint", iter=self.iter, path=str(self.run.checkpoints / f"ckpt-{self.iter}.pt"),
+                             best=False)
             self.events.emit("state", state="stopped", reason="stop requested")
             self.state = "stopped"
+            cmd.accept()
         elif cmd.cmd == "checkpoint":
-            path = str(self.run.checkpoints / f"ckpt-{self.iter}.pt")
-            self.events.emit("checkpoint", iter=self.iter, path=path, best=False)
-            cmd.reply(iter=self.iter, path=path)
+            self.events.emit("checkpoint", iter=self.iter, path=str(self.run.checkpoints / f"ckpt-{self.iter}.pt"),
+                             best=False)
+            cmd.accept()
         elif cmd.cmd == "sample":
-            text = a.get("prompt", "") + " -> generated at iter %d" % self.iter
-            self.events.emit("sample", iter=self.iter, prompt=a.get("prompt", ""), text=text,
-                             request_id=a.get("request_id"))
-            cmd.reply(iter=self.iter, text=text, request_id=a.get("request_id"))
+            cmd.accept()  # taken; the text (or the failure) follows as an event
+            rid = a.get("request_id")
+            if self.sample_error:
+                self.events.emit("error", message=self.sample_error, request_id=rid)
+            else:
+                prompt = a.get("prompt", "")
+                self.events.emit("sample", iter=self.iter, prompt=prompt,
+                                 text=f"{prompt} -> generated at iter {self.iter}", request_id=rid)
         elif cmd.cmd == "set":
             key = a.get("key")
             if key not in cfgmod.LIVE_KEYS:
-                cmd.fail(f"{key} cannot change during a run")
+                cmd.refuse(f"{key} cannot change during a run")
                 return
             old = self.cfg.get(key)
             self.cfg = cfgmod.with_overrides(self.cfg, {key: a.get("value")})
             self.events.emit("set", key=key, old=old, new=self.cfg.get(key))
-            cmd.reply(key=key, old=old, new=self.cfg.get(key))
+            cmd.accept()
         else:
-            cmd.fail(f"unknown command {cmd.cmd}")
+            cmd.refuse(f"unknown command {cmd.cmd}")
+
+
+# --------------------------------------------------------------------------- driving the app
+
+
+def run_app(app, size=(80, 24)):
+    """Decorator: run an async test body against `app` inside run_test()."""
+    def wrap(body):
+        async def main():
+            async with app.run_test(size=size) as pilot:
+                await body(pilot)
+        asyncio.run(main())
+    return wrap
+
+
+async def wait_for(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
+    """Let the app run until `condition()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+
+
+def text_of(widget) -> str:
+    return str(widget.render())
+
+
+def status_text(app) -> str:
+    from gpt2_cockpit.tui.widgets.status import StatusPane
+
+    return text_of(app.screen.query_one(StatusPane))

@@ -1,0 +1,250 @@
+"""What each `gpt2-cockpit` command does: call the engine, print what it returns.
+
+Each function takes the parsed arguments and returns the exit code. The engine computes and
+never prints; this is where its results meet the user's terminal. A mistake the user can make
+is raised as UserError and told in one sentence by main().
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from gpt2_cockpit.engine import config as cfgmod
+from gpt2_cockpit.engine import launch, presets, sampling
+from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.fmt import fmt_age
+from gpt2_cockpit.engine.runs import RunDir, list_dirs, resolve, summarize
+
+# --------------------------------------------------------------------------- starting runs
+
+
+def train(args: argparse.Namespace) -> int:
+    run = launch.create_run(args.preset, args.overrides, args.name)
+    return _start(run, args, resume=False, gpus=args.gpus)
+
+
+def resume(args: argparse.Namespace) -> int:
+    run = resolve(args.run)
+    if run.alive():
+        if args.overrides:
+            raise UserError(f"run {run.name} is live; change its settings with 'gpt2-cockpit set {run.name} KEY=VALUE'")
+        events = launch.command(run, {"cmd": "resume"})
+        print(f"{run.name}: {_state_after(run, events)}")
+        return 0
+    launch.prepare_restart(run, args.overrides)
+    return _start(run, args, resume=True, gpus=args.gpus)
+
+
+def _start(run: RunDir, args: argparse.Namespace, resume: bool, gpus: int | None) -> int:
+    if args.headless:
+        return launch.run_foreground(run, resume=resume, gpus=gpus)
+    launch.spawn(run, resume=resume, gpus=gpus)
+    if args.detach:
+        print(run.name)
+        return 0
+    return _cockpit("run", run=str(run.path))
+
+
+# --------------------------------------------------------------------------- the cockpit
+
+
+def cockpit_home(args: argparse.Namespace) -> int:
+    return _cockpit("home")
+
+
+def attach(args: argparse.Namespace) -> int:
+    return _cockpit("run", run=str(resolve(args.run).path))
+
+
+def _cockpit(mode: str, run: str | None = None) -> int:
+    """Open the Textual cockpit (a separate import tree that never loads torch)."""
+    if not sys.stdout.isatty() and not os.environ.get("GPT2_COCKPIT_FORCE_TUI"):
+        hint = "; the run goes on: follow it with 'gpt2-cockpit runs'" if run else ""
+        raise UserError(f"the cockpit needs a terminal (stdout is not a TTY){hint}")
+    from gpt2_cockpit.tui.app import main as tui_main
+
+    return tui_main(mode=mode, run=run)
+
+
+# --------------------------------------------------------------------------- talking to a live run
+# The run applies the command, logs what it did, then replies {"ok": true}: what to print is
+# read from the events the command caused (launch.command returns them).
+
+
+def pause(args: argparse.Namespace) -> int:
+    return _change_state(args.run, "pause")
+
+
+def stop(args: argparse.Namespace) -> int:
+    return _change_state(args.run, "stop")
+
+
+def _change_state(run_name: str, cmd: str) -> int:
+    run = resolve(run_name)
+    events = launch.command(run, {"cmd": cmd})
+    print(f"{run.name}: {_state_after(run, events)}")
+    return 0
+
+
+def _state_after(run: RunDir, events: list[dict[str, Any]]) -> str:
+    """The state the command's own `state` event names, else the state the log stands at."""
+    state = _last(events, "state")
+    return state["state"] if state else summarize(run).state
+
+
+def checkpoint(args: argparse.Namespace) -> int:
+    run = resolve(args.run)
+    written = _last(launch.command(run, {"cmd": "checkpoint"}), "checkpoint")
+    if written:
+        print(f"{run.name}: checkpoint at iter {written.get('iter')} -> {written.get('path')}")
+    else:
+        print(f"{run.name}: checkpoint written")
+    return 0
+
+
+def set_live(args: argparse.Namespace) -> int:
+    run = resolve(args.run)
+    pairs = [cfgmod.parse_assignment(a) for a in args.assignments]
+    for key, _ in pairs:
+        if key not in cfgmod.LIVE_KEYS:
+            raise UserError(f"{key} cannot change during a run (live keys: {', '.join(cfgmod.LIVE_KEYS)}); "
+                            f"for a stopped run use 'gpt2-cockpit resume {run.name} --set {key}=...'")
+    for key, value in pairs:
+        changed = _last(launch.command(run, {"cmd": "set", "key": key, "value": value}), "set", key=key)
+        if changed:
+            print(f"{run.name}: {key} {changed.get('old')} -> {changed.get('new')}")
+        else:
+            print(f"{run.name}: {key} = {value}")
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    sampling.check(args.max_new_tokens, args.temperature, args.top_k)
+    run = resolve(args.run)
+    if run.alive():
+        text = launch.sample_text(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k)
+    else:  # not live: generate from its newest checkpoint in this process (loads torch)
+        from gpt2_cockpit.engine.runner import sample_from_checkpoint
+
+        text = sample_from_checkpoint(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k)
+    print(text)
+    return 0
+
+
+def _last(events: list[dict[str, Any]], type: str, **match: Any) -> dict[str, Any] | None:
+    """The newest event of this type whose fields equal `match`, or None."""
+    for event in reversed(events):
+        if event.get("type") == type and all(event.get(k) == v for k, v in match.items()):
+            return event
+    return None
+
+
+# --------------------------------------------------------------------------- listings
+
+
+def list_runs(args: argparse.Namespace) -> int:
+    dirs = list_dirs()
+    if not dirs:
+        print("no runs yet; start one with 'gpt2-cockpit train'")
+        return 0
+    rows = [("NAME", "PRESET", "STATE", "ITER", "LOSS", "AGE")]
+    for run in dirs:
+        s = summarize(run)
+        loss = f"{s.loss:.4f}" if isinstance(s.loss, (int, float)) else "-"
+        rows.append((s.name, s.preset, s.state, f"{s.iter}/{s.max_iters}", loss, fmt_age(s.age)))
+    print(table(rows))
+    return 0
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns two spaces apart; the first row is the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def list_presets(args: argparse.Namespace) -> int:
+    infos = presets.available()
+    width = max(len(i.name) for i in infos)
+    for info in infos:
+        try:
+            desc = cfgmod.load(info.path).description
+        except UserError as e:
+            desc = f"(invalid: {e})"
+        tag = "" if info.origin == "shipped" else " [user]"
+        print(f"{info.name.ljust(width)}  {desc}{tag}")
+    return 0
+
+
+# --------------------------------------------------------------------------- the machine and the model
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from gpt2_cockpit.engine import doctor as diagnostics  # imports torch to ask it about CUDA
+
+    checks = diagnostics.run_checks(online=args.online)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        print(diagnostics.format_checks(checks, width=_width(), color=color))
+    return diagnostics.exit_code(checks)
+
+
+def plan(args: argparse.Namespace) -> int:
+    from gpt2_cockpit.engine import planner
+
+    # the default preset is resolved here, not at parse time: it asks NVML, which `plan X` needn't
+    cfg = presets.load(args.preset or presets.default_name(), args.overrides)
+    if args.peak_tflops < 0:
+        raise UserError(f"--peak-tflops {args.peak_tflops}: expected a positive number")
+    peak_override = args.peak_tflops or cfg.train.peak_tflops
+    if args.gpu:
+        gpu = planner.GpuSpec.named(args.gpu, peak_override)
+    elif cfg.train.device == "cpu":
+        gpu = None
+    else:
+        gpu = planner.GpuSpec.detect(peak_override=peak_override)
+    ms, source = args.ms_per_iter, "--ms-per-iter"
+    if ms is None and not args.gpu:  # a pace measured here says nothing about a GPU we don't have
+        found = planner.measured_ms_per_iter(cfg, args.gpus)
+        if found:
+            ms, source = found
+    result = planner.make_plan(cfg, gpu=gpu, world_size=args.gpus, mfu=args.mfu, ms_per_iter=ms,
+                               price_per_kwh=args.price_per_kwh, measured_from=source)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else planner.format_rows(result.rows()))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from gpt2_cockpit.engine import bench as benchmark  # imports torch
+
+    cfg = presets.load(args.preset or presets.default_name(), args.overrides)
+    result = benchmark.measure(cfg, args.steps, args.warmup, args.real_data,
+                               log=(lambda line: None) if args.json else print)
+    print(json.dumps(result) if args.json else benchmark.format_result(result))
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from gpt2_cockpit.engine.export import export_run  # imports torch and transformers
+
+    run = resolve(args.run)
+    dest = Path(args.to).expanduser()
+    what = export_run(run, dest, best=args.best, force=args.force, warn=_warn)
+    print(f"exported {run.name} ({what}) to {dest}; load it with "
+          f"transformers.pipeline(\"text-generation\", model=\"{dest}\")")
+    return 0
+
+
+def _warn(message: str) -> None:
+    print(f"gpt2-cockpit: {message}", file=sys.stderr)
+
+
+def _width() -> int:
+    return min(shutil.get_terminal_size((80, 24)).columns, 100)

@@ -1,0 +1,171 @@
+"""`gpt2-cockpit`: the parser, and the edge where a user's mistake becomes one sentence.
+
+Every command's arguments are declared here; commands.py does the work. Heavy imports (torch,
+transformers, textual) happen inside the commands that need them, so `gpt2-cockpit runs` or
+`pause` answer at once and the cockpit process never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpt2_cockpit.engine import sampling
+from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.planner import DEFAULT_MFU, PRICE_ENV
+
+from . import commands, compare
+
+EPILOG = "Runs live under $GPT2_COCKPIT_HOME/runs (default ~/.local/share/gpt2-cockpit/runs)."
+
+
+def _add_set(p: argparse.ArgumentParser, example: str = "train.learning_rate=3e-4") -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one preset key, e.g. --set {example} (repeatable)")
+
+
+def _add_mode(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--headless", action="store_true",
+                   help="run in the foreground, one progress line per log interval; Ctrl-C checkpoints and stops")
+    g.add_argument("--detach", action="store_true", help="run in the background; print the run name and return")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2-cockpit",
+        description="Train GPT-2-class models on your own GPU, from one terminal. With no command: open the cockpit.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="start a run (opens the cockpit attached to it unless --headless/--detach)")
+    p.add_argument("preset", nargs="?", help="preset name or .toml path (default: shakespeare-char on CUDA, else cpu-tiny)")
+    _add_set(p)
+    p.add_argument("--name", help="run name (default: PRESET-DATE-TIME)")
+    _add_mode(p)
+    p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs on this machine to train on, through torchrun (DDP)")
+
+    p = sub.add_parser("attach", help="open the cockpit attached to a run (default: the newest)")
+    p.add_argument("run", nargs="?", help="run name or run directory")
+
+    sub.add_parser("runs", help="list runs: name, preset, state, iter, last loss, age")
+
+    for name, text in (("pause", "pause a live run between steps"),
+                       ("stop", "finish the current step, checkpoint and stop a live run"),
+                       ("checkpoint", "write a checkpoint of a live run now")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run", help="run name or run directory")
+
+    p = sub.add_parser("resume", help="unpause a live run, or restart a stopped/crashed run from its last checkpoint")
+    p.add_argument("run", help="run name or run directory")
+    _add_set(p)
+    _add_mode(p)
+    p.add_argument("--gpus", type=int, default=None, metavar="N", help="GPUs for the restarted run (default: as before)")
+
+    p = sub.add_parser("sample", help="generate text from a live run's current weights (or its last checkpoint)")
+    p.add_argument("run", help="run name or run directory")
+    p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
+    p.add_argument("--max-new-tokens", type=int, default=sampling.MAX_NEW_TOKENS)
+    p.add_argument("--temperature", type=float, default=sampling.TEMPERATURE)
+    p.add_argument("--top-k", type=int, default=sampling.TOP_K)
+
+    p = sub.add_parser("set", help="change live-tunable settings of a running run")
+    p.add_argument("run", help="run name or run directory")
+    p.add_argument("assignments", nargs="+", metavar="KEY=VALUE", help="e.g. train.learning_rate=1e-4")
+
+    p = sub.add_parser("doctor", help="environment diagnostics (exit 1 if a check needed for GPU training fails)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {id, name, status, detail, remedy}")
+    p.add_argument("--online", action="store_true",
+                   help="also probe whether the GPT-2 download sites answer (2-second timeouts)")
+
+    p = sub.add_parser("plan", help="parameters, tokens, FLOPs, VRAM, hours and energy for a preset")
+    # the default preset (shakespeare-char on a GPU, else cpu-tiny) is resolved when the command
+    # runs, not here: this parser is built for every command, and asking NVML would slow them all
+    p.add_argument("preset", nargs="?", default=None,
+                   help="preset name or .toml path (default: shakespeare-char on a GPU, else cpu-tiny)")
+    _add_set(p, "train.micro_batch=8")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--gpu", metavar="NAME", help='plan for a GPU you may not have, e.g. "RTX 4070 Ti", "A100 40GB", "H100"')
+    p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs training together (DDP); default 1")
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
+                   help=f"model FLOPs utilisation assumed for the time estimate (default {DEFAULT_MFU})")
+    p.add_argument("--peak-tflops", type=float, default=0.0, metavar="X",
+                   help="the GPU's dense bf16 TFLOP/s, instead of the built-in table")
+    p.add_argument("--ms-per-iter", type=float, default=None, metavar="MS",
+                   help="a measured pace (default: from the newest run of the same workload, if any)")
+    p.add_argument("--price-per-kwh", type=float, default=None, metavar="PRICE",
+                   help=f"electricity price for the cost row (default ${PRICE_ENV})")
+
+    p = sub.add_parser("bench", help="time warmed-up training steps: ms/iter, tokens/s, MFU")
+    p.add_argument("preset", nargs="?", help="preset name or .toml path (default: as for train)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator; default 3)")
+    p.add_argument("--real-data", action="store_true", help="read batches from the preset's corpus instead of random ids")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("presets", help="list presets (shipped and your own)")
+
+    p = sub.add_parser("export", help="turn a pretrain checkpoint into a Hugging Face GPT-2 folder")
+    p.add_argument("run", help="run name or run directory")
+    p.add_argument("--to", required=True, metavar="DIR", help="folder to write (must be empty or new)")
+    p.add_argument("--best", action="store_true", help="export the best checkpoint by val loss, not the newest")
+    p.add_argument("--force", action="store_true", help="write into a non-empty DIR, replacing its model files")
+
+    p = sub.add_parser("compare", help="runs side by side: state, iters, tokens, best val, speed, config keys that differ")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run names or run directories")
+    p.add_argument("--json", action="store_true", help='print one object: {"runs": [...], "differ": {key: {run: value}}, "best": name}')
+
+    p = sub.add_parser("metrics", help="per-step and eval rows of a run (a table; --csv or --json for scripts)")
+    p.add_argument("run", help="run name or run directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--csv", action="store_true",
+                   help="one CSV, step rows then eval rows, told apart by a 'kind' column (step/eval)")
+    g.add_argument("--json", action="store_true", help='print {"steps": [...], "evals": [...]}')
+
+    p = sub.add_parser("plot", help="loss curves of one or more runs as a PNG or SVG file")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run names or run directories")
+    p.add_argument("--to", required=True, metavar="FILE", help="the image to write: FILE.png or FILE.svg")
+    p.add_argument("--x", choices=("iter", "tokens", "time"), default="iter",
+                   help="x axis: iterations, tokens trained, or active time (pauses left out); default iter")
+    p.add_argument("--log", action="store_true", help="log-scale loss axis")
+    return parser
+
+
+# command name -> the function in commands.py that carries it out (args) -> exit code
+COMMANDS = {
+    None: commands.cockpit_home,
+    "train": commands.train,
+    "resume": commands.resume,
+    "attach": commands.attach,
+    "runs": commands.list_runs,
+    "pause": commands.pause,
+    "stop": commands.stop,
+    "checkpoint": commands.checkpoint,
+    "sample": commands.sample,
+    "set": commands.set_live,
+    "doctor": commands.doctor,
+    "plan": commands.plan,
+    "bench": commands.bench,
+    "presets": commands.list_presets,
+    "export": commands.export,
+    "compare": compare.compare,
+    "metrics": compare.metrics_cmd,
+    "plot": compare.plot,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except UserError as e:
+        print(f"gpt2-cockpit: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

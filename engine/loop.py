@@ -1,0 +1,213 @@
+"""The training loop: one function, `train`, read top to bottom.
+
+    prepare (done by the caller) -> resume -> per step: commands, lr, step, log, eval,
+    checkpoint, sample -> finish
+
+The maths lives in the Stepper (engine/step.py); every file the run writes goes through the
+RunOwner (engine/owner.py), a null one on ranks other than 0, so nothing here asks which rank
+it is on. Commands are broadcast from rank 0, so every rank pauses, changes a setting or stops
+at the same step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import config as cfgmod
+from . import sampling
+from .errors import UserError
+from .owner import NullRunOwner, RunOwner
+from .step import Stepper, lr_at
+
+SAMPLE_SEED_STRIDE = 104729  # each sample of a run gets its own seed
+
+
+@dataclass
+class Progress:
+    """What the loop keeps besides the weights (the counters also go into every checkpoint)."""
+
+    iter: int = 0  # optimizer steps completed
+    best_val: float = math.inf
+    bad_steps: int = 0  # non-finite steps in a row
+    state: str = "preparing"
+    stop_reason: str | None = None
+    last_eval: int = -1
+    last_checkpoint: int = -1
+    samples: int = 0
+
+
+def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any] | None = None) -> str:
+    """Train until max_iters or a stop; returns the final state, "done" or "stopped"."""
+    p = Progress()
+    if resume is not None:
+        stepper.load_state_dict(resume)
+        p.iter, p.best_val = int(resume["iter"]), float(resume["best_val_loss"])
+        p.bad_steps = int(resume.get("bad_steps", 0))
+        p.last_eval = p.last_checkpoint = p.iter
+    cfg = stepper.cfg
+    run.emit("run", name=run.name, preset=cfg.name, engine=cfg.engine, config=cfgmod.to_raw(cfg),
+             device=stepper.device, world_size=stepper.dist.world_size,
+             resumed_from=p.iter if resume is not None else None)
+    set_state(run, p, "running", f"resumed from iter {p.iter}" if resume is not None else "")
+    if resume is None and cfg.train.eval_interval:
+        evaluate(stepper, run, p, track_best=False)  # the loss before any training: the plot's baseline
+
+    step_ms: list[float] = []  # optimizer-step times since the last `step` event
+    while True:
+        handle_commands(stepper, run, p)  # waits here while paused
+        t = stepper.cfg.train  # a `set` may have replaced the config
+        if p.stop_reason is not None or p.iter >= t.max_iters:
+            break
+        lr = lr_at(p.iter, t)
+        t0 = time.perf_counter()
+        result = stepper.step(p.iter, lr)
+        step_ms.append((time.perf_counter() - t0) * 1000)
+        p.iter += 1
+
+        for r in result.resplits:  # out of memory: the same step was redone with a smaller micro-batch
+            run.write_config(stepper.cfg)
+            run.emit("oom", iter=p.iter, micro_batch_before=r.micro_batch_before,
+                     micro_batch_after=r.micro_batch_after, grad_accum_after=r.grad_accum_after)
+        if result.nonfinite:  # a NaN or inf loss or gradient: the update was skipped
+            p.bad_steps += 1
+            pause = p.bad_steps >= t.max_bad_steps
+            run.emit("anomaly", iter=p.iter, kind="nonfinite_loss" if not math.isfinite(result.loss)
+                     else "nonfinite_grad", action="paused" if pause else "skipped_step",
+                     loss=result.loss, grad_norm=result.grad_norm)
+            if pause:
+                set_state(run, p, "paused", f"{p.bad_steps} non-finite steps in a row: lower train.learning_rate "
+                                            f"(gpt2-cockpit set RUN train.learning_rate=...) and resume")
+        else:
+            p.bad_steps = 0
+        for spike in result.spikes:  # far above the recent history: logged, skipped if skip_spikes says so
+            run.emit("anomaly", iter=p.iter, kind=spike.kind, action="none" if result.applied else "skipped_step",
+                     value=spike.value, zscore=round(spike.zscore, 2))
+
+        if p.iter % t.log_interval == 0 or p.iter == t.max_iters:
+            ms = sum(step_ms) / len(step_ms)
+            step_ms.clear()
+            tokens_per_sec = stepper.tokens_per_step / (ms / 1000) if ms > 0 else 0.0
+            run.emit("step", iter=p.iter, loss=result.loss, lr=lr, tokens=p.iter * stepper.tokens_per_step,
+                     tokens_per_sec=round(tokens_per_sec, 1), ms=round(ms, 2), mfu=stepper.mfu(tokens_per_sec),
+                     micro_batch=t.micro_batch, grad_accum=t.grad_accum, grad_norm=result.grad_norm)
+        if due(p.iter, t.eval_interval):
+            evaluate(stepper, run, p, track_best=True, checkpoint_best=p.bad_steps == 0)
+        if due(p.iter, t.checkpoint_interval) and p.bad_steps == 0:
+            checkpoint(stepper, run, p)
+        if due(p.iter, t.sample_interval):
+            sample(stepper, run, p, "", sampling.MAX_NEW_TOKENS, sampling.TEMPERATURE, sampling.TOP_K, None)
+
+    # finish: a last eval and checkpoint, so nothing since the last ones is lost
+    finished = p.stop_reason is None
+    reason = "max_iters reached" if finished else p.stop_reason
+    if finished:
+        set_state(run, p, "stopping", reason)
+        if p.last_eval != p.iter and stepper.cfg.train.eval_interval:
+            evaluate(stepper, run, p, track_best=True, checkpoint_best=p.bad_steps == 0)
+    if p.bad_steps == 0:
+        checkpoint(stepper, run, p)
+    final = "done" if finished else "stopped"
+    set_state(run, p, final, reason)
+    return final
+
+
+def due(iter: int, interval: int) -> bool:
+    return bool(interval) and iter % interval == 0
+
+
+def set_state(run: RunOwner | NullRunOwner, p: Progress, state: str, reason: str = "") -> None:
+    p.state = state
+    run.emit("state", state=state, reason=reason)
+
+
+def evaluate(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, track_best: bool,
+             checkpoint_best: bool = False) -> None:
+    """Train and val loss on fixed batches; a new best val loss writes a best checkpoint."""
+    losses = stepper.evaluate()
+    p.last_eval = p.iter
+    fields = {"iter": p.iter, "train_loss": losses["train"], "val_loss": losses["val"]}
+    if stepper.cfg.engine == "finetune":
+        fields["val_ppl"] = math.exp(min(losses["val"], 50.0))
+    run.emit("eval", **fields)
+    if track_best and losses["val"] < p.best_val:
+        p.best_val = losses["val"]
+        if checkpoint_best:
+            checkpoint(stepper, run, p, best=True)
+
+
+def checkpoint(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, best: bool = False,
+               again: bool = False) -> None:
+    """A checkpoint of this iteration, unless one was written already (`again`: write it anyway)."""
+    if p.last_checkpoint == p.iter and not (best or again):
+        return
+    state = {**stepper.state_dict(), "best_val_loss": p.best_val, "bad_steps": p.bad_steps,
+             "data_position": p.iter}  # step k's batch is drawn from (seed, k): the position is the iter
+    run.save_checkpoint(p.iter, state, best, stepper.workload.on_checkpoint)
+    p.last_checkpoint = p.iter
+
+
+def sample(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, prompt: str, max_new_tokens: int,
+           temperature: float, top_k: int, request_id: str | None) -> None:
+    """Generate from the weights in memory; the text (or why it failed) goes to the event log."""
+    p.samples += 1
+    seed = stepper.cfg.train.seed + SAMPLE_SEED_STRIDE * p.samples + p.iter
+    try:
+        text = stepper.generate(prompt, max_new_tokens, temperature, top_k, seed)
+    except UserError as e:
+        run.emit("error", message=str(e), request_id=request_id)
+        return
+    run.emit("sample", iter=p.iter, prompt=prompt, text=text, request_id=request_id)
+
+
+def handle_commands(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress) -> None:
+    """Apply the commands that came in since the last step, the same on every rank; wait while paused."""
+    while True:
+        for request in stepper.dist.broadcast(run.requests()):
+            try:
+                apply(request, stepper, run, p)
+            except UserError as e:
+                run.answer(request["id"], str(e))
+            except Exception as e:  # a command must never kill the run
+                run.emit("error", message=f"command {request.get('cmd')} failed: {e.__class__.__name__}: {e}")
+                run.answer(request["id"], f"{e.__class__.__name__}: {e}")
+            else:
+                run.answer(request["id"])
+        if p.state != "paused" or p.stop_reason is not None:
+            return
+        time.sleep(0.1)
+
+
+def apply(request: dict[str, Any], stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress) -> None:
+    """One command; a UserError refuses it with that sentence."""
+    cmd = request.get("cmd")
+    if cmd == "pause":
+        if p.state == "running":
+            set_state(run, p, "paused", request.get("reason") or "paused by user")
+    elif cmd == "resume":
+        if p.state == "paused":
+            p.bad_steps = 0  # the user has acted (e.g. lowered the learning rate): count afresh
+            set_state(run, p, "running", "resumed by user")
+    elif cmd == "stop":
+        p.stop_reason = request.get("reason") or "stopped by user"
+        set_state(run, p, "stopping", p.stop_reason)
+    elif cmd == "checkpoint":
+        checkpoint(stepper, run, p, again=True)
+    elif cmd == "sample":
+        n, temperature, top_k = (request.get("max_new_tokens", sampling.MAX_NEW_TOKENS),
+                                 request.get("temperature", sampling.TEMPERATURE), request.get("top_k", sampling.TOP_K))
+        sampling.check(n, temperature, top_k)
+        run.answer(request["id"])  # accepted: the text follows as a `sample` event
+        sample(stepper, run, p, str(request.get("prompt") or ""), n, temperature, top_k, request.get("request_id"))
+    elif cmd == "set":
+        key = request.get("key")
+        if key not in cfgmod.LIVE_KEYS:
+            raise UserError(f"{key} cannot change during a run (live keys: {', '.join(cfgmod.LIVE_KEYS)})")
+        old = stepper.cfg.get(key)
+        stepper.cfg = cfgmod.with_overrides(stepper.cfg, {key: request.get("value")}, origin=f"set {key}")
+        run.write_config(stepper.cfg)
+        run.emit("set", key=key, old=old, new=stepper.cfg.get(key))
+    else:
+        raise UserError(f"unknown command {cmd!r}")

@@ -1,0 +1,432 @@
+"""The maths of training, for both engines: one optimizer step, evaluation, generation.
+
+A `Stepper` holds the model, the optimizer, the grad scaler and the current micro-batch split.
+It knows nothing of files, events or commands: engine/loop.py drives it and records what it
+does. An engine supplies a Workload (model, batches, tokenizer); see engine/pretrain.py and
+engine/finetune.py.
+
+Step k (0-based) trains on a batch drawn as a whole from a generator seeded by (seed, k) and
+split into micro-batches, so the same tokens are trained in the same order whatever the split
+(an OOM re-split changes it) and resuming needs no data cursor beyond k itself.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+
+from . import config as cfgmod
+from .dist import Dist
+from .errors import UserError
+from .hardware import peak_tflops
+from .model import param_groups
+
+EVAL_SEED_OFFSET = 7919  # eval batches come from their own generator: the same ones every time
+
+
+class Workload(Protocol):
+    """What differs between the pretrain and finetune engines."""
+
+    model: nn.Module  # the raw module (never compiled or DDP-wrapped)
+
+    def sample_batch(self, split: str, n: int, gen: torch.Generator, step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n (input, target) rows of int64 token ids on the CPU, drawn with `gen` (train: for step `step`)."""
+
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+                 gen: torch.Generator) -> str:
+        """Text continuing `prompt`, from the model as it is now (called under no_grad, in eval mode)."""
+
+    def flops_per_token(self) -> float | None:
+        """Training FLOPs per token for MFU, or None."""
+
+    def tokenizer_state(self) -> dict | None:
+        """What a checkpoint must carry to decode without the token cache (char vocabularies)."""
+
+    def on_checkpoint(self, run_dir, iter: int, best: bool) -> None:
+        """Extra artefacts to write beside a checkpoint (finetune: save_pretrained)."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def resolve_device(cfg: cfgmod.Config, dist: Dist) -> str:
+    want = cfg.train.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device = {cfg.train.device!r} but torch sees no CUDA GPU "
+                            f"(run 'gpt2-cockpit doctor'; or --set train.device=cpu)")
+        if dist.enabled:
+            return f"cuda:{dist.local_rank}"
+    return want
+
+
+def resolve_dtype(cfg: cfgmod.Config, device: str) -> torch.dtype:
+    name = cfg.train.dtype
+    if name == "auto":
+        if device.startswith("cuda"):
+            # emulated bf16 (T4, V100) is slow: only native support counts
+            name = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+        else:
+            name = "float32"
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def lr_at(step: int, t: cfgmod.TrainConfig) -> float:
+    """Linear warm-up to learning_rate, cosine decay to min_lr at lr_decay_iters, then flat."""
+    if step < t.warmup_iters:
+        return t.learning_rate * (step + 1) / (t.warmup_iters + 1)
+    if step >= t.lr_decay_iters:
+        return t.min_lr
+    ratio = (step - t.warmup_iters) / max(1, t.lr_decay_iters - t.warmup_iters)
+    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.learning_rate - t.min_lr)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, and the MPS / cuDNN allocation failures that arrive as RuntimeError."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "CUDNN_STATUS_ALLOC_FAILED" in msg
+                                           or "MPS backend out of memory" in msg)
+
+
+def install_fault_injection(model: nn.Module) -> None:
+    """GPT2_COCKPIT_FAKE_OOM_TOKENS=N: any forward over more than N tokens raises a real OutOfMemoryError."""
+    budget = os.environ.get("GPT2_COCKPIT_FAKE_OOM_TOKENS")
+    if not budget:
+        return
+    limit = int(budget)
+
+    def hook(module, args, kwargs):
+        idx = args[0] if args else kwargs.get("input_ids")
+        if idx is not None and idx.numel() > limit:
+            raise torch.OutOfMemoryError(
+                f"fake OOM: {idx.numel()} tokens in one forward pass > GPT2_COCKPIT_FAKE_OOM_TOKENS={limit}")
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _fake_iter(variable: str) -> int | None:
+    """GPT2_COCKPIT_FAKE_NAN_AT_ITER=K: the loss of iteration K (1-based, as events count) is NaN;
+    GPT2_COCKPIT_FAKE_SPIKE_AT_ITER=K: it is 20 times what it was (and so are the gradients)."""
+    value = os.environ.get(variable)
+    return int(value) if value else None
+
+
+FAKE_SPIKE_FACTOR = 20.0
+
+
+# --------------------------------------------------------------------------- spikes
+
+
+class SpikeDetector:
+    """How far a value stands above its recent history, in standard deviations (a z-score over the
+    last `window` values, as llm.c's outlier detector). Every finite value joins the history, so a
+    lasting change of level stops being a spike after a while."""
+
+    MIN_HISTORY = 16  # fewer values say too little about the spread
+
+    def __init__(self, window: int, history: list[float] | None = None):
+        self.window = window
+        self.history: deque[float] = deque(history or [], maxlen=window)
+
+    def zscore(self, value: float) -> float | None:
+        """The z-score of `value` against the history before it; None while the history is short."""
+        n = len(self.history)
+        if n < self.MIN_HISTORY or not math.isfinite(value):
+            return None
+        mean = sum(self.history) / n
+        std = math.sqrt(max(sum((v - mean) ** 2 for v in self.history) / n, 0.0))
+        return (value - mean) / std if std > 0 else None
+
+    def add(self, value: float) -> None:
+        if math.isfinite(value):
+            self.history.append(value)
+
+
+# --------------------------------------------------------------------------- the step object
+
+
+@dataclass
+class Resplit:
+    """An OOM made the step shrink its micro-batch (tokens per step unchanged)."""
+
+    micro_batch_before: int
+    micro_batch_after: int
+    grad_accum_after: int
+
+
+@dataclass
+class Spike:
+    kind: str  # "loss_spike" or "grad_spike"
+    value: float
+    zscore: float
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over the step's micro-batches (and ranks)
+    grad_norm: float  # before clipping
+    applied: bool  # False: the update was skipped (non-finite, or a spike with train.skip_spikes)
+    nonfinite: bool  # a NaN/inf loss or gradient (never applied)
+    resplits: list[Resplit] = field(default_factory=list)
+    spikes: list[Spike] = field(default_factory=list)
+
+
+class Stepper:
+    """Model, optimizer, scaler and split; `step(k)`, `evaluate()`, `generate()`, `state_dict()`."""
+
+    def __init__(self, cfg: cfgmod.Config, workload: Workload, device: str, dist: Dist | None = None):
+        self.cfg = cfg  # cfg.train holds the current split (micro_batch x grad_accum)
+        self.workload = workload
+        self.device = device
+        self.device_type = "cuda" if device.startswith("cuda") else "cpu"
+        self.dist = dist or Dist()
+        t = cfg.train
+
+        self.dtype = resolve_dtype(cfg, device)
+        self.autocast = (nullcontext() if self.dtype == torch.float32
+                         else torch.autocast(device_type=self.device_type, dtype=self.dtype))
+        self.raw_model = workload.model.to(device)
+        install_fault_injection(self.raw_model)
+        groups = param_groups(self.raw_model, t.weight_decay)
+        try:
+            # fused AdamW: one kernel over all parameters (CUDA, and CPU since torch 2.4: ~3% a step
+            # for the CPU baby GPT)
+            self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=True)
+        except (RuntimeError, TypeError, ValueError):  # a device or dtype without a fused kernel
+            self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2))
+        # a GradScaler only for float16: bf16 has float32's range and needs no loss scaling
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
+        self.model = self.raw_model
+        self.compiled = (t.compile is True) or (t.compile == "auto" and self.device_type == "cuda")
+        if self.compiled:
+            # dynamic=False: a micro-batch shrunk after an OOM compiles one more static graph;
+            # torch.compile caches a few shapes, and an OOM shrinks at most log2(micro_batch) times
+            self.model = torch.compile(self.model, dynamic=False)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.model, device_ids=[self.dist.local_rank] if self.device_type == "cuda" else None)
+        self.peak_tflops = peak_tflops(torch.cuda.get_device_name(device) if self.device_type == "cuda" else None,
+                                       t.peak_tflops)
+        self.flops_per_token = workload.flops_per_token()
+        self.loss_history = SpikeDetector(t.spike_window)
+        self.grad_history = SpikeDetector(t.spike_window)
+        self._fake_nan_at = _fake_iter("GPT2_COCKPIT_FAKE_NAN_AT_ITER")
+        self._fake_spike_at = _fake_iter("GPT2_COCKPIT_FAKE_SPIKE_AT_ITER")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.tokens_per_step * self.dist.world_size
+
+    def mfu(self, tokens_per_sec: float) -> float | None:
+        """Model FLOPs utilisation: achieved training FLOPs over the GPUs' peak (None on a CPU)."""
+        if not (self.peak_tflops and self.flops_per_token):
+            return None
+        return self.flops_per_token * tokens_per_sec / (self.peak_tflops * 1e12 * self.dist.world_size)
+
+    # ---------------------------------------------------------------- one optimizer step
+
+    def step(self, k: int, lr: float) -> StepResult:
+        """Optimizer step k at learning rate lr; an OOM halves the micro-batch and redoes step k."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self._local_rows(k)
+        resplits = []
+        while True:
+            try:
+                loss = self._forward_backward(x, y, k)
+                break
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not is_oom(e):
+                    raise
+            # recover outside the except block: the exception's traceback holds the failed
+            # micro-batch's activations, and they must be gone before we retry
+            resplits.append(self._resplit())
+        if self.dist.enabled:
+            torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        loss_value, norm_value = torch.stack([loss.float(), norm.float().to(loss.device)]).tolist()  # one sync
+        # fp16: an inf gradient with a finite loss is the GradScaler's business (it skips and rescales)
+        bad = not math.isfinite(loss_value) or (not math.isfinite(norm_value) and self.dtype != torch.float16)
+        spikes = self._spikes(loss_value, norm_value)
+        skip = bad or (bool(spikes) and self.cfg.train.skip_spikes)
+        if not skip:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_value, norm_value, not skip, bad, resplits, spikes)
+
+    def _spikes(self, loss: float, grad_norm: float) -> list[Spike]:
+        """Loss and gradient norm against their recent history (the same on every rank: both are
+        all-reduced already)."""
+        threshold = self.cfg.train.spike_zscore
+        spikes = []
+        for kind, value, history in (("loss_spike", loss, self.loss_history), ("grad_spike", grad_norm, self.grad_history)):
+            z = history.zscore(value)
+            if threshold > 0 and z is not None and z > threshold:
+                spikes.append(Spike(kind, value, z))
+            history.add(value)
+        return spikes
+
+    def _local_rows(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of step k's batch (the whole batch is drawn on every rank)."""
+        t = self.cfg.train
+        per_rank = t.micro_batch * t.grad_accum
+        x, y = self.workload.sample_batch("train", per_rank * self.dist.world_size, step_generator(t.seed, k), k)
+        r = self.dist.rank
+        return x[r * per_rank:(r + 1) * per_rank], y[r * per_rank:(r + 1) * per_rank]
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device_type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+        """Accumulate gradients over the micro-batches of (x, y); returns the mean loss (a tensor)."""
+        mb = self.cfg.train.micro_batch
+        accum = x.size(0) // mb
+        loss_sum = torch.zeros((), device=self.device)
+        for i in range(accum):
+            xb, yb = self._to_device(x[i * mb:(i + 1) * mb]), self._to_device(y[i * mb:(i + 1) * mb])
+            # DDP: all-reduce gradients once, on the last micro-batch, not after every backward
+            last = i == accum - 1
+            with self.model.no_sync() if self.dist.enabled and not last else nullcontext():
+                with self.autocast:
+                    _, loss = self.model(xb, yb)
+                if self._fake_nan_at == k + 1:
+                    loss = loss * float("nan")
+                if self._fake_spike_at == k + 1:
+                    loss = loss * FAKE_SPIKE_FACTOR
+                loss = loss / accum
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        return loss_sum
+
+    def _resplit(self) -> Resplit:
+        """Halve the micro-batch, raise accumulation: same rows per step, same tokens, same order."""
+        t = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.device_type == "cuda":
+            torch.cuda.empty_cache()
+        before = t.micro_batch
+        if before == 1:
+            raise UserError(
+                f"CUDA out of memory at micro_batch 1 (block_size {self.cfg.model.block_size}); this preset "
+                f"does not fit this GPU: lower model.block_size, the model size (n_layer, n_embd), or use "
+                f"train.dtype=bfloat16 or float16")
+        rows = before * t.grad_accum
+        mb = before // 2
+        while rows % mb:  # an odd micro-batch: the largest smaller one that divides the rows
+            mb -= 1
+        t.micro_batch, t.grad_accum = mb, rows // mb
+        return Resplit(before, t.micro_batch, t.grad_accum)
+
+    # ---------------------------------------------------------------- evaluation and generation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over eval_iters batches per split; the same batches every time (own generator)."""
+        t = self.cfg.train
+        out = {}
+        self.raw_model.eval()
+        try:
+            for i, split in enumerate(("train", "val")):
+                gen = torch.Generator().manual_seed(t.seed + EVAL_SEED_OFFSET + i)
+                losses = [self._eval_batch(*self.workload.sample_batch(split, t.micro_batch, gen, None))
+                          for _ in range(t.eval_iters)]
+                out[split] = sum(losses) / len(losses)
+        finally:
+            self.raw_model.train()
+        return out
+
+    def _eval_batch(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Loss of one eval batch; on OOM, the same rows in halves (eval never kills the run)."""
+        try:
+            with self.autocast:
+                _, loss = self.raw_model(self._to_device(x), self._to_device(y))
+            return loss.item()
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not is_oom(e) or x.size(0) == 1:
+                raise
+        if self.device_type == "cuda":
+            torch.cuda.empty_cache()
+        half = x.size(0) // 2
+        a, b = self._eval_batch(x[:half], y[:half]), self._eval_batch(x[half:], y[half:])
+        return (a * half + b * (x.size(0) - half)) / x.size(0)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> str:
+        """Text from the weights in memory, in eval mode, with its own generator (the training
+        RNG stream is never touched). Raises UserError when it runs out of GPU memory."""
+        gen = torch.Generator(self.device).manual_seed(seed)
+        self.raw_model.eval()
+        # decoding one token at a time is a chain of tiny ops: on a CPU, extra OpenMP threads only
+        # spin and wait (20x slower on a busy 2-core box), so decode on one thread
+        threads = torch.get_num_threads()
+        if self.device_type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            with self.autocast:
+                return self.workload.generate(prompt, max_new_tokens, temperature, top_k, gen)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not is_oom(e):
+                raise
+        finally:
+            torch.set_num_threads(threads)
+            self.raw_model.train()
+        if self.device_type == "cuda":
+            torch.cuda.empty_cache()
+        raise UserError("sampling ran out of GPU memory; try fewer max_new_tokens")
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer, scaler, RNG, split and config: with the loop's counters, a checkpoint."""
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "micro_batch": self.cfg.train.micro_batch,
+            "grad_accum": self.cfg.train.grad_accum,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device_type == "cuda" else None,
+            },
+            "config": cfgmod.to_raw(self.cfg),
+            "tokenizer": self.workload.tokenizer_state(),
+            "spike_history": {"loss": list(self.loss_history.history), "grad_norm": list(self.grad_history.history)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        # micro_batch/grad_accum come from config.toml, which an OOM re-split rewrote already
+        history = state.get("spike_history") or {}
+        self.loss_history = SpikeDetector(self.cfg.train.spike_window, history.get("loss"))
+        self.grad_history = SpikeDetector(self.cfg.train.spike_window, history.get("grad_norm"))
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and self.device_type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
