@@ -125,7 +125,7 @@ def set_live(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
-    sampling.check(args.max_new_tokens, args.temperature, args.top_k)
+    sampling.check(args.max_new_tokens, args.temperature, args.top_k, args.prompt)
     run = resolve(args.run)
     if run.alive():
         text = launch.sample_text(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k)

@@ -6,6 +6,7 @@ commands between optimizer steps (so pausing, sampling or setting a value never 
 
 Requests: {"cmd": "pause" | "resume" | "stop" | "checkpoint"
                 | "sample", "prompt", "max_new_tokens", "temperature", "top_k", "request_id"
+                | "cancel", "request_id"
                 | "set", "key", "value"}
 Replies:  {"ok": true} (accepted) or {"ok": false, "error": "one sentence"} (refused), nothing more.
 
@@ -13,7 +14,8 @@ The reply only says accepted or refused: what a command did is in the run's even
 source of truth for every viewer. pause, resume, stop, checkpoint and set are answered once
 applied, so the events they caused are in the log before the reply; a sample is answered when
 accepted, and its text follows as a `sample` event with the request's `request_id` (or an `error`
-event with it, if generation failed).
+event with it, if generation failed or was cancelled). A sample is generated a slice at a time
+between optimizer steps, so it never holds up training or the other commands.
 
 Never imports torch: the cockpit and the CLI use the client half.
 """
@@ -32,8 +34,8 @@ from typing import Any, Iterator
 
 from .errors import UserError
 
-COMMANDS = ("pause", "resume", "stop", "checkpoint", "sample", "set")
-MAX_REQUEST = 64 * 1024
+COMMANDS = ("cancel", "pause", "resume", "stop", "checkpoint", "sample", "set")
+MAX_REQUEST = 1 << 20  # a 100,000-character prompt (sampling.MAX_PROMPT_CHARS) fits, JSON-escaped
 _SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes; leave room
 
 
@@ -173,7 +175,10 @@ class ControlServer:
                     if not chunk:
                         break
                     buf += chunk
-                reply = self._dispatch(buf)
+                if len(buf) >= MAX_REQUEST and not buf.endswith(b"\n"):
+                    reply = {"ok": False, "error": f"the request is larger than {MAX_REQUEST // 1024} KiB"}
+                else:
+                    reply = self._dispatch(buf)
                 conn.settimeout(None)
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:

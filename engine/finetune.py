@@ -449,16 +449,21 @@ class FinetuneWorkload:
             return ids
         return [self.eos] if self.eos is not None else [0]  # an empty prompt starts a new document
 
+    @property
+    def context_window(self) -> int:
+        return self.n_positions
+
     @torch.no_grad()
-    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, gen: torch.Generator) -> str:
-        """Sample with `gen` only (never the global RNG), a KV cache, temperature and top-k."""
+    def stream(self, ids: list[int], max_new_tokens: int, temperature: float, top_k: int,
+               gen: torch.Generator) -> Iterator[int]:
+        """The new token ids after `ids`, one at a time: `gen` only (never the global RNG), a KV
+        cache, temperature and top-k; the window slides once the context is full."""
         hf = self.model.hf
         device = next(hf.parameters()).device
         limit = self.n_positions
-        ids = self.encode_prompt(prompt)
+        ids = list(ids)
         n_vocab = len(self.tokenizer)
         out = hf(input_ids=torch.tensor([ids[-limit:]], device=device), use_cache=True)
-        new: list[int] = []
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1, :].float()  # (1, V)
             if logits.size(-1) > n_vocab:  # rows past the tokenizer (padding) cannot be decoded
@@ -471,14 +476,19 @@ class FinetuneWorkload:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=gen)
-            new.append(int(nxt))
-            ids.append(new[-1])
+            yield int(nxt)
+            ids.append(int(nxt))
             past = out.past_key_values
             if past is None or past.get_seq_length() >= limit:  # context full: slide the window
                 out = hf(input_ids=torch.tensor([ids[-(limit - 1):]], device=device), use_cache=True)
             else:
                 out = hf(input_ids=nxt.view(1, 1), past_key_values=past, use_cache=True)
-        return prompt + self.tokenizer.decode(new, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, gen: torch.Generator) -> str:
+        return prompt + self.decode(list(self.stream(self.encode_prompt(prompt), max_new_tokens, temperature, top_k, gen)))
 
     # ------------------------------------------------------------------ the rest of the protocol
 

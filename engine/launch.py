@@ -154,12 +154,23 @@ def sample_text(run: RunDir, prompt: str, max_new_tokens: int = sampling.MAX_NEW
     the log until one of those arrives. A refusal, a timeout or the run stopping first is a
     UserError.
     """
-    sampling.check(max_new_tokens, temperature, top_k)
+    sampling.check(max_new_tokens, temperature, top_k, prompt)
     request_id = uuid.uuid4().hex[:12]
     deadline = time.monotonic() + timeout
     reader = EventReader(run.events_path, from_end=True)
     control(run, {"cmd": "sample", "prompt": prompt, "max_new_tokens": max_new_tokens,
                   "temperature": temperature, "top_k": top_k, "request_id": request_id}, timeout)
+    try:
+        return _await_sample(run, reader, request_id, deadline, timeout)
+    except KeyboardInterrupt:  # Ctrl-C: the run drops the sample too, instead of finishing it for nobody
+        try:
+            control(run, {"cmd": "cancel", "request_id": request_id}, timeout=10)
+        except UserError:
+            pass  # finished or gone meanwhile
+        raise
+
+
+def _await_sample(run: RunDir, reader: EventReader, request_id: str, deadline: float, timeout: float) -> str:
     while True:
         alive = run.alive()  # asked before reading, so a sample logged just before exiting is seen
         for event in reader.poll():

@@ -1,7 +1,7 @@
 """The training loop: one function, `train`, read top to bottom.
 
-    prepare (done by the caller) -> resume -> per step: commands, lr, step, log, eval,
-    checkpoint, sample -> finish
+    prepare (done by the caller) -> resume -> per step: commands (and a slice of any sample in
+    progress), lr, step, log, eval, checkpoint, sample -> finish
 
 The maths lives in the Stepper (engine/step.py); every file the run writes goes through the
 RunOwner (engine/owner.py), a null one on ranks other than 0, so nothing here asks which rank
@@ -13,16 +13,29 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import config as cfgmod
 from . import sampling
 from .errors import UserError
 from .owner import NullRunOwner, RunOwner
-from .step import Stepper, lr_at
+from .step import Generation, Stepper, lr_at
 
 SAMPLE_SEED_STRIDE = 104729  # each sample of a run gets its own seed
+# A sample in progress gets this share of each optimizer step's time between steps (at least
+# MIN_SAMPLE_SLICE seconds), so sampling never holds training, pause, stop or SIGTERM for long.
+SAMPLE_SLICE_FRACTION = 0.5
+MIN_SAMPLE_SLICE = 0.05
+PAUSED_SAMPLE_SLICE = 0.1  # while paused: commands are polled between slices this long
+
+
+@dataclass
+class PendingSample:
+    generation: Generation
+    iter: int  # where it started (the weights go on training while it is generated)
+    request_id: str | None
 
 
 @dataclass
@@ -37,6 +50,8 @@ class Progress:
     last_eval: int = -1
     last_checkpoint: int = -1
     samples: int = 0
+    step_seconds: float = 0.0  # the last optimizer step's time
+    sampling: deque[PendingSample] = field(default_factory=deque)
 
 
 def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any] | None = None) -> str:
@@ -64,7 +79,8 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
         lr = lr_at(p.iter, t)
         t0 = time.perf_counter()
         result = stepper.step(p.iter, lr)
-        step_ms.append((time.perf_counter() - t0) * 1000)
+        p.step_seconds = time.perf_counter() - t0
+        step_ms.append(p.step_seconds * 1000)
         p.iter += 1
 
         for r in result.resplits:  # out of memory: the same step was redone with a smaller micro-batch
@@ -98,7 +114,7 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
         if due(p.iter, t.checkpoint_interval) and p.bad_steps == 0:
             checkpoint(stepper, run, p)
         if due(p.iter, t.sample_interval):
-            sample(stepper, run, p, "", sampling.MAX_NEW_TOKENS, sampling.TEMPERATURE, sampling.TOP_K, None)
+            start_sample(stepper, run, p, "", sampling.MAX_NEW_TOKENS, sampling.TEMPERATURE, sampling.TOP_K, None)
 
     # finish: a last eval and checkpoint, so nothing since the last ones is lost
     finished = p.stop_reason is None
@@ -109,6 +125,12 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
             evaluate(stepper, run, p, track_best=True, checkpoint_best=p.bad_steps == 0)
     if p.bad_steps == 0:
         checkpoint(stepper, run, p)
+    while p.sampling:  # samples in progress: finished at the end of the run, dropped at a stop
+        if finished:
+            advance_sample(run, p, math.inf)
+        else:
+            run.emit("error", message="the run stopped before this sample was finished",
+                     request_id=p.sampling.popleft().request_id)
     final = "done" if finished else "stopped"
     set_state(run, p, final, reason)
     return final
@@ -149,21 +171,34 @@ def checkpoint(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, best
     p.last_checkpoint = p.iter
 
 
-def sample(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, prompt: str, max_new_tokens: int,
-           temperature: float, top_k: int, request_id: str | None) -> None:
-    """Generate from the weights in memory; the text (or why it failed) goes to the event log."""
+def start_sample(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, prompt: str, max_new_tokens: int,
+                 temperature: float, top_k: int, request_id: str | None) -> None:
+    """Queue a sample from the weights in memory; it is generated a slice at a time between steps."""
     p.samples += 1
     seed = stepper.cfg.train.seed + SAMPLE_SEED_STRIDE * p.samples + p.iter
+    generation = stepper.start_generation(prompt, max_new_tokens, temperature, top_k, seed)
+    p.sampling.append(PendingSample(generation, p.iter, request_id))
+
+
+def advance_sample(run: RunOwner | NullRunOwner, p: Progress, seconds: float) -> None:
+    """Generate the oldest sample in progress for about `seconds`; its text (or why it failed)
+    goes to the event log once it is complete."""
+    pending = p.sampling[0]
     try:
-        text = stepper.generate(prompt, max_new_tokens, temperature, top_k, seed)
+        finished = pending.generation.advance(seconds)
     except UserError as e:
-        run.emit("error", message=str(e), request_id=request_id)
+        p.sampling.popleft()
+        run.emit("error", message=str(e), request_id=pending.request_id)
         return
-    run.emit("sample", iter=p.iter, prompt=prompt, text=text, request_id=request_id)
+    if finished:
+        p.sampling.popleft()
+        run.emit("sample", iter=pending.iter, prompt=pending.generation.prompt, text=pending.generation.text,
+                 request_id=pending.request_id)
 
 
 def handle_commands(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress) -> None:
-    """Apply the commands that came in since the last step, the same on every rank; wait while paused."""
+    """Apply the commands that came in since the last step, the same on every rank, and give a
+    sample in progress its slice; wait here (sampling, if asked to) while paused."""
     while True:
         for request in stepper.dist.broadcast(run.requests()):
             try:
@@ -175,9 +210,14 @@ def handle_commands(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress)
                 run.answer(request["id"], f"{e.__class__.__name__}: {e}")
             else:
                 run.answer(request["id"])
-        if p.state != "paused" or p.stop_reason is not None:
+        paused = p.state == "paused" and p.stop_reason is None
+        if p.sampling and p.stop_reason is None:
+            advance_sample(run, p, PAUSED_SAMPLE_SLICE if paused
+                           else max(MIN_SAMPLE_SLICE, SAMPLE_SLICE_FRACTION * p.step_seconds))
+        if not paused:
             return
-        time.sleep(0.1)
+        if not p.sampling:
+            time.sleep(0.1)
 
 
 def apply(request: dict[str, Any], stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress) -> None:
@@ -195,12 +235,19 @@ def apply(request: dict[str, Any], stepper: Stepper, run: RunOwner | NullRunOwne
         set_state(run, p, "stopping", p.stop_reason)
     elif cmd == "checkpoint":
         checkpoint(stepper, run, p, again=True)
-    elif cmd == "sample":
-        n, temperature, top_k = (request.get("max_new_tokens", sampling.MAX_NEW_TOKENS),
-                                 request.get("temperature", sampling.TEMPERATURE), request.get("top_k", sampling.TOP_K))
-        sampling.check(n, temperature, top_k)
-        run.answer(request["id"])  # accepted: the text follows as a `sample` event
-        sample(stepper, run, p, str(request.get("prompt") or ""), n, temperature, top_k, request.get("request_id"))
+    elif cmd == "sample":  # accepted once it starts: the text follows as a `sample` event
+        prompt, n, temperature, top_k = (request.get("prompt") or "", request.get("max_new_tokens", sampling.MAX_NEW_TOKENS),
+                                         request.get("temperature", sampling.TEMPERATURE),
+                                         request.get("top_k", sampling.TOP_K))
+        sampling.check(n, temperature, top_k, prompt)
+        start_sample(stepper, run, p, prompt, n, temperature, top_k, request.get("request_id"))
+    elif cmd == "cancel":
+        rid = request.get("request_id")
+        pending = next((s for s in p.sampling if s.request_id == rid and rid is not None), None)
+        if pending is None:
+            raise UserError(f"no sample {rid!r} is in progress")
+        p.sampling.remove(pending)
+        run.emit("error", message="sample cancelled", request_id=rid)
     elif cmd == "set":
         key = request.get("key")
         if key not in cfgmod.LIVE_KEYS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -183,7 +184,15 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Continue idx (B, T) by max_new_tokens, one token at a time with a KV cache.
+        """Continue idx (B, T) by max_new_tokens; returns (B, T + max_new_tokens)."""
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, generator))
+        return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                        top_k: int | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Yield the next token (B, 1) max_new_tokens times, one at a time with a KV cache, so a
+        caller can stop after any token and carry on later.
 
         Once the context is full, the window slides: the cache is rebuilt from the last
         block_size - 1 tokens (positions are absolute, so cached keys cannot simply shift).
@@ -198,13 +207,13 @@ class GPT(nn.Module):
                 logits[logits < v[:, [-1]]] = -float("inf")
             probs = F.softmax(logits.float(), dim=-1)
             idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            yield idx_next
             idx = torch.cat((idx, idx_next), dim=1)
             if cache.length >= block:
                 cache = KVCache(self.config.n_layer)
                 logits, _ = self(idx[:, -(block - 1):], cache=cache)
             else:
                 logits, _ = self(idx_next, cache=cache)
-        return idx
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from . import config as cfgmod
@@ -39,12 +41,22 @@ class PretrainWorkload:
             return [self.tokenizer.eot]
         return self.tokenizer.encode("\n") or [0]
 
+    @property
+    def context_window(self) -> int:
+        return self.cfg.model.block_size
+
+    def stream(self, ids: list[int], max_new_tokens: int, temperature: float, top_k: int,
+               gen: torch.Generator) -> Iterator[int]:
+        """The new token ids after `ids`, one at a time (KV cache; the window slides past the context)."""
+        idx = torch.tensor([ids], dtype=torch.long, device=next(self.model.parameters()).device)
+        for token in self.model.generate_stream(idx, max_new_tokens, temperature, top_k or None, gen):
+            yield int(token)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
     def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, gen: torch.Generator) -> str:
-        device = next(self.model.parameters()).device
-        ids = self.encode_prompt(prompt)
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        out = self.model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None, generator=gen)
-        return prompt + self.tokenizer.decode(out[0, len(ids):].tolist())
+        return prompt + self.decode(list(self.stream(self.encode_prompt(prompt), max_new_tokens, temperature, top_k, gen)))
 
     def flops_per_token(self) -> float:
         m = self.cfg.model

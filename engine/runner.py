@@ -72,6 +72,7 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
     if headless:
         owner.listeners.append(progress_printer)
     dist = None
+    cpu_share = None
     signals = {"count": 0, "training": False}
 
     def on_signal(signum, frame):
@@ -96,6 +97,7 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
         import torch
 
         from . import checkpoint as ckpt
+        from .cpushare import CpuShare
         from .dist import Dist
         from .loop import train
         from .step import Stepper, resolve_device
@@ -110,7 +112,9 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
         workload = build_workload(cfg, progress=lambda msg: print(msg, flush=True))
         if cfg != run.config():  # what the engine resolved (finetune: epochs -> max_iters), for runs and resume
             owner.write_config(cfg)
-        stepper = Stepper(cfg, workload, device, dist)
+        if not device.startswith("cuda"):
+            cpu_share = CpuShare(say=lambda message: print(message, flush=True))
+        stepper = Stepper(cfg, workload, device, dist, cpu_share)
         state = None
         if resume:
             path_, state = ckpt.load_latest(run.checkpoints, warn=lambda m: print(m, flush=True))
@@ -130,6 +134,8 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
         return 1
     finally:
         owner.close()
+        if cpu_share is not None:
+            cpu_share.close()
         if dist is not None:
             dist.close()
 

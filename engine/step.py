@@ -15,15 +15,17 @@ from __future__ import annotations
 import gc
 import math
 import os
+import time
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import torch
 import torch.nn as nn
 
 from . import config as cfgmod
+from .cpushare import CpuShare
 from .dist import Dist
 from .errors import UserError
 from .hardware import peak_tflops
@@ -40,9 +42,17 @@ class Workload(Protocol):
     def sample_batch(self, split: str, n: int, gen: torch.Generator, step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """n (input, target) rows of int64 token ids on the CPU, drawn with `gen` (train: for step `step`)."""
 
-    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
-                 gen: torch.Generator) -> str:
-        """Text continuing `prompt`, from the model as it is now (called under no_grad, in eval mode)."""
+    context_window: int  # the most tokens the model attends to
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a prompt (an empty one starts a new document)."""
+
+    def stream(self, ids: list[int], max_new_tokens: int, temperature: float, top_k: int,
+               gen: torch.Generator) -> Iterator[int]:
+        """New token ids after `ids`, one at a time, drawn with `gen` (called under no_grad, in eval mode)."""
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids."""
 
     def flops_per_token(self) -> float | None:
         """Training FLOPs per token for MFU, or None."""
@@ -193,12 +203,14 @@ class StepResult:
 class Stepper:
     """Model, optimizer, scaler and split; `step(k)`, `evaluate()`, `generate()`, `state_dict()`."""
 
-    def __init__(self, cfg: cfgmod.Config, workload: Workload, device: str, dist: Dist | None = None):
+    def __init__(self, cfg: cfgmod.Config, workload: Workload, device: str, dist: Dist | None = None,
+                 cpu_share: CpuShare | None = None):
         self.cfg = cfg  # cfg.train holds the current split (micro_batch x grad_accum)
         self.workload = workload
         self.device = device
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
         self.dist = dist or Dist()
+        self.cpu_share = cpu_share  # on a CPU: this run's fair share of the cores, looked at between steps
         t = cfg.train
 
         self.dtype = resolve_dtype(cfg, device)
@@ -247,6 +259,8 @@ class Stepper:
 
     def step(self, k: int, lr: float) -> StepResult:
         """Optimizer step k at learning rate lr; an OOM halves the micro-batch and redoes step k."""
+        if self.cpu_share is not None:
+            self.cpu_share.apply()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = self._local_rows(k)
@@ -376,29 +390,23 @@ class Stepper:
         a, b = self._eval_batch(x[:half], y[:half]), self._eval_batch(x[half:], y[half:])
         return (a * half + b * (x.size(0) - half)) / x.size(0)
 
-    @torch.no_grad()
-    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> str:
-        """Text from the weights in memory, in eval mode, with its own generator (the training
-        RNG stream is never touched). Raises UserError when it runs out of GPU memory."""
+    def start_generation(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+                         seed: int) -> "Generation":
+        """A sample to generate a slice at a time (`Generation.advance`), with its own generator:
+        the training RNG stream is never touched. A prompt longer than the context is refused."""
+        ids = self.workload.encode_prompt(prompt)
+        window = self.workload.context_window
+        if len(ids) > window:
+            raise UserError(f"the prompt is {len(ids):,} tokens and the model's context window is {window:,}; "
+                            f"shorten the prompt")
         gen = torch.Generator(self.device).manual_seed(seed)
-        self.raw_model.eval()
-        # decoding one token at a time is a chain of tiny ops: on a CPU, extra OpenMP threads only
-        # spin and wait (20x slower on a busy 2-core box), so decode on one thread
-        threads = torch.get_num_threads()
-        if self.device_type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            with self.autocast:
-                return self.workload.generate(prompt, max_new_tokens, temperature, top_k, gen)
-        except (torch.OutOfMemoryError, RuntimeError) as e:
-            if not is_oom(e):
-                raise
-        finally:
-            torch.set_num_threads(threads)
-            self.raw_model.train()
-        if self.device_type == "cuda":
-            torch.cuda.empty_cache()
-        raise UserError("sampling ran out of GPU memory; try fewer max_new_tokens")
+        return Generation(self, prompt, self.workload.stream(ids, max_new_tokens, temperature, top_k, gen))
+
+    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int) -> str:
+        """The whole sample at once (a stopped run's checkpoint, tests)."""
+        generation = self.start_generation(prompt, max_new_tokens, temperature, top_k, seed)
+        generation.advance(math.inf)
+        return generation.text
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -430,3 +438,50 @@ class Stepper:
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and self.device_type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+
+class Generation:
+    """A sample in progress. Each `advance` runs in eval mode under no_grad for about the time it
+    is given, then hands the model back in training mode, so a long sample is spread over
+    several optimizer steps and never holds the run; the KV cache lives in the token stream."""
+
+    def __init__(self, stepper: Stepper, prompt: str, tokens: Iterator[int]):
+        self.stepper = stepper
+        self.prompt = prompt
+        self.tokens = tokens
+        self.new: list[int] = []
+        self.done = False
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.stepper.workload.decode(self.new)
+
+    def advance(self, seconds: float) -> bool:
+        """Generate for about `seconds` (at least one token); True once the sample is complete.
+        Raises UserError when it runs out of GPU memory."""
+        s = self.stepper
+        deadline = time.perf_counter() + seconds
+        s.raw_model.eval()
+        # decoding one token at a time is a chain of tiny ops: on a CPU, extra OpenMP threads only
+        # spin and wait (20x slower on a busy 2-core box), so decode on one thread
+        threads = torch.get_num_threads()
+        if s.device_type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad(), s.autocast:
+                for token in self.tokens:
+                    self.new.append(token)
+                    if time.perf_counter() >= deadline:
+                        return False
+            self.done = True
+            return True
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not is_oom(e):
+                raise
+        finally:
+            torch.set_num_threads(threads)
+            s.raw_model.train()
+        self.tokens = iter(())  # the stream died with the error
+        if s.device_type == "cuda":
+            torch.cuda.empty_cache()
+        raise UserError("sampling ran out of GPU memory; try fewer max_new_tokens")

@@ -95,3 +95,13 @@ def test_summary_reads_state_iter_loss_and_detects_crash(tmp_path):
     w.emit("state", state="done", reason="")
     run.pid_path.write_text("999999\n")
     assert summarize(run).state == "done"
+
+
+def test_an_oversized_request_is_refused_in_one_sentence(tmp_path):
+    server = ctl.ControlServer(tmp_path / "control.sock")
+    try:
+        reply = ctl.request(tmp_path / "control.sock", {"cmd": "sample", "prompt": "x" * (2 * ctl.MAX_REQUEST)})
+        assert reply == {"ok": False, "error": "the request is larger than 1024 KiB"}
+        assert server.poll() == []  # it never reached the loop
+    finally:
+        server.close()

@@ -27,7 +27,7 @@ class StandInRun:
         self.run.heartbeat_path.touch()
         self.events = EventWriter(self.run.events_path)
         self.events.emit("state", state="running", reason="")
-        self.sample = sample  # "text", "error" or "stop": how a sample request ends
+        self.sample = sample  # "text", "error", "stop" or "never": how a sample request ends
         self.received: list[dict] = []
         self.server = ControlServer(self.run.socket_path)
         self._stop = threading.Event()
@@ -54,6 +54,10 @@ class StandInRun:
             c.accept()
         elif c.cmd == "set":
             c.refuse(f"{c.args['key']} must stay above the current iter 7")
+        elif c.cmd == "cancel":
+            c.accept()
+        elif c.cmd == "sample" and self.sample == "never":
+            c.accept()  # a long sample: nothing is logged for it yet
         elif c.cmd == "sample":
             c.accept()
             rid = c.args["request_id"]
@@ -122,6 +126,21 @@ def test_sample_settings_are_checked_before_anything_is_sent(standin):
     with pytest.raises(UserError, match="temperature"):
         launch.sample_text(s.run, "x", temperature=0.0)
     assert s.received == []
+
+
+def test_ctrl_c_while_waiting_for_a_sample_cancels_it_on_the_run(standin, monkeypatch):
+    s = standin(sample="never")
+    polls = []
+
+    def interrupted(reader):
+        polls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch.EventReader, "poll", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        launch.sample_text(s.run, "The", 5)
+    assert polls and [r["cmd"] for r in s.received] == ["sample", "cancel"]
+    assert s.received[1]["request_id"] == s.received[0]["request_id"]
 
 
 def test_the_cli_prints_what_the_events_say(standin, cockpit_home):

@@ -1,14 +1,19 @@
 """The training loop's side of the control channel, without sockets: a scripted run owner hands
 the loop commands at chosen iterations and records every answer and event."""
 
+import time
+
+import pytest
+
 from conftest import tiny_overrides
+from gpt2_cockpit.engine import sampling
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.events import read_all
 from gpt2_cockpit.engine.launch import create_run
 from gpt2_cockpit.engine.loop import train
 from gpt2_cockpit.engine.owner import RunOwner
 from gpt2_cockpit.engine.pretrain import PretrainWorkload
-from gpt2_cockpit.engine.step import Stepper, lr_at
+from gpt2_cockpit.engine.step import Generation, Stepper, lr_at
 from helpers import of_type, step_losses
 
 
@@ -119,10 +124,10 @@ def test_a_failed_sample_is_an_error_event_with_its_request_id_and_the_run_goes_
     script = {2: [{"cmd": "sample", "prompt": "The", "max_new_tokens": 5, "request_id": "q"}]}
     run, owner, stepper = start(corpus, "f", script, max_iters=4)
 
-    def out_of_memory(*a, **k):
+    def out_of_memory(self, seconds):
         raise UserError("sampling ran out of GPU memory; try fewer max_new_tokens")
 
-    monkeypatch.setattr(stepper, "generate", out_of_memory)
+    monkeypatch.setattr(Generation, "advance", out_of_memory)
     assert train(stepper, owner) == "done"
     owner.close()
     events = read_all(run.events_path)
@@ -142,3 +147,40 @@ def test_stop_checkpoints_the_current_step_and_answers_after_stopping(corpus):
     assert [e["state"] for e in of_type(events, "state")][-2:] == ["stopping", "stopped"]
     stopping = next(i for i, e in enumerate(owner.logged) if e["type"] == "state" and e["state"] == "stopping")
     assert answer_of(owner, "stop") == (None, stopping + 1)
+
+
+def test_a_long_sample_never_holds_the_run(corpus):
+    # the largest sample allowed is generated a slice at a time: training goes on, pause and
+    # cancel are taken at the next step, and nothing waits for the sample to finish
+    script = {
+        2: [{"cmd": "sample", "prompt": "The ", "max_new_tokens": sampling.MAX_NEW_TOKENS_LIMIT, "request_id": "long"}],
+        6: [{"cmd": "pause"}],
+        "paused": [{"cmd": "cancel", "request_id": "long"}, {"cmd": "cancel", "request_id": "nope"},
+                   {"cmd": "resume"}],
+    }
+    run, owner, stepper = start(corpus, "long", script, max_iters=10)
+    t0 = time.monotonic()
+    assert train(stepper, owner) == "done"
+    owner.close()
+    assert time.monotonic() - t0 < 60  # 20,000 tokens would take minutes on this CPU
+    events = read_all(run.events_path)
+    assert answer_of(owner, "sample")[0] is None and answer_of(owner, "pause")[0] is None
+    cancels = sorted(v[0] or "" for k, v in owner.answers.items() if k.startswith("cancel-"))
+    assert cancels[0] == "" and "no sample 'nope'" in cancels[1]
+    assert sorted(step_losses(events)) == list(range(1, 11))  # steps 3-6 ran while it was sampling
+    (err,) = of_type(events, "error")
+    assert err["request_id"] == "long" and err["message"] == "sample cancelled"
+    assert not of_type(events, "sample")
+
+
+def test_sample_bounds_are_one_sentence_each(corpus):
+    with pytest.raises(UserError, match="max_new_tokens 100000000: needs a whole number from 1 to 20,000"):
+        sampling.check(100_000_000, 0.8, 200)
+    with pytest.raises(UserError, match="the prompt is 200000 characters; at most 100,000 are taken"):
+        sampling.check(10, 0.8, 200, "x" * 200_000)
+    script = {1: [{"cmd": "sample", "prompt": "The quick cat sat on it", "max_new_tokens": 5, "request_id": "p"}]}
+    run, owner, stepper = start(corpus, "b", script, max_iters=2)  # the tiny model's context is 16 tokens
+    assert train(stepper, owner) == "done"
+    owner.close()
+    error = answer_of(owner, "sample")[0]
+    assert error == "the prompt is 23 tokens and the model's context window is 16; shorten the prompt"

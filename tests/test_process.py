@@ -9,6 +9,9 @@ import pytest
 
 from conftest import CLI, cli_env, tiny_overrides
 from helpers import of_type, run_inprocess, step_losses
+from gpt2_cockpit.engine import control as ctl
+from gpt2_cockpit.engine import launch
+from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.events import read_all
 from gpt2_cockpit.engine.runs import resolve, summarize
 
@@ -163,3 +166,36 @@ def test_two_process_gloo_run_trains_pauses_samples_stops(cockpit_home, corpus):
     wait_for(lambda: last_state(cockpit_home, "g") == "stopped", timeout=60, what="stopped")
     wait_for(lambda: not run.alive(), what="exit")
     assert of_type(events_of(cockpit_home, "g"), "checkpoint")
+
+
+def test_the_largest_sample_never_holds_the_run_hostage(cockpit_home, corpus):
+    r = cli(cockpit_home, "train", "--detach", "--name", "hostage", *sets(long_run(corpus)))
+    assert r.returncode == 0, r.stderr
+    run = resolve("hostage")
+    wait_for(lambda: len(step_losses(events_of(cockpit_home, "hostage"))) >= 3, what="a few steps")
+    too_many = cli(cockpit_home, "sample", "hostage", "hi", "--max-new-tokens", "100000000")
+    assert too_many.returncode == 2 and "from 1 to 20,000" in too_many.stderr
+    with pytest.raises(UserError, match="the prompt is 200000 characters"):
+        launch.sample_text(run, "x" * 200_000)
+    huge = ctl.request(run.socket_path, {"cmd": "sample", "prompt": "x" * 200_000, "request_id": "h"})
+    assert huge == {"ok": False, "error": "the prompt is 200000 characters; at most 100,000 are taken"}
+
+    sample = subprocess.Popen(CLI + ["sample", "hostage", "The ", "--max-new-tokens", "20000"], env=cli_env(cockpit_home),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = wait_for(lambda: max(step_losses(events_of(cockpit_home, "hostage"))), what="the sample's start")
+        wait_for(lambda: max(step_losses(events_of(cockpit_home, "hostage"))) >= started + 5, what="training goes on")
+        t0 = time.monotonic()
+        pause = cli(cockpit_home, "pause", "hostage")
+        assert pause.returncode == 0 and time.monotonic() - t0 < 5, pause.stderr
+        assert last_state(cockpit_home, "hostage") == "paused"
+        assert not of_type(events_of(cockpit_home, "hostage"), "sample")  # still sampling, and paused
+        os.kill(run.pid(), signal.SIGTERM)
+        wait_for(lambda: not run.alive(), timeout=30, what="exit after SIGTERM")
+        _, err = sample.communicate(timeout=30)
+    finally:
+        sample.kill()
+    events = events_of(cockpit_home, "hostage")
+    assert of_type(events, "state")[-1]["state"] == "stopped"
+    assert of_type(events, "checkpoint")[-1]["iter"] == max(step_losses(events))
+    assert sample.returncode == 2 and "the run stopped before this sample was finished" in err

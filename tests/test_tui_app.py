@@ -96,7 +96,7 @@ def test_plot_settings_log_scale_tokens_axis_and_smoothing(fake):
             await pilot.press("left_square_bracket")
         assert loss.canvas.figure.series[0].ys[0] == pytest.approx(raw_first)
         await pilot.press("right_square_bracket", "right_square_bracket")
-        assert loss.smoothing > 0 and "smooth" in loss.border_subtitle
+        assert loss.smoothing == 0.6 and "ema 0.60" in loss.border_subtitle
 
 
 def test_new_steps_keep_the_plot_and_status_moving(fake):

@@ -1,36 +1,193 @@
-"""The run's event log, as typed messages for the UI.
+"""The run's event log, read fast and folded into typed messages for the UI.
 
-`EventFeed.poll()` runs in a thread worker (file reads and JSON parsing stay off the UI
-thread). The first poll replays the whole history as one batch, so attaching to a long run
-costs one repaint, not thousands. The screen re-arms its poll timer only after it has handled
-a batch, so slow polls never pile up.
+`LogReader` reads events.jsonl from where it left off, in large chunks, and returns what the
+cockpit needs of it: decoded events, and runs of consecutive `step` lines left raw (`StepLines`:
+RunModel folds a run of them without decoding each one, see series.py). Two kinds of lines that
+make up most of a long log are not decoded line by line: `gpu` readings (eight GPUs every five
+seconds for a week is most of a million lines) of which only the newest few per GPU matter, and
+`prepare` progress, which the cockpit does not show. Lines in the EventWriter's layout
+(`{"type":"gpu",...`) are recognised by that prefix; any other line is decoded and handled as
+usual, so a hand-written log still reads correctly, just slower. The contract's rules hold: a
+partial last line waits for its newline, an undecodable line is skipped.
+
+`EventFeed.poll()` runs in a thread worker (file reads and parsing stay off the UI thread). The
+first poll replays the whole history into a new RunModel there, chunk by chunk, so memory stays
+bounded however long the log, and the screen takes that model over in one message: attaching to
+a long run costs one repaint, not thousands. The screen re-arms its poll timer only after it has
+handled a batch, so slow polls never pile up.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from textual.message import Message
 
-from gpt2_cockpit.engine.events import EventReader
 from gpt2_cockpit.engine.runs import RunDir
+
+from .model import GPU_HISTORY, Changes, RunModel
+
+CHUNK_BYTES = 8 << 20  # one read; big enough that per-chunk costs vanish, small enough to hold twice
+GPU_LINES_KEPT = 64 * GPU_HISTORY  # the newest `gpu` lines a replay decodes (64 GPUs' short history)
+GPU_BACKFILL_BYTES = 64 << 20  # how far back from the end a replay looks for them
+_STEP = b'{"type":"step",'
+# a whole line (after its newline) that is neither a gpu reading nor prepare progress in the
+# writer's layout; findall in C skips those without making a bytes object of each
+_WANTED = re.compile(rb'\n(?!\{"type":"(?:gpu|prepare)")([^\n]+)')
+_GPU = re.compile(rb'\n(\{"type":"gpu"[^\n]*)')
+
+
+class StepLines:
+    """Consecutive raw `step` lines in the writer's layout, in log order."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+
+    def decoded(self) -> Iterator[dict[str, Any]]:
+        for line in self.lines:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(e, dict):
+                yield e
+
+
+class LogReader:
+    """Reads an event log from the start, then what is appended, in chunks.
+
+    `batches()` yields lists of items (decoded events and StepLines) up to the end of the file
+    as it is now, one list per chunk, then the newest `gpu` readings (at most `gpu_lines`,
+    oldest first; 0: none). `poll()` is all of them in one list.
+    """
+
+    def __init__(self, path: Path, gpu_lines: int = GPU_LINES_KEPT, chunk_bytes: int = CHUNK_BYTES):
+        self.path = Path(path)
+        self.chunk_bytes = chunk_bytes
+        self.gpu_lines = gpu_lines
+        self.offset = 0  # bytes read so far (the partial line included)
+        self._partial = b""
+
+    def poll(self) -> list[Any]:
+        return [item for batch in self.batches() for item in batch]
+
+    def batches(self) -> Iterator[list[Any]]:
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            f.seek(self.offset)
+            gpu: deque[bytes] = deque(maxlen=self.gpu_lines)
+            skipped_gpu = False  # a big chunk's gpu lines were not collected: look back at the end
+            while True:
+                chunk = f.read(self.chunk_bytes)
+                if not chunk:
+                    break
+                self.offset += len(chunk)
+                end = chunk.rfind(b"\n")
+                if end < 0:
+                    self._partial += chunk
+                    continue
+                data = b"\n" + self._partial + chunk[:end]  # whole lines, each after a newline
+                self._partial = chunk[end + 1:]
+                if self.gpu_lines:
+                    if len(data) > self.chunk_bytes // 8:
+                        skipped_gpu = True
+                    else:
+                        gpu.extend(_GPU.findall(data))
+                yield self._items(data)
+            if skipped_gpu:
+                gpu = self._newest_gpu_lines(f, self.offset - len(self._partial))
+        if gpu:
+            yield [e for e in map(_decode, gpu) if e is not None]
+
+    @staticmethod
+    def _items(data: bytes) -> list[Any]:
+        items: list[Any] = []
+        steps: list[bytes] | None = None
+        for line in _WANTED.findall(data):
+            if line.startswith(_STEP):
+                if steps is None:
+                    steps = []
+                    items.append(StepLines(steps))
+                steps.append(line)
+                continue
+            steps = None
+            e = _decode(line)
+            if e is not None:
+                items.append(e)
+        return items
+
+    def _newest_gpu_lines(self, f, end: int) -> deque[bytes]:
+        """The last `gpu_lines` gpu lines before byte `end`, read backwards in blocks."""
+        found: deque[bytes] = deque(maxlen=self.gpu_lines)
+        pos, carry, block_size = end, b"", 1 << 20
+        while pos > 0 and len(found) < self.gpu_lines and end - pos < GPU_BACKFILL_BYTES:
+            start = max(0, pos - block_size)
+            f.seek(start)
+            block = f.read(pos - start) + carry
+            if start > 0:  # the first line may begin in the block before
+                cut = block.find(b"\n")
+                if cut < 0:
+                    carry, pos = block, start
+                    continue
+                carry, block = block[:cut], block[cut:]
+            else:
+                block = b"\n" + block
+            lines = _GPU.findall(block)
+            found.extendleft(reversed(lines[-(self.gpu_lines - len(found)):] if lines else []))
+            pos = start
+        return found
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    try:
+        e = json.loads(line)
+    except ValueError:
+        return None
+    return e if isinstance(e, dict) and "type" in e else None
+
+
+def replay(reader: LogReader, model: RunModel, changes: Changes | None = None) -> Changes:
+    """Fold everything the reader has into `model`, chunk by chunk (memory stays bounded)."""
+    ch = changes or Changes()
+    for batch in reader.batches():
+        model.ingest(batch, ch)
+        ch.trim()
+    return ch
 
 
 class EventsArrived(Message):
-    """New events from one run's log (possibly none), and whether its process is alive."""
+    """New events from one run's log (possibly none), and whether its process is alive.
 
-    def __init__(self, run_path: Path, events: list[dict[str, Any]], alive: bool, replay: bool) -> None:
+    The first poll's message is the replay: `model` is the whole history folded off the UI
+    thread and `changes` what it touched; `events` is empty. Later ones carry `events` (decoded
+    events and StepLines) for the screen's model to ingest.
+    """
+
+    def __init__(self, run_path: Path, events: list[Any], alive: bool, replay: bool,
+                 model: RunModel | None = None, changes: Changes | None = None) -> None:
         super().__init__()
         self.run_path = run_path
         self.events = events
         self.alive = alive
         self.replay = replay
+        self.model = model
+        self.changes = changes
 
     def can_replace(self, message: Message) -> bool:
         # Textual drops this (older) message when a newer one it can be replaced by is queued.
         # Batches must not be lost, so the newer one absorbs our events in front of its own.
-        if isinstance(message, EventsArrived) and message.run_path == self.run_path:
+        # A replay (a model, not events) is never merged.
+        if (isinstance(message, EventsArrived) and message.run_path == self.run_path
+                and self.model is None and message.model is None):
             message.events[:0] = self.events
             message.replay = message.replay or self.replay
             return True
@@ -38,15 +195,20 @@ class EventsArrived(Message):
 
 
 class EventFeed:
-    """Follows one run: new events since the last poll plus a liveness check."""
+    """Follows one run: new events since the last poll plus a liveness check. The first poll
+    replays the history into `blank()`, a new model."""
 
-    def __init__(self, run: RunDir):
+    def __init__(self, run: RunDir, blank: Callable[[], RunModel] | None = None):
         self.run = run
-        self.reader = EventReader(run.events_path)
+        self.reader = LogReader(run.events_path)
+        self.blank = blank
         self.polls = 0
 
     def poll(self) -> EventsArrived:
-        events = self.reader.poll()
-        alive = self.run.alive()
         self.polls += 1
-        return EventsArrived(self.run.path, events, alive, replay=self.polls == 1)
+        if self.polls == 1 and self.blank is not None:
+            model = self.blank()
+            changes = replay(self.reader, model)
+            return EventsArrived(self.run.path, [], self.run.alive(), replay=True, model=model, changes=changes)
+        events = self.reader.poll()
+        return EventsArrived(self.run.path, events, self.run.alive(), replay=self.polls == 1)

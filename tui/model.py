@@ -19,10 +19,16 @@ from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_float, fmt_
 from gpt2_cockpit.engine.events import FINAL_STATES
 from gpt2_cockpit.engine.runs import effective_state
 
+from .series import StepSeries
+
 GPU_HISTORY = 60  # readings kept per GPU for the short history (a few minutes at one per few seconds)
 STEP_TIMES = 50  # recent step durations behind the ETA
 MAX_SAMPLES = 100
 MAX_LOG = 1000
+MAX_EVALS = 4096  # more and every other one goes (the newest always stays)
+MAX_ANOMALIES = 1000
+ACTIVE_STATES = ("running", "stopping")  # the run is doing its work (wall time counts, as in `compare`)
+ORDERED = ("run", "state", "oom", "set")  # events whose place among the steps matters (see ingest)
 
 
 # --------------------------------------------------------------------------- sparklines
@@ -60,6 +66,21 @@ def ema(values: list[float], weight: float) -> list[float]:
     return out
 
 
+def ema_weighted(values: list[float], counts: list[int], weight: float) -> list[float]:
+    """`ema` over bucket means: a bucket of n steps decays the average as n steps would
+    (weight ** n), so the curve reads the same however many steps a bucket holds. With one step
+    per bucket it is exactly `ema`, start-up bias correction included."""
+    if weight <= 0 or not values:
+        return list(values)
+    out, acc, norm = [], 0.0, 0.0
+    for v, n in zip(values, counts):
+        w = weight if n == 1 else weight ** n
+        acc = acc * w + (1 - w) * v
+        norm = norm * w + (1 - w)
+        out.append(acc / norm)
+    return out
+
+
 def downsample(xs: list[float], ys: list[float], max_points: int) -> tuple[list[float], list[float]]:
     """At most `max_points` points: the first, the last, and each bucket's lowest and highest in
     between, in x order, so spikes survive (a plain stride would drop them) and a redraw of a
@@ -78,6 +99,21 @@ def downsample(xs: list[float], ys: list[float], max_points: int) -> tuple[list[
             keep.add(max(seg, key=ys.__getitem__))
     idx = sorted(keep)
     return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+def _ms_of(line: bytes) -> float | None:
+    """The `ms` of a raw step line without decoding the rest."""
+    k = line.find(b'"ms":')
+    if k < 0:
+        return None
+    end = k + 5
+    while end < len(line) and line[end] not in b",}":
+        end += 1
+    try:
+        ms = float(line[k + 5:end])
+    except ValueError:
+        return None
+    return ms if ms > 0 and math.isfinite(ms) else None
 
 
 def _short_path(path: Any) -> str:
@@ -123,6 +159,15 @@ class LogEntry:
 
 
 @dataclass
+class Anomaly:
+    iter: int
+    kind: str  # loss_spike, grad_spike, nonfinite_loss, nonfinite_grad, ...
+    action: str  # none, skipped_step, paused
+    value: float | None = None  # the spiking loss or gradient norm
+    zscore: float | None = None
+
+
+@dataclass
 class Changes:
     """What one `ingest` touched, so the screen redraws only those panes."""
 
@@ -133,6 +178,12 @@ class Changes:
     sample_errors: list[tuple[str, str]] = field(default_factory=list)  # (request_id, message)
     state: bool = False  # a `state` event arrived
     log: list[LogEntry] = field(default_factory=list)
+    ooms: list[dict[str, Any]] = field(default_factory=list)
+
+    def trim(self) -> None:
+        """Keep what the panes can show (a replay of a long log folds many batches into one)."""
+        del self.log[:-MAX_LOG]
+        del self.samples[:-MAX_SAMPLES]
 
 
 class RunModel:
@@ -149,38 +200,84 @@ class RunModel:
         self.state = "new"
         self.reason = ""
         self.alive: bool | None = None  # None until the feed has checked the process
-        # step history (one entry per `step` event), the loss plot's source
-        self.iters: list[int] = []
-        self.losses: list[float | None] = []
-        self.tokens: list[float] = []
+        self._blank = (name, max_iters, micro_batch, grad_accum, device)
+        # step history in bounded memory (series.py), the loss plot's source
+        self.steps = StepSeries()
         self.last_step: dict[str, Any] = {}
         self.micro_batch, self.grad_accum = micro_batch, grad_accum
         self.step_ms: deque[float] = deque(maxlen=STEP_TIMES)
         # eval history: (iter, train_loss, val_loss, val_ppl)
         self.evals: list[tuple[int, float | None, float | None, float | None]] = []
+        self.anomalies: list[Anomaly] = []
         self.last_checkpoint: dict[str, Any] | None = None
         self.gpus: dict[int, GpuReading] = {}
         self.gpu_util: dict[int, deque] = {}
         self.gpu_mem: dict[int, deque] = {}
         self.samples: list[Sample] = []
+        self.settings: dict[str, Any] = {}  # key -> value from `set` events (the run's live changes)
         self.last_event_time: float | None = None
+        # active time (as `gpt2-cockpit compare` counts it): closed spans plus the open one
+        self._active_seconds = 0.0
+        self._active_since: float | None = None
+        self._seen_state = False
+
+    def blank(self) -> "RunModel":
+        """A new model as this one was before any event (a replay builds one off the UI thread)."""
+        name, max_iters, micro_batch, grad_accum, device = self._blank
+        return RunModel(name, max_iters, micro_batch, grad_accum, device)
+
+    def take_over(self, other: "RunModel") -> None:
+        """Become `other` (a replayed model), keeping this object, which the panes hold."""
+        alive = self.alive
+        self.__dict__.update(other.__dict__)
+        self.alive = alive if other.alive is None else other.alive
+
+    # step history, as lists (one entry per bucket: per step while the run is short)
+    @property
+    def iters(self) -> list[int]:
+        return self.steps.iters
+
+    @property
+    def losses(self) -> list[float | None]:
+        return self.steps.last
+
+    @property
+    def tokens(self) -> list[float]:
+        return self.steps.tokens
 
     # ---------------------------------------------------------------- ingest
 
-    def ingest(self, events: Iterable[dict[str, Any]]) -> Changes:
-        ch = Changes()
+    def ingest(self, events: Iterable[Any], ch: Changes | None = None) -> Changes:
+        """Fold events in log order: decoded events (dicts) and runs of raw step lines
+        (feed.StepLines). Step lines are folded together in one go, before the next event whose
+        place among the steps matters (ORDERED: a restart, a state change, an OOM, a `set`);
+        the rest (evals, checkpoints, samples, ...) never touch the step history."""
+        ch = ch or Changes()
+        pending: list[bytes] = []
         for e in events:
-            handler = getattr(self, f"_on_{e.get('type')}", None)
+            if not isinstance(e, dict):  # StepLines
+                pending += e.lines
+                continue
+            kind = e.get("type")
+            if pending and kind in ORDERED:
+                self._on_step_lines(pending, ch)
+                pending = []
+            handler = getattr(self, f"_on_{kind}", None)
             if handler is not None:  # unknown types are ignored, as the contract says
                 handler(e, ch)
-            if isinstance(e.get("time"), (int, float)):
-                self.last_event_time = e["time"]
+            t = e.get("time")
+            if isinstance(t, (int, float)) and (self.last_event_time is None or t > self.last_event_time):
+                self.last_event_time = t
+        if pending:
+            self._on_step_lines(pending, ch)
         return ch
 
     def _log(self, ch: Changes, e: dict, text: str, severity: str = "info") -> None:
         ch.log.append(LogEntry(e.get("time") or time.time(), e.get("type", "?"), text, severity))
 
     def _on_run(self, e: dict, ch: Changes) -> None:
+        if self._active_since is not None:  # a new process: the last one died without saying so
+            self._close_active(self.last_event_time)
         self.preset = e.get("preset") or self.preset
         self.engine = e.get("engine") or self.engine
         self.device = e.get("device") or self.device
@@ -201,31 +298,68 @@ class RunModel:
     def _on_state(self, e: dict, ch: Changes) -> None:
         self.state = e.get("state") or self.state
         self.reason = e.get("reason") or ""
+        self._seen_state = True
+        t = e.get("time") if isinstance(e.get("time"), (int, float)) else None
+        if self.state in ACTIVE_STATES:
+            if self._active_since is None:
+                self._active_since = t
+        elif self._active_since is not None:
+            self._close_active(self.last_event_time if self.state == "preparing" else t)
         severity = "error" if self.state == "failed" else "warn" if self.state in ("paused", "stopping") else "info"
         self._log(ch, e, f"state: {self.state}" + (f" ({self.reason})" if self.reason else ""), severity)
         ch.status = ch.state = True
 
-    def _on_step(self, e: dict, ch: Changes) -> None:
+    def _on_step(self, e: dict, ch: Changes | None = None) -> None:
         it = e.get("iter")
         if not isinstance(it, int):
             return
         if self.iters and it <= self.iters[-1]:
             self._truncate(it - 1)  # a restart from an earlier checkpoint rewrites the tail
-        loss = e.get("loss")
-        self.iters.append(it)
-        self.losses.append(loss if isinstance(loss, (int, float)) and math.isfinite(loss) else None)
-        tokens = e.get("tokens")
-        if not isinstance(tokens, (int, float)):
-            tokens = self.tokens[-1] if self.tokens else 0
-        self.tokens.append(tokens)
+        t = e.get("time")
+        self.steps.append(e, self.elapsed_at(t if isinstance(t, (int, float)) else None))
+        self._took_step(e)
+        if ch is not None:
+            ch.plot = ch.status = True
+
+    def _on_step_lines(self, lines: list[bytes], ch: Changes) -> None:
+        """Raw step lines in the writer's layout: the series reads their losses in one go and
+        decodes only the lines it keeps; ETA and status take the newest few."""
+        folded, last = self.steps.extend_lines(lines, self.elapsed_at, self._on_step)
+        ch.plot = ch.status = True
+        if last is None or folded < len(lines):  # the rest went through _on_step, newest included
+            return
+        for line in lines[-STEP_TIMES:-1]:  # the ETA's recent step times (the last one's follows)
+            ms = _ms_of(line)
+            if ms is not None:
+                self.step_ms.append(ms)
+        self._took_step(last)
+
+    def _took_step(self, e: dict) -> None:
         self.last_step = e
+        t = e.get("time")
+        if isinstance(t, (int, float)) and (self.last_event_time is None or t > self.last_event_time):
+            self.last_event_time = t
         if isinstance(e.get("micro_batch"), int):
             self.micro_batch = e["micro_batch"]
         if isinstance(e.get("grad_accum"), int):
             self.grad_accum = e["grad_accum"]
         if isinstance(e.get("ms"), (int, float)) and e["ms"] > 0:
             self.step_ms.append(float(e["ms"]))
-        ch.plot = ch.status = True
+
+    def elapsed_at(self, t: float | None) -> float | None:
+        """Active seconds at Unix time `t`: closed spans plus the open one (a log with no state
+        events at all counts from its first step)."""
+        if t is None:
+            return None
+        if self._active_since is None and not self._seen_state and not self.steps.iters:
+            self._active_since = t
+        open_span = t - self._active_since if self._active_since is not None else 0.0
+        return self._active_seconds + max(open_span, 0.0)
+
+    def _close_active(self, end: float | None) -> None:
+        if self._active_since is not None and end is not None:
+            self._active_seconds += max(end - self._active_since, 0.0)
+        self._active_since = None
 
     def _on_eval(self, e: dict, ch: Changes) -> None:
         it = e.get("iter")
@@ -234,6 +368,9 @@ class RunModel:
         while self.evals and self.evals[-1][0] >= it:
             self.evals.pop()
         self.evals.append((it, e.get("train_loss"), e.get("val_loss"), e.get("val_ppl")))
+        if len(self.evals) > MAX_EVALS:  # thin the old ones; the newest half stays whole
+            half = len(self.evals) // 2
+            self.evals[:half] = self.evals[:half:2]
         ppl = f", ppl {fmt_float(e.get('val_ppl'), 2)}" if e.get("val_ppl") is not None else ""
         self._log(ch, e, f"eval @{it}: train {fmt_float(e.get('train_loss'))}, val {fmt_float(e.get('val_loss'))}{ppl}")
         ch.plot = ch.status = True
@@ -249,6 +386,7 @@ class RunModel:
         self.grad_accum = e.get("grad_accum_after", self.grad_accum)
         self._log(ch, e, f"out of memory at iter {e.get('iter')}: micro-batch {e.get('micro_batch_before')} → "
                          f"{e.get('micro_batch_after')}, grad accum → {e.get('grad_accum_after')}", "warn")
+        ch.ooms.append(e)
         ch.status = True
 
     def _on_checkpoint(self, e: dict, ch: Changes) -> None:
@@ -272,11 +410,27 @@ class RunModel:
     def _on_set(self, e: dict, ch: Changes) -> None:
         if e.get("key") == "train.max_iters" and isinstance(e.get("new"), int):
             self.max_iters = e["new"]
+        if isinstance(e.get("key"), str):
+            self.settings[e["key"]] = e.get("new")
         self._log(ch, e, f"set {e.get('key')}: {e.get('old')} → {e.get('new')}")
         ch.status = True
 
     def _on_anomaly(self, e: dict, ch: Changes) -> None:
-        self._log(ch, e, f"anomaly at iter {e.get('iter')}: {e.get('kind')} → {e.get('action')}", "warn")
+        it, kind, action = e.get("iter"), str(e.get("kind") or "anomaly"), str(e.get("action") or "none")
+        value, z = e.get("value"), e.get("zscore")
+        value = value if isinstance(value, (int, float)) and math.isfinite(value) else None
+        z = z if isinstance(z, (int, float)) and math.isfinite(z) else None
+        if isinstance(it, int):
+            self.anomalies.append(Anomaly(it, kind, action, value, z))
+            del self.anomalies[:-MAX_ANOMALIES]
+            ch.plot = True
+        what = kind.replace("_", " ")
+        if value is not None:
+            what += f" {value:.4g}"
+        if z is not None:
+            what += f" (z {z:.1f})"
+        done = {"none": "training went on", "skipped_step": "step skipped"}.get(action, action)
+        self._log(ch, e, f"anomaly at iter {it}: {what} → {done}", "warn")
 
     def _on_error(self, e: dict, ch: Changes) -> None:
         if e.get("request_id") is not None:  # a sample request the run took but could not answer
@@ -284,13 +438,12 @@ class RunModel:
         self._log(ch, e, f"error: {e.get('message')}", "error")
 
     def _truncate(self, last_iter: int) -> None:
-        """Forget steps and evals after `last_iter` (the run restarted from an earlier checkpoint)."""
-        while self.iters and self.iters[-1] > last_iter:
-            self.iters.pop()
-            self.losses.pop()
-            self.tokens.pop()
+        """Forget steps, evals and anomalies after `last_iter` (the run restarted from an earlier checkpoint)."""
+        self.steps.truncate(last_iter)
         while self.evals and self.evals[-1][0] > last_iter:
             self.evals.pop()
+        while self.anomalies and self.anomalies[-1].iter > last_iter:
+            self.anomalies.pop()
 
     # ---------------------------------------------------------------- derived figures
 
@@ -320,18 +473,38 @@ class RunModel:
 
     def tokens_at(self, it: int) -> float:
         """Tokens seen by iteration `it`, interpolated between step events (evals carry no token count)."""
-        if not self.iters:
+        return self.steps.tokens_at(it)
+
+    def elapsed_at_iter(self, it: float) -> float:
+        """Active seconds by iteration `it`, interpolated between buckets (for the wall-time axis)."""
+        iters, elapsed = self.steps.iters, self.steps.elapsed
+        if not iters:
             return 0.0
-        i = bisect_left(self.iters, it)
-        if i < len(self.iters) and self.iters[i] == it:
-            return self.tokens[i]
-        if i == 0:  # before the first step: scale down from it
-            return self.tokens[0] * it / self.iters[0] if self.iters[0] else 0.0
-        if i == len(self.iters):  # after the last step: extend at the last rate
-            per_iter = self.tokens[-1] / self.iters[-1] if self.iters[-1] else 0.0
-            return self.tokens[-1] + per_iter * (it - self.iters[-1])
-        x0, x1, y0, y1 = self.iters[i - 1], self.iters[i], self.tokens[i - 1], self.tokens[i]
+        i = bisect_left(iters, it)
+        if i == len(iters):
+            return elapsed[-1] or 0.0
+        if i == 0 or iters[i] == it:
+            return elapsed[i] or 0.0
+        x0, x1, y0, y1 = iters[i - 1], iters[i], elapsed[i - 1] or 0.0, elapsed[i] or 0.0
         return y0 + (y1 - y0) * (it - x0) / (x1 - x0)
+
+    def val_at(self, it: float) -> tuple[int, float] | None:
+        """The latest eval at or before iteration `it` that has a val loss: (its iter, val loss)."""
+        k = bisect_left(self.evals, (it + 0.5,)) - 1
+        while k >= 0:
+            e_it, _, val, _ = self.evals[k]
+            if isinstance(val, (int, float)) and math.isfinite(val):
+                return e_it, val
+            k -= 1
+        return None
+
+    def loss_near(self, it: float) -> float | None:
+        """The logged loss at the bucket nearest `it` (a marker's height when its event has none)."""
+        k = self.steps.index_near(it)
+        if k is None:
+            return None
+        s = self.steps
+        return s.last[k] if s.last[k] is not None else s.hi[k]
 
     def status_rows(self, pending: str | None = None) -> list[tuple[str, str]]:
         """(label, value) rows for the status pane; N/A where the run has not reported a figure."""

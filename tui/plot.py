@@ -36,6 +36,9 @@ class Figure:
     x_label: str = ""
     x_ticks: list[float] | None = None
     x_tick_labels: list[str] | None = None
+    y_ticks: list[float] | None = None  # linear axes only (a log axis picks its own)
+    y_tick_labels: list[str] | None = None
+    v_lines: list[tuple[float, str]] = field(default_factory=list)  # (x, theme variable): the cursor
     empty_text: str = "no data yet"
 
     @property
@@ -99,9 +102,13 @@ class PlotCanvas(PlotextPlot):
                 y_ticks += s.ys
             draw = plt.scatter if s.scatter else plt.plot
             draw(s.xs, ys, label=s.label, marker=s.marker, color=self._rgb(s.color))
+        for x, color in figure.v_lines:
+            plt.vline(x, color=self._rgb(color))
         if figure.log_y and y_ticks:
             ticks = log_ticks(min(y_ticks), max(y_ticks), max(3, (self.size.height or 10) // 3))
             plt.yticks([math.log10(t) for t in ticks], [f"{t:g}" for t in ticks])
+        elif figure.y_ticks:
+            plt.yticks(figure.y_ticks, figure.y_tick_labels)
         if figure.x_label:
             plt.xlabel(figure.x_label)
         if figure.x_ticks:

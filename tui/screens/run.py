@@ -32,7 +32,7 @@ from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.runs import RunDir
 
 from ..feed import EventFeed, EventsArrived
-from ..model import RunModel
+from ..model import Changes, RunModel
 from ..widgets.dialogs import ConfirmScreen, LiveSettingsScreen
 from ..widgets.log_pane import LogPane
 from ..widgets.loss_plot import LossPane
@@ -70,11 +70,21 @@ class RunScreen(Screen):
         Binding("e", "edit_settings", "Settings", tooltip="Change live settings: learning rate, max iters, intervals"),
         Binding("q", "leave", "Leave", tooltip="Leave the cockpit; the run goes on"),
         Binding("l", "toggle_log_scale", "Log scale", show=False, tooltip="Loss plot: linear or log y-axis"),
-        Binding("t", "toggle_x_axis", "X axis: iter/tokens", show=False, tooltip="Loss plot: x by iteration or tokens"),
+        Binding("t", "toggle_x_axis", "X axis: iter/tokens/time", show=False,
+                tooltip="Loss plot: x by iteration, tokens or active wall time"),
         Binding("left_square_bracket", "smoothing(-1)", "Less smoothing", show=False),
         Binding("right_square_bracket", "smoothing(1)", "More smoothing", show=False),
+        Binding("z", "zoom", "Zoom: all/last 50%/last 10%", show=False, tooltip="Loss plot: the whole run or its recent part"),
+        Binding("left", "cursor(-1)", "Cursor left", show=False, tooltip="Loss plot: a cursor that reads out one point"),
+        Binding("right", "cursor(1)", "Cursor right", show=False, tooltip="Loss plot: a cursor that reads out one point"),
+        Binding("shift+left", "cursor(-10)", "Cursor far left", show=False),
+        Binding("shift+right", "cursor(10)", "Cursor far right", show=False),
+        Binding("g", "toggle_aux", "LR / grad norm plot", show=False,
+                tooltip="A small plot of the learning rate and gradient norm under the loss"),
+        Binding("v", "screenshot", "Save SVG", show=False, tooltip="Save this screen as an SVG file in the run's folder"),
         Binding("h", "home", "Home", show=False, tooltip="Presets, runs and diagnostics"),
         Binding("escape", "unfocus", "Keys", tooltip="Leave the text box so single keys act again"),
+        Binding("escape", "hide_cursor", "Hide cursor", tooltip="Hide the loss plot's cursor"),
     ]
     RUN_ACTIONS = {"toggle_pause", "checkpoint", "stop", "edit_settings"}
 
@@ -82,7 +92,6 @@ class RunScreen(Screen):
         super().__init__()
         self.run = run
         self.poll_interval = poll_interval
-        self.feed = EventFeed(run)
         self.config_error: str | None = None
         try:
             self.cfg: cfgmod.Config | None = run.config()
@@ -91,7 +100,7 @@ class RunScreen(Screen):
         t = self.cfg.train if self.cfg else None
         self.model = RunModel(run.name, max_iters=t.max_iters if t else 0,
                               micro_batch=t.micro_batch if t else None, grad_accum=t.grad_accum if t else None)
-        self.settings: dict[str, Any] = {}  # live values changed by `set` events
+        self.feed = EventFeed(run, blank=self.model.blank)
         self._last_status = 0.0
         self._was_live: bool | None = None
 
@@ -105,6 +114,11 @@ class RunScreen(Screen):
             yield SamplePane(id="samples")
             yield LogPane(id="log")
         yield Footer(compact=True)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Live settings the run changed by `set` events: key -> new value."""
+        return {k: v for k, v in self.model.settings.items() if k in cfgmod.LIVE_KEYS}
 
     @property
     def status(self) -> StatusPane:
@@ -146,11 +160,12 @@ class RunScreen(Screen):
 
     def on_events_arrived(self, message: EventsArrived) -> None:
         m = self.model
+        if message.model is not None:  # the replayed history, folded off the UI thread
+            m.take_over(message.model)
+            changes = message.changes or Changes()
+        else:
+            changes = m.ingest(message.events)
         m.alive = message.alive
-        changes = m.ingest(message.events)
-        for e in message.events:
-            if e.get("type") == "set" and e.get("key") in cfgmod.LIVE_KEYS:
-                self.settings[e["key"]] = e.get("new")
         if changes.plot:
             self.loss.data_changed()
         if changes.state:  # what a pause, resume or stop on its way did is now in the log
@@ -174,9 +189,8 @@ class RunScreen(Screen):
         if m.live != self._was_live:
             self._was_live = m.live
             self.refresh_bindings()
-        ooms = [e for e in message.events if e.get("type") == "oom"]
-        if ooms and not message.replay:  # a new OOM while we watch, not old history
-            self.offer_oom_split(ooms[-1])
+        if changes.ooms and not message.replay:  # a new OOM while we watch, not old history
+            self.offer_oom_split(changes.ooms[-1])
         self.set_timer(self.poll_interval, self._poll)  # re-armed only now: polls never pile up
 
     def offer_oom_split(self, oom: dict[str, Any]) -> None:
@@ -222,6 +236,8 @@ class RunScreen(Screen):
             return None  # shown dimmed in the Footer: the run is not there to take commands
         if action == "unfocus":
             return isinstance(self.focused, Input)  # offered only while typing
+        if action == "hide_cursor":
+            return self.loss.cursor is not None and not isinstance(self.focused, Input)
         return True
 
     @work(thread=True, exit_on_error=False, group="control")
@@ -272,7 +288,7 @@ class RunScreen(Screen):
             self.notify(self.config_error or "the run's config.toml cannot be read", severity="error")
             return
         try:
-            current = cfgmod.with_overrides(self.cfg, dict(self.settings), origin="live settings")
+            current = cfgmod.with_overrides(self.cfg, self.settings, origin="live settings")
         except UserError:
             current = self.cfg
 
@@ -307,6 +323,34 @@ class RunScreen(Screen):
 
     def action_smoothing(self, direction: int) -> None:
         self.loss.cycle_smoothing(direction)
+
+    def action_zoom(self) -> None:
+        self.loss.cycle_zoom()
+
+    def action_cursor(self, columns: int) -> None:
+        self.loss.move_cursor(columns)
+        self.refresh_bindings()  # Esc now hides it
+
+    def action_hide_cursor(self) -> None:
+        self.loss.hide_cursor()
+        self.refresh_bindings()
+
+    def action_toggle_aux(self) -> None:
+        self.loss.toggle_aux()
+
+    def action_screenshot(self) -> None:
+        """The screen as an SVG file in the run's folder (or here, if that cannot be written)."""
+        name = f"{self.run.name}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+        try:
+            path = self.app.save_screenshot(name, str(self.run.path))
+        except OSError:
+            try:
+                path = self.app.save_screenshot(name, ".")
+            except OSError as e:
+                self.log_pane.say(f"could not save a screenshot: {e}", "error")
+                return
+        self.log_pane.say(f"screenshot saved: {path}")
+        self.notify(path, title="screenshot saved")
 
     def action_unfocus(self) -> None:
         self.set_focus(None)

@@ -1,36 +1,163 @@
-"""The loss pane: train loss per logged step (smoothed) and val loss per eval, over the whole history.
+"""The loss pane: train loss (smoothed) and val loss over the whole history, with a cursor that
+reads out one point, zoom to the recent part, spike markers, and an optional small plot of the
+learning rate and gradient norm.
 
 Redraws are coalesced: new data only marks the pane dirty, and at most one redraw runs every
-REDRAW_INTERVAL seconds. Series are downsampled to about two points per column first, so a
-redraw costs the same for a 200-step run and a 20,000-step one.
+REDRAW_INTERVAL seconds. The model's step history is bounded (series.py) and the curves are
+downsampled to about two points per column, so a redraw costs the same for a 200-step run and a
+200,000-step one.
+
+`curves()` is shared with the compare screen, so one run's line looks the same in both.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
+from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.timer import Timer
+from textual.widgets import Static
 
-from gpt2_cockpit.engine.fmt import fmt_count
+from gpt2_cockpit.engine.fmt import fmt_count, fmt_float, fmt_lr
 
-from ..model import RunModel, downsample, ema
+from ..model import RunModel, downsample, ema_weighted
 from ..plot import Figure, PlotCanvas, Series, nice_ticks
 
 SMOOTHING_STEPS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99)
+X_AXES = ("iter", "tokens", "time")  # time: the run's active wall time, as `compare` counts it
+ZOOMS = (1.0, 0.5, 0.1)  # the share of the run's iterations shown, the newest end
 REDRAW_INTERVAL = 0.3  # seconds; at most ~3 redraws a second however fast steps arrive
+SPIKE_MARKER = "x"
+
+
+# --------------------------------------------------------------------------- curves of one run
+
+
+@dataclass
+class Curves:
+    """One run's plotted lines for one view (all x in the view's unit)."""
+
+    train: tuple[list[float], list[float]]
+    val: tuple[list[float], list[float]]
+    spikes: tuple[list[float], list[float]]
+
+
+def time_scale(model: RunModel | list[RunModel]) -> tuple[float, str]:
+    """Seconds per unit and its name for a wall-time axis: minutes, or hours past two hours."""
+    models = model if isinstance(model, list) else [model]
+    longest = max((m.steps.elapsed[-1] or 0.0 for m in models if m.steps.elapsed), default=0.0)
+    return (3600.0, "hours") if longest > 7200 else (60.0, "minutes")
+
+
+def first_visible(model: RunModel, zoom: float) -> int:
+    """The index of the first bucket in view: the newest `zoom` share of the iterations."""
+    iters = model.steps.iters
+    if zoom >= 1.0 or len(iters) < 2:
+        return 0
+    lo = iters[-1] - zoom * (iters[-1] - iters[0])
+    return min(bisect_left(iters, lo), len(iters) - 1)
+
+
+def x_of(model: RunModel, x_axis: str, unit: float = 60.0):
+    """Iteration -> x in the view's unit."""
+    if x_axis == "tokens":
+        return model.tokens_at
+    if x_axis == "time":
+        return lambda it: model.elapsed_at_iter(it) / unit
+    return lambda it: it
+
+
+def bucket_xs(model: RunModel, x_axis: str, k0: int, unit: float = 60.0) -> list[float]:
+    s = model.steps
+    if x_axis == "tokens":
+        return list(s.tokens[k0:])
+    if x_axis == "time":
+        return [(e or 0.0) / unit for e in s.elapsed[k0:]]
+    return list(s.iters[k0:])
+
+
+def smoothed(model: RunModel, smoothing: float) -> list[float | None]:
+    """The train curve per bucket: bucket means, smoothed from the run's first step (so a zoomed
+    view starts where the whole one has it); None where a bucket has no finite loss."""
+    s = model.steps
+    means = s.means()
+    keep = [k for k, v in enumerate(means) if v is not None]
+    ys = ema_weighted([means[k] for k in keep], [s.finite[k] for k in keep], smoothing)
+    out: list[float | None] = [None] * len(means)
+    for k, y in zip(keep, ys):
+        out[k] = y
+    return out
+
+
+def curves(model: RunModel, *, smoothing: float, log_y: bool, x_axis: str, zoom: float, max_points: int,
+           unit: float = 60.0) -> Curves:
+    s = model.steps
+    k0 = first_visible(model, zoom)
+    xs_all = bucket_xs(model, x_axis, k0, unit)
+
+    def usable(y: object) -> bool:
+        return isinstance(y, (int, float)) and math.isfinite(y) and (y > 0 or not log_y)
+
+    xs: list[float] = []
+    ys: list[float] = []
+    if smoothing > 0:
+        for x, y in zip(xs_all, smoothed(model, smoothing)[k0:]):
+            if usable(y):
+                xs.append(x)
+                ys.append(y)
+    else:  # raw: each bucket's lowest and highest loss (one step: its loss), so spikes show
+        for x, k in zip(xs_all, range(k0, len(s))):
+            for y in ((s.last[k],) if s.count[k] == 1 else (s.lo[k], s.hi[k])):
+                if usable(y):
+                    xs.append(x)
+                    ys.append(y)
+    train = downsample(xs, ys, max_points)
+
+    it_lo = s.iters[k0] if s.iters else 0
+    to_x = x_of(model, x_axis, unit)
+    val = [(to_x(it), v) for it, _, v, _ in model.evals if it >= it_lo and usable(v)]
+    val_xy = downsample([p[0] for p in val], [p[1] for p in val], max_points)
+
+    top = max(train[1] + val_xy[1], default=None)  # a spike far above the curves is drawn at their top
+    spikes: tuple[list[float], list[float]] = ([], [])
+    for a in model.anomalies:
+        if a.iter < it_lo or not s.iters:
+            continue
+        y = a.value if a.kind == "loss_spike" and a.value is not None else model.loss_near(a.iter)
+        if not usable(y):
+            continue
+        spikes[0].append(to_x(a.iter))
+        spikes[1].append(min(y, top) if top is not None else y)
+    return Curves(train, val_xy, spikes)
+
+
+def x_ticks(xs: list[float], count: int, x_axis: str) -> tuple[list[float] | None, list[str] | None]:
+    if not xs:
+        return None, None
+    ticks = nice_ticks(min(xs), max(xs), count)
+    if x_axis == "tokens":
+        return ticks, [fmt_count(t) for t in ticks]
+    return ticks, [f"{t:g}" for t in ticks]
+
+
+# --------------------------------------------------------------------------- the pane
 
 
 class LossPane(Vertical):
-    """Loss history with adjustable smoothing, log scale and iteration/token x-axis."""
+    """Loss history with adjustable smoothing, log scale, x-axis, zoom, a cursor and lr/grad norm."""
 
     # the user's view settings: changing one redraws the plot and its subtitle at once
     smoothing: reactive[float] = reactive(0.6, init=False)  # EMA weight, one of SMOOTHING_STEPS
     log_y: reactive[bool] = reactive(False, init=False)
-    x_axis: reactive[str] = reactive("iter", init=False)  # or "tokens"
+    x_axis: reactive[str] = reactive("iter", init=False)  # one of X_AXES
+    zoom: reactive[float] = reactive(1.0, init=False)  # one of ZOOMS
+    cursor: reactive[int | None] = reactive(None, init=False)  # the iteration under the cursor, or hidden
+    show_aux: reactive[bool] = reactive(False, init=False)  # the lr / grad norm plot
 
     def __init__(self, model: RunModel, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -38,16 +165,29 @@ class LossPane(Vertical):
         self.redraws = 0
         self._timer: Timer | None = None
         self._last_redraw = 0.0
+        self._smoothed: list[float | None] = []  # the train curve per bucket, as last drawn
 
     def compose(self) -> ComposeResult:
         yield PlotCanvas(id="loss-canvas")
+        yield Static(id="loss-readout", markup=False)
+        yield PlotCanvas(id="aux-canvas")
 
     @property
     def canvas(self) -> PlotCanvas:
-        return self.query_one(PlotCanvas)
+        return self.query_one("#loss-canvas", PlotCanvas)
+
+    @property
+    def aux_canvas(self) -> PlotCanvas:
+        return self.query_one("#aux-canvas", PlotCanvas)
+
+    @property
+    def readout(self) -> Static:
+        return self.query_one("#loss-readout", Static)
 
     def on_mount(self) -> None:
         self.border_title = f"{self.model.name} · loss"
+        self.readout.display = False
+        self.aux_canvas.display = False
         self._update_subtitle()
 
     def on_resize(self) -> None:
@@ -64,7 +204,29 @@ class LossPane(Vertical):
         self.log_y = not self.log_y
 
     def toggle_x_axis(self) -> None:
-        self.x_axis = "tokens" if self.x_axis == "iter" else "iter"
+        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
+
+    def cycle_zoom(self) -> None:
+        self.zoom = ZOOMS[(ZOOMS.index(self.zoom) + 1) % len(ZOOMS)] if self.zoom in ZOOMS else ZOOMS[0]
+
+    def toggle_aux(self) -> None:
+        self.show_aux = not self.show_aux
+
+    def move_cursor(self, columns: int) -> None:
+        """Show the cursor (at the newest point), or move it by about `columns` plot columns."""
+        s = self.model.steps
+        if not s.iters:
+            return
+        k0 = first_visible(self.model, self.zoom)
+        if self.cursor is None:
+            self.cursor = s.iters[-1]
+            return
+        k = s.index_near(self.cursor)
+        per_column = max(1, round((len(s) - k0) / max(self.canvas.size.width - 8, 10)))
+        self.cursor = s.iters[max(k0, min(len(s) - 1, k + columns * per_column))]
+
+    def hide_cursor(self) -> None:
+        self.cursor = None
 
     def _settings_changed(self) -> None:
         self._update_subtitle()
@@ -79,9 +241,25 @@ class LossPane(Vertical):
     def watch_x_axis(self) -> None:
         self._settings_changed()
 
+    def watch_zoom(self) -> None:
+        if self.cursor is not None:  # keep the cursor in view
+            k0 = first_visible(self.model, self.zoom)
+            if self.model.steps.iters and self.cursor < self.model.steps.iters[k0]:
+                self.cursor = self.model.steps.iters[k0]
+        self._settings_changed()
+
+    def watch_cursor(self) -> None:
+        self.readout.display = self.cursor is not None
+        self._settings_changed()
+
+    def watch_show_aux(self) -> None:
+        self.aux_canvas.display = self.show_aux
+        self._settings_changed()
+
     def _update_subtitle(self) -> None:
         scale = "log" if self.log_y else "linear"
-        self.border_subtitle = f"smooth {self.smoothing:.2f} [ ] · {scale} l · x={self.x_axis} t"
+        zoom = "all" if self.zoom >= 1 else f"last {self.zoom:.0%}"
+        self.border_subtitle = f"ema {self.smoothing:.2f} [ ] · {scale} l · x={self.x_axis} t · {zoom} z"
 
     # ---------------------------------------------------------------- drawing
 
@@ -100,27 +278,86 @@ class LossPane(Vertical):
         self.redraws += 1
         width = self.canvas.size.width or 100
         self.canvas.show(self.build_figure(max_points=2 * width, ticks=max(3, width // 12)))
+        if self.show_aux:
+            self.aux_canvas.show(self.build_aux_figure(max_points=2 * width, ticks=max(3, width // 12)))
+        if self.cursor is not None:
+            self.readout.update(self.readout_text())
 
     def build_figure(self, max_points: int, ticks: int = 5) -> Figure:
         m = self.model
-        by_tokens = self.x_axis == "tokens"
-
-        def usable(y: object) -> bool:
-            return isinstance(y, (int, float)) and math.isfinite(y) and (y > 0 or not self.log_y)
-
-        train = [(t if by_tokens else i, y) for i, t, y in zip(m.iters, m.tokens, m.losses) if usable(y)]
-        xs = [p[0] for p in train]
-        ys = ema([p[1] for p in train], self.smoothing)
-        xs, ys = downsample(xs, ys, max_points)
-        val = [(m.tokens_at(it) if by_tokens else it, v) for it, _, v, _ in m.evals if usable(v)]
-        vx, vy = downsample([p[0] for p in val], [p[1] for p in val], max_points)
-
-        series = [Series("train", xs, ys, color="primary")]
-        if vx:
-            series.append(Series("val", vx, vy, color="warning", marker="dot", scatter=True))
-        all_x = xs + vx
-        tick_pos = nice_ticks(min(all_x), max(all_x), ticks) if all_x else None
-        labels = [fmt_count(t) if by_tokens else f"{t:g}" for t in tick_pos] if tick_pos else None
-        return Figure(series, log_y=self.log_y, x_label="tokens" if by_tokens else "iter",
-                      x_ticks=tick_pos, x_tick_labels=labels,
+        unit, unit_name = time_scale(m)
+        c = curves(m, smoothing=self.smoothing, log_y=self.log_y, x_axis=self.x_axis, zoom=self.zoom,
+                   max_points=max_points, unit=unit)
+        series = [Series("train", *c.train, color="primary")]
+        if c.val[0]:
+            series.append(Series("val", *c.val, color="warning", marker="dot", scatter=True))
+        if c.spikes[0]:
+            series.append(Series("spike", *c.spikes, color="error", marker=SPIKE_MARKER, scatter=True))
+        v_lines = []
+        if self.cursor is not None and m.steps.iters:
+            x = x_of(m, self.x_axis, unit)(self.cursor)
+            v_lines.append((x, "accent"))
+            y = self._curve_at(self.cursor)
+            if y is not None and (y > 0 or not self.log_y):
+                series.append(Series("", [x], [y], color="accent", marker="dot", scatter=True))
+        tick_pos, labels = x_ticks(c.train[0] + c.val[0], ticks, self.x_axis)
+        return Figure(series, log_y=self.log_y, x_label=_axis_label(self.x_axis, unit_name),
+                      x_ticks=tick_pos, x_tick_labels=labels, v_lines=v_lines,
                       empty_text="waiting for the first logged step…")
+
+    def build_aux_figure(self, max_points: int, ticks: int = 5) -> Figure:
+        """Learning rate and gradient norm, each divided by its largest value in view (their
+        scales differ by orders of magnitude); the legend says what 1 is."""
+        m, s = self.model, self.model.steps
+        unit, unit_name = time_scale(m)
+        k0 = first_visible(m, self.zoom)
+        xs = bucket_xs(m, self.x_axis, k0, unit)
+        series = []
+        for label, values, color in (("lr", s.lr[k0:], "success"), ("grad norm", s.grad_norm[k0:], "secondary")):
+            pts = [(x, v) for x, v in zip(xs, values) if v is not None]
+            top = max((v for _, v in pts), default=0.0)
+            if not pts or top <= 0:
+                continue
+            dx, dy = downsample([p[0] for p in pts], [p[1] / top for p in pts], max_points)
+            series.append(Series(f"{label} ÷ {fmt_lr(top) if label == 'lr' else f'{top:.3g}'}", dx, dy, color=color))
+        v_lines = []
+        if self.cursor is not None and s.iters:
+            v_lines.append((x_of(m, self.x_axis, unit)(self.cursor), "accent"))
+        tick_pos, labels = x_ticks(xs, ticks, self.x_axis)
+        return Figure(series, x_ticks=tick_pos, x_tick_labels=labels, y_ticks=[0, 0.5, 1], y_tick_labels=["0", ".5", "1"],
+                      v_lines=v_lines, empty_text="no lr or gradient norm logged")
+
+    def _curve_at(self, it: int) -> float | None:
+        """The plotted train value at the bucket nearest `it` (smoothed, or the raw loss)."""
+        s = self.model.steps
+        k = s.index_near(it)
+        if k is None:
+            return None
+        if self.smoothing > 0:
+            return smoothed(self.model, self.smoothing)[k]
+        return s.last[k]
+
+    def readout_text(self) -> str:
+        """The cursor's point: iteration, tokens, train loss (raw and as drawn), val loss (the
+        latest eval at or before it), learning rate and gradient norm."""
+        m, s = self.model, self.model.steps
+        k = s.index_near(self.cursor) if self.cursor is not None else None
+        if k is None:
+            return ""
+        p = s.point(k)
+        train = f"loss {fmt_float(p.loss)}"
+        if self.smoothing > 0:
+            train += f" (ema {fmt_float(self._curve_at(p.iter))})"
+        if p.steps > 1:  # a bucket of many steps: say so, with its range
+            train += f" [{fmt_float(p.loss_min, 3)}–{fmt_float(p.loss_max, 3)} over {p.steps} steps]"
+        val = m.val_at(p.iter)
+        parts = [f"iter {p.iter}", f"{fmt_count(p.tokens)} tok", train,
+                 f"val {fmt_float(val[1])} @{val[0]}" if val else "val N/A",
+                 f"lr {fmt_lr(p.lr)}"]
+        if p.grad_norm is not None:
+            parts.append(f"grad {p.grad_norm:.3g}")
+        return " · ".join(parts) + "  (← → move, esc hides)"
+
+
+def _axis_label(x_axis: str, unit_name: str) -> str:
+    return {"tokens": "tokens", "time": f"wall time ({unit_name})"}.get(x_axis, "iter")
