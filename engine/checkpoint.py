@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import UserError
-from .fsutil import fsync_dir
+from .fsutil import check_space, fsync_dir
 
 FORMAT = 1
 KEEP_LAST = 2
@@ -31,11 +31,16 @@ def save(folder: Path, iter: int, state: dict[str, Any], best: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = path_for(folder, iter)
     tmp = folder / f".{path.name}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "iter": iter, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        check_space(path)
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "iter": iter, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a signal: the last complete checkpoint stays, no partial file
+        tmp.unlink(missing_ok=True)
+        raise
     if best:
         # best.pt is a hard link to the same bytes: no second write, survives pruning
         link = folder / f".best.pt.tmp{os.getpid()}"

@@ -57,12 +57,15 @@ def _short_path(path: Path) -> Iterator[str]:
 
 def request(sock_path: Path, msg: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     """Send one command to a run; raise UserError when nobody is listening."""
+    data = json.dumps(msg).encode() + b"\n"
+    if len(data) > MAX_REQUEST:
+        raise UserError(f"the request is larger than {MAX_REQUEST // 1024} KiB")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         with _short_path(Path(sock_path)) as addr:
             s.connect(addr)
-        s.sendall(json.dumps(msg).encode() + b"\n")
+        s.sendall(data)
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)

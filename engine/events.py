@@ -2,18 +2,24 @@
 
 The writer appends each event as one whole line with a single write() on an O_APPEND
 descriptor, so concurrent readers never see half an event except at the very end of the
-file while it is being written. The reader replays from the start and then follows,
-holding back a partial last line until its newline arrives. Never imports torch.
+file while it is being written. When the disk is full, a line that did not fit is cut off
+again and kept in memory with the ones after it, to be written once there is room. The reader
+replays from the start and then follows, holding back a partial last line until its newline
+arrives. Never imports torch.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from .fsutil import check_space, is_disk_full
 
 EVENT_TYPES = ("run", "state", "step", "prepare", "eval", "sample", "oom", "checkpoint", "gpu", "set", "anomaly", "error")
 STATES = ("preparing", "running", "paused", "stopping", "stopped", "done", "failed")
@@ -34,21 +40,53 @@ def _clean(v: Any) -> Any:
 class EventWriter:
     """Appends events to events.jsonl. One per run, owned by the run process (rank 0)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, on_disk_full: Callable[[OSError], None] = lambda e: None):
         self.path = Path(path)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.listeners: list = []  # callables(event): e.g. the headless progress printer
+        self.on_disk_full = on_disk_full
+        self.pending: list[bytes] = []  # lines the disk had no room for, oldest first
+        self._lock = threading.Lock()  # the run's main thread and its heartbeat thread both write
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"type": type, "time": round(time.time(), 3), **fields}
         line = json.dumps(_clean(event), separators=(",", ":"), allow_nan=False) + "\n"
-        os.write(self.fd, line.encode("utf-8"))
+        with self._lock:
+            self.pending.append(line.encode("utf-8"))
+            error = self._flush()
+        if error is not None:
+            self.on_disk_full(error)
         for listener in self.listeners:
             try:
                 listener(event)
             except OSError:  # a closed terminal or pipe must not stop the run
                 pass
         return event
+
+    def flush(self) -> bool:
+        """Write what a full disk held back; True when nothing is left pending."""
+        with self._lock:
+            self._flush()
+            return not self.pending
+
+    def _flush(self) -> OSError | None:
+        while self.pending:
+            line = self.pending[0]
+            end = os.fstat(self.fd).st_size
+            try:
+                check_space(self.path)
+                if os.write(self.fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "No space left on device (short write)", str(self.path))
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                try:
+                    os.ftruncate(self.fd, end)  # never leave half a line for the next one to land on
+                except OSError:
+                    pass
+                return e
+            self.pending.pop(0)
+        return None
 
     def close(self) -> None:
         if self.fd >= 0:

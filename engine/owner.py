@@ -7,6 +7,11 @@ so the training loop reads the same on every rank.
 
 Commands reach the loop as plain dicts ({"id", "cmd", ...args}) so they can be broadcast to
 all ranks; the loop answers each by id (`answer`), and rank 0 replies on the socket.
+
+A full disk pauses the run, on every rank at the same step: the owner queues a `pause` for
+itself (as a signal queues a `stop`), keeps the events it could not write in memory, writes
+them as soon as there is room again (the heartbeat thread keeps trying), and never leaves a
+partial checkpoint; `gpt2-cockpit resume RUN` goes on once space is freed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Callable
 from . import config as cfgmod
 from .control import Command, ControlServer
 from .events import EventWriter
+from .fsutil import disk_full_message, is_disk_full
 from .runs import HEARTBEAT_SECONDS, RunDir
 
 GPU_SAMPLE_SECONDS = 5.0
@@ -29,12 +35,13 @@ class RunOwner:
     def __init__(self, run: RunDir):
         self.run = run
         self.name = run.name
-        self.events = EventWriter(run.events_path)
+        self.events = EventWriter(run.events_path, on_disk_full=lambda e: self.disk_full(e.filename or run.events_path))
         self.listeners = self.events.listeners  # callables(event): e.g. the headless progress printer
         self.control: ControlServer | None = None
         self._waiting: dict[str, Command] = {}
         self._ids = itertools.count()
         self._stop = threading.Event()
+        self._disk_full = False  # a pause for a full disk is queued and not yet resumed from
 
     def open(self) -> "RunOwner":
         """pid, heartbeat and control socket first (before torch loads), then the background thread."""
@@ -58,16 +65,37 @@ class RunOwner:
         return self.events.emit(type, **fields)
 
     def write_config(self, cfg: cfgmod.Config) -> None:
-        self.run.write_config(cfg)
+        try:
+            self.run.write_config(cfg)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self.disk_full(self.run.config_path)
 
     def save_checkpoint(self, iter: int, state: dict[str, Any], best: bool,
                         artefacts: Callable[[RunDir, int, bool], None]) -> None:
         """checkpoints/ckpt-ITER.pt (complete files only), the engine's artefacts, then the event."""
         from . import checkpoint as ckpt
 
-        path = ckpt.save(self.run.checkpoints, iter, state, best)
-        artefacts(self.run, iter, best)
+        try:
+            path = ckpt.save(self.run.checkpoints, iter, state, best)
+            artefacts(self.run, iter, best)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self.disk_full(e.filename or self.run.checkpoints)
+            return
         self.emit("checkpoint", iter=iter, path=str(path), best=best)
+
+    def disk_full(self, path) -> None:
+        """Say which file did not fit and how much room is left, and pause the run (once)."""
+        if self._disk_full:
+            return
+        self._disk_full = True
+        message = disk_full_message(path)
+        if self.control is not None:
+            self.control.submit(Command("pause", {"reason": f"{message}: free some space, then resume the run"}))
+        self.emit("error", message=f"{message}; the run pauses, and its last complete checkpoint is kept")
 
     # ---------------------------------------------------------------- commands
 
@@ -77,6 +105,11 @@ class RunOwner:
             return []
         out = []
         for cmd in self.control.poll():
+            if cmd.cmd == "resume" and self._disk_full:
+                if not self.events.flush():  # room again? the held-back events go first
+                    cmd.refuse(f"{disk_full_message(self.run.events_path)}: free some space first")
+                    continue
+                self._disk_full = False
             cid = str(next(self._ids))
             self._waiting[cid] = cmd
             out.append({"id": cid, **cmd.to_wire()})
@@ -110,6 +143,8 @@ class RunOwner:
         last_gpu = 0.0
         while not self._stop.is_set():
             self.run.heartbeat_path.touch()
+            if self.events.pending:
+                self.events.flush()  # a full disk held events back: write them once there is room
             now = time.time()
             if sampler and now - last_gpu >= GPU_SAMPLE_SECONDS:
                 last_gpu = now

@@ -34,6 +34,14 @@ def loss_at(it: int) -> float:
     return 1.2 + 3.0 * math.exp(-it / 400) + 0.05 * math.sin(it / 7)
 
 
+def lr_at(it: int) -> float:
+    return 1e-3 * min(1.0, it / 100)
+
+
+def grad_norm_at(it: int) -> float:
+    return 0.5 + 2.0 * math.exp(-it / 300)
+
+
 class FakeRun:
     """Answers commands and writes events like a live run; `step_every` seconds per logged step
     while running (None: no steps of its own, only what the test writes).
@@ -42,8 +50,9 @@ class FakeRun:
     makes every accepted sample end in an `error` event; `silent` accepts pause/resume/stop
     without writing any event (a reply must never change what the cockpit shows)."""
 
-    def __init__(self, run: RunDir, step_every: float | None = None, log_interval: int = 10):
+    def __init__(self, run: RunDir, step_every: float | None = None, log_interval: int = 10, loss_offset: float = 0.0):
         self.run = run
+        self.loss_offset = loss_offset  # runs of a sweep differ
         self.cfg = run.config()
         self.events = EventWriter(run.events_path)
         self.log_interval = log_interval
@@ -71,11 +80,12 @@ class FakeRun:
         self.iter += self.log_interval
         t = self.cfg.train
         tokens = self.iter * t.micro_batch * t.grad_accum * self.cfg.model.block_size
-        self.events.emit("step", iter=self.iter, loss=loss_at(self.iter), lr=1e-3, tokens=tokens,
+        loss = loss_at(self.iter) + self.loss_offset
+        self.events.emit("step", iter=self.iter, loss=loss, lr=lr_at(self.iter), tokens=tokens,
                          tokens_per_sec=25000.0, ms=30.0, mfu=None, micro_batch=t.micro_batch,
-                         grad_accum=t.grad_accum)
+                         grad_accum=t.grad_accum, grad_norm=grad_norm_at(self.iter))
         if self.iter % t.eval_interval == 0:
-            self.events.emit("eval", iter=self.iter, train_loss=loss_at(self.iter), val_loss=loss_at(self.iter) + 0.1)
+            self.events.emit("eval", iter=self.iter, train_loss=loss, val_loss=loss + 0.1)
         if self.iter % t.checkpoint_interval == 0:
             self.events.emit("checkpoint", iter=self.iter, path=str(self.run.checkpoints / f"ckpt-{self.iter}.pt"),
                              best=True)

@@ -1,5 +1,6 @@
 """The event log and the control channel, without any training."""
 
+import errno
 import json
 import os
 import threading
@@ -8,7 +9,7 @@ import pytest
 
 from gpt2_cockpit.engine import control as ctl
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import EventReader, EventWriter
+from gpt2_cockpit.engine.events import EventReader, EventWriter, read_all
 from gpt2_cockpit.engine.runs import RunDir, summarize
 
 
@@ -98,10 +99,38 @@ def test_summary_reads_state_iter_loss_and_detects_crash(tmp_path):
 
 
 def test_an_oversized_request_is_refused_in_one_sentence(tmp_path):
+    import socket
+
     server = ctl.ControlServer(tmp_path / "control.sock")
     try:
-        reply = ctl.request(tmp_path / "control.sock", {"cmd": "sample", "prompt": "x" * (2 * ctl.MAX_REQUEST)})
-        assert reply == {"ok": False, "error": "the request is larger than 1024 KiB"}
+        with pytest.raises(UserError, match="the request is larger than 1024 KiB"):
+            ctl.request(tmp_path / "control.sock", {"cmd": "sample", "prompt": "x" * ctl.MAX_REQUEST})
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a client that sends it anyway
+        raw.connect(str(tmp_path / "control.sock"))
+        raw.sendall(b'{"cmd": "sample", "prompt": "' + b"x" * ctl.MAX_REQUEST)
+        assert json.loads(raw.makefile().readline()) == {"ok": False, "error": "the request is larger than 1024 KiB"}
+        raw.close()
         assert server.poll() == []  # it never reached the loop
     finally:
         server.close()
+
+
+def test_a_line_the_disk_had_no_room_for_is_cut_off_and_written_later(tmp_path, monkeypatch):
+    full = []
+    w = EventWriter(tmp_path / "events.jsonl", on_disk_full=full.append)
+    w.emit("step", iter=1)
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    w.emit("step", iter=2)
+    w.emit("step", iter=3)
+    assert len(full) == 2 and len(w.pending) == 2
+    assert [json.loads(line)["iter"] for line in (tmp_path / "events.jsonl").read_text().splitlines()] == [1]
+    monkeypatch.setattr(os, "write", real_write)
+    assert w.flush()
+    assert [e["iter"] for e in read_all(tmp_path / "events.jsonl")] == [1, 2, 3]
+    w.close()

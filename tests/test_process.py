@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,37 @@ def test_the_largest_sample_never_holds_the_run_hostage(cockpit_home, corpus):
     assert of_type(events, "state")[-1]["state"] == "stopped"
     assert of_type(events, "checkpoint")[-1]["iter"] == max(step_losses(events))
     assert sample.returncode == 2 and "the run stopped before this sample was finished" in err
+
+
+def test_a_full_disk_pauses_the_run_and_resume_goes_on_once_there_is_room(cockpit_home, corpus, tmp_path):
+    flag = tmp_path / "disk-is-full"
+    env = dict(cli_env(cockpit_home), GPT2_COCKPIT_FAKE_FULL_DISK=str(flag))
+    r = subprocess.run(CLI + ["train", "--detach", "--name", "full", *sets(long_run(corpus, checkpoint_interval=5))],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    run = resolve("full")
+    wait_for(lambda: of_type(events_of(cockpit_home, "full"), "checkpoint"), what="a first checkpoint")
+    flag.touch()  # from now on every write of the run fails as on a full disk
+    time.sleep(3)
+    frozen = len(events_of(cockpit_home, "full"))
+    time.sleep(2)
+    assert len(events_of(cockpit_home, "full")) == frozen and run.alive()  # nothing written, still there
+    refused = cli(cockpit_home, "resume", "full")
+    assert refused.returncode == 2 and "no space left" in refused.stderr and "free some space first" in refused.stderr
+    assert not [p for p in run.checkpoints.iterdir() if ".tmp" in p.name]  # no partial checkpoint
+
+    flag.unlink()  # space is freed: the events held back are written within a heartbeat or two
+    wait_for(lambda: last_state(cockpit_home, "full") == "paused", timeout=30, what="the paused state in the log")
+    events = events_of(cockpit_home, "full")
+    (error,) = of_type(events, "error")
+    assert "no space left to write" in error["message"] and "free on that disk" in error["message"]
+    assert "last complete checkpoint is kept" in error["message"]
+    last = of_type(events, "checkpoint")[-1]
+    assert (run.checkpoints / Path(last["path"]).name).exists()
+    assert cli(cockpit_home, "resume", "full").returncode == 0
+    wait_for(lambda: max(step_losses(events_of(cockpit_home, "full"))) >= last["iter"] + 10, what="training again")
+    assert cli(cockpit_home, "stop", "full").returncode == 0
+    wait_for(lambda: not run.alive(), what="exit")
+    assert of_type(events_of(cockpit_home, "full"), "state")[-1]["state"] == "stopped"
+    lines = run.events_path.read_text().splitlines()
+    assert len(lines) == len(events_of(cockpit_home, "full"))  # every line whole: nothing half-written

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_mem, fmt_mfu
-from gpt2_cockpit.tui.feed import EventsArrived
-from gpt2_cockpit.tui.model import RunModel, downsample, ema, sparkline
+from gpt2_cockpit.engine.events import EventWriter, read_all
+from gpt2_cockpit.tui.feed import EventsArrived, LogReader, StepLines, replay
+from gpt2_cockpit.tui.model import GPU_HISTORY, RunModel, downsample, ema, ema_weighted, sparkline
+from gpt2_cockpit.tui.series import StepSeries
 from gpt2_cockpit.tui.plot import log_ticks, nice_ticks
 
 
 def step(it, loss=2.0, tokens=None, ms=50.0, **kw):
-    return {"type": "step", "time": time.time(), "iter": it, "loss": loss, "lr": 1e-3,
+    return {"type": "step", "time": kw.pop("time", time.time()), "iter": it, "loss": loss, "lr": 1e-3,
             "tokens": tokens if tokens is not None else it * 100, "tokens_per_sec": 2000.0, "ms": ms,
             "mfu": None, "micro_batch": 8, "grad_accum": 2, **kw}
 
@@ -173,3 +175,168 @@ def test_a_long_history_draws_from_a_bounded_number_of_points():
     assert len(train.xs) <= 240 and train.xs[0] == m.steps.iters[0] <= 10 * m.steps.width
     assert train.xs[-1] == 200_000
     assert len(val.xs) <= 240 and val.xs[-1] == 200_000
+
+
+# --------------------------------------------------------------------------- bounded history, fast reading
+
+
+def test_smoothing_does_not_drag_the_first_points_toward_zero():
+    """Debiased EMA: without the correction the first smoothed point at weight 0.99 would be
+    1% of the loss (0.04 for a loss of 4)."""
+    from gpt2_cockpit.tui.widgets.loss_plot import LossPane
+
+    for weight in (0.6, 0.9, 0.99):
+        assert ema([4.0] * 50, weight) == pytest.approx([4.0] * 50)
+        assert ema_weighted([4.0] * 50, [1] * 50, weight) == pytest.approx([4.0] * 50)
+        assert ema_weighted([4.0] * 50, [64] * 50, weight) == pytest.approx([4.0] * 50)  # wide buckets too
+    m = RunModel("r")
+    m.ingest([step(i * 10, loss=4.0 - i * 0.01) for i in range(1, 200)])
+    pane = LossPane(m)
+    pane.set_reactive(LossPane.smoothing, 0.99)  # (not mounted: no watchers)
+    train = pane.build_figure(max_points=400).series[0]
+    assert train.ys[0] == pytest.approx(3.99) and min(train.ys[:20]) > 3.8
+
+
+def test_ema_over_buckets_matches_ema_over_steps_for_single_step_buckets():
+    values = [3.0, 2.5, 2.7, 2.2, 2.4, 2.0]
+    assert ema_weighted(values, [1] * 6, 0.8) == pytest.approx(ema(values, 0.8))
+
+
+def test_bounded_series_keeps_spikes_and_bounded_memory():
+    s = StepSeries(max_buckets=64)
+    for i in range(1, 10_001):
+        s.append({"iter": i, "loss": 50.0 if i == 7777 else 2.0, "tokens": i * 10, "lr": 1e-3, "grad_norm": 0.5,
+                  "time": 1000.0 + i})
+    assert 32 <= len(s) <= 64 and s.steps == 10_000 and s.width == 256
+    assert s.iters[-1] == 10_000 and s.iters == sorted(s.iters)
+    k = s.index_near(7777)
+    assert s.lo[k] == 2.0 and s.hi[k] == 50.0  # the spike survived every merge
+    assert max(s.hi) == 50.0 and sum(s.count) == 10_000
+    p = s.point(k)
+    assert p.loss_mean == pytest.approx((2.0 * (p.steps - 1) + 50.0) / p.steps)
+    assert s.tokens_at(5000) == pytest.approx(50_000, rel=0.05)
+    s.truncate(5000)  # a restart from the checkpoint at 5000
+    assert s.iters[-1] <= 5000 and sum(s.count) == s.steps and max(s.hi) == 2.0
+    s.append({"iter": 5001, "loss": 1.0, "tokens": 50_010})
+    assert s.iters[-1] == 5001 and s.last[-1] == 1.0
+
+
+def test_the_raw_plot_of_a_long_run_shows_a_single_step_spike():
+    from gpt2_cockpit.tui.widgets.loss_plot import LossPane
+
+    m = RunModel("r")
+    m.ingest([step(i, loss=99.0 if i == 123_457 else 2.0) for i in range(1, 200_001)])
+    assert len(m.steps) <= 4096
+    pane = LossPane(m)
+    pane.set_reactive(LossPane.smoothing, 0.0)
+    train = pane.build_figure(max_points=160).series[0]
+    assert max(train.ys) == 99.0 and len(train.xs) <= 160
+
+
+def write_log(path, events):
+    w = EventWriter(path)
+    for e in events:
+        w.emit(e.pop("type"), **e)
+    w.close()
+
+
+def sample_history(n: int = 3000):
+    """A run's log as the engine writes it: steps with every field, evals, checkpoints, GPU readings,
+    a NaN step, a pause, a restart from an earlier checkpoint, an OOM split and a live `set`."""
+    out = [{"type": "state", "state": "preparing"}, {"type": "run", "name": "r", "preset": "cpu-tiny",
+            "engine": "pretrain", "config": {"train": {"max_iters": 5000}}, "device": "cuda:0", "world_size": 2,
+            "resumed_from": None}, {"type": "state", "state": "running"}]
+    for i in range(1, n + 1):
+        loss = float("nan") if i == 1500 else 3.0 + 1 / i
+        out.append({"type": "step", "iter": i, "loss": loss, "lr": 1e-3, "tokens": i * 512, "tokens_per_sec": 1e5,
+                    "ms": 20.0 + i % 7, "mfu": None, "micro_batch": 8, "grad_accum": 2, "grad_norm": 0.4})
+        if i % 100 == 0:
+            out.append({"type": "eval", "iter": i, "train_loss": 3.0, "val_loss": 3.1 + 1 / i})
+        if i % 10 == 0:
+            out += [{"type": "gpu", "index": g, "name": "H100", "util": i % 100, "mem_used": 1, "mem_total": 2,
+                     "temp": 60, "power": 500} for g in range(2)]
+        if i == 700:
+            out += [{"type": "state", "state": "paused", "reason": "by user"}, {"type": "state", "state": "running"}]
+        if i == 2000:  # the process dies; a restart from the checkpoint at 1800
+            out += [{"type": "state", "state": "preparing"},
+                    {"type": "run", "name": "r", "preset": "cpu-tiny", "engine": "pretrain", "config": {},
+                     "device": "cuda:0", "world_size": 2, "resumed_from": 1800},
+                    {"type": "state", "state": "running"}]
+        if i == 2500:
+            out += [{"type": "oom", "iter": 2500, "micro_batch_before": 8, "micro_batch_after": 4, "grad_accum_after": 4},
+                    {"type": "set", "key": "train.learning_rate", "old": 1e-3, "new": 5e-4},
+                    {"type": "anomaly", "iter": 2500, "kind": "loss_spike", "action": "none", "value": 9.0,
+                     "zscore": 7.5}]
+        if i == 2000:
+            break  # the steps after the restart start again at 1801
+    for i in range(1801, n + 1):
+        out.append({"type": "step", "iter": i, "loss": 2.0 + 1 / i, "lr": 5e-4, "tokens": i * 512,
+                    "tokens_per_sec": 1e5, "ms": 25.0, "mfu": 0.4, "micro_batch": 4, "grad_accum": 4,
+                    "grad_norm": 0.3})
+        if i == 2500:
+            out += [{"type": "oom", "iter": 2500, "micro_batch_before": 8, "micro_batch_after": 4, "grad_accum_after": 4},
+                    {"type": "set", "key": "train.learning_rate", "old": 1e-3, "new": 5e-4},
+                    {"type": "anomaly", "iter": 2500, "kind": "loss_spike", "action": "none", "value": 9.0,
+                     "zscore": 7.5}]
+    return out
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 5000])
+def test_the_fast_reader_folds_a_log_exactly_as_decoding_every_event(tmp_path, chunk_bytes):
+    """Raw step lines folded by the fast path give the same model as every event decoded and
+    ingested one by one, whatever the chunking, with buckets both one step and many wide."""
+    log = tmp_path / "events.jsonl"
+    write_log(log, sample_history())
+    for max_buckets in (8192, 256):
+        fast, slow = RunModel("r"), RunModel("r")
+        fast.steps, slow.steps = StepSeries(max_buckets), StepSeries(max_buckets)
+        reader = LogReader(log, chunk_bytes=chunk_bytes)
+        replay(reader, fast)
+        assert any(isinstance(i, StepLines) for i in LogReader(log, chunk_bytes=chunk_bytes).poll())
+        slow.ingest(read_all(log))
+        for name in StepSeries.FIELDS:
+            assert getattr(fast.steps, name) == getattr(slow.steps, name), name
+        assert fast.steps.width == slow.steps.width and (fast.steps.width > 1) == (max_buckets == 256)
+        assert fast.iter == 3000 and fast.iters[0] == 1 and 1500 in fast.iters
+        for attr in ("evals", "anomalies", "settings", "micro_batch", "grad_accum", "state", "last_step",
+                     "max_iters", "world_size", "_active_seconds", "_active_since"):
+            assert getattr(fast, attr) == getattr(slow, attr), attr
+        assert list(fast.step_ms) == list(slow.step_ms)
+        assert fast.gpus == slow.gpus and list(fast.gpu_util[1]) == list(slow.gpu_util[1])
+
+
+def test_the_reader_skips_gpu_lines_but_keeps_the_newest_and_holds_a_partial_line(tmp_path):
+    log = tmp_path / "events.jsonl"
+    events = [{"type": "gpu", "index": g, "name": "A100", "util": u, "mem_used": None, "mem_total": None,
+               "temp": None, "power": None} for u in range(5000) for g in range(8)]
+    events += [{"type": "prepare", "phase": "tokenize", "done": 1, "total": 2, "unit": "MB", "rate": 1, "eta": 1}]
+    write_log(log, events)
+    with open(log, "a") as f:
+        f.write('{"time": 5, "iter": 7, "type": "step", "loss": 2.5}\n')  # another writer's key order
+        f.write("not json\n")
+        f.write('{"type":"step","time":6,"iter":8,"lo')  # being written
+    reader = LogReader(log, chunk_bytes=64 << 10)
+    items = reader.poll()
+    gpu = [e for e in items if isinstance(e, dict) and e["type"] == "gpu"]
+    assert len(gpu) == GPU_HISTORY * 64 // 1 or len(gpu) <= GPU_HISTORY * 64
+    assert [e["util"] for e in gpu if e["index"] == 3][-1] == 4999  # the newest reading of each GPU
+    assert not any(isinstance(e, dict) and e["type"] == "prepare" for e in items)
+    steps = [e for e in items if isinstance(e, dict) and e["type"] == "step"]
+    assert [s["iter"] for s in steps] == [7]  # decoded the slow way; the partial line waits
+    m = RunModel("r")
+    m.ingest(items)
+    assert m.gpus[7].util == 4999 and len(m.gpu_util[7]) == GPU_HISTORY and m.iters == [7]
+    with open(log, "a") as f:
+        f.write('ss":2.25,"lr":0.001}\n')
+    more = reader.poll()
+    assert len(more) == 1 and isinstance(more[0], StepLines) and more[0].losses == [b"2.25"]
+    m.ingest(more)
+    assert m.iters == [7, 8] and m.losses == [2.5, 2.25]
+
+
+def test_active_time_leaves_out_pauses_as_compare_does():
+    m = RunModel("r")
+    m.ingest([{"type": "state", "time": 100.0, "state": "running"}, step(10, time=110.0),
+              {"type": "state", "time": 120.0, "state": "paused"}, {"type": "state", "time": 500.0, "state": "running"},
+              step(20, time=530.0)])
+    assert m.steps.elapsed == [10.0, 50.0] and m.elapsed_at_iter(15) == pytest.approx(30.0)

@@ -1,0 +1,195 @@
+"""The compare screen, driven with Pilot: mark runs on the home screen, open compare, read the
+table, the differing config keys, the best-run line and the overlaid curves."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from fakerun import FakeRun, make_run, run_app, wait_for
+
+from gpt2_cockpit.engine import metrics
+from gpt2_cockpit.tui.app import make_app
+from gpt2_cockpit.tui.screens.compare import CompareScreen, keep_for_metrics, load_run, run_color
+from gpt2_cockpit.tui.screens.home import HomeScreen, RunsTable
+
+NO_DOCTOR = [sys.executable, "-c", "print('[]')"]
+
+
+@pytest.fixture
+def sweep(home_dir):
+    """Three finished runs of one preset, differing in learning rate; lr-3e-3 learns best."""
+    made = []
+    for name, lr, offset, steps in (("lr-1e-3", "1e-3", 0.2, 30), ("lr-3e-3", "3e-3", 0.0, 25),
+                                    ("lr-3e-4", "3e-4", 0.5, 30)):
+        f = FakeRun(make_run(name=name, overrides=[f"train.learning_rate={lr}", "train.eval_interval=50"]),
+                    loss_offset=offset)
+        f.history(steps)
+        f.events.emit("state", state="done", reason="max_iters reached")
+        f.close()
+        made.append(f)
+    return made
+
+
+@pytest.fixture
+def home_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_COCKPIT_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+async def open_compare(pilot, app, names: list[str]) -> CompareScreen:
+    home = app.screen
+    assert isinstance(home, HomeScreen)
+    table = home.query_one(RunsTable)
+    await wait_for(pilot, lambda: table.row_count == 3, what="the runs table")
+    table.focus()
+    for name in names:
+        row = next(i for i in range(table.row_count) if table.get_row_at(i)[1] == name)
+        table.move_cursor(row=row, animate=False)
+        await pilot.press("space")
+    await pilot.press("m")
+    await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), what="the compare screen")
+    screen = app.screen
+    await wait_for(pilot, lambda: screen.runs and screen.canvas.figure.points > 0, what="the compared runs")
+    return screen
+
+
+def test_space_marks_runs_and_m_opens_compare_with_curves_table_and_best_run(sweep):
+    app = make_app("home", doctor_argv=NO_DOCTOR)
+
+    @run_app(app, size=(80, 24))
+    async def _(pilot):
+        home = app.screen
+        table = home.query_one(RunsTable)
+        await wait_for(pilot, lambda: table.row_count == 3)
+        table.focus()
+        assert home.check_action("compare", ()) is None  # dimmed: nothing marked
+        await pilot.press("space")
+        assert len(home.marked) == 1 and "1 marked" in table.border_subtitle
+        assert str(table.get_row_at(table.cursor_row)[0]) == "●"
+        await pilot.press("space")  # space again unmarks
+        assert home.marked == [] and str(table.get_row_at(table.cursor_row)[0]) == " "
+        names = {c.title for c in app.get_system_commands(home)}
+        assert "Compare" not in names  # the palette offers it once two runs are marked
+
+        screen = await open_compare(pilot, app, ["lr-3e-4", "lr-1e-3", "lr-3e-3"])
+        assert [c.run.name for c in screen.runs] == ["lr-1e-3", "lr-3e-3", "lr-3e-4"]  # sorted: stable colours
+
+        # the table: a column per run, the figures metrics computes, then the keys that differ
+        rows = dict(screen.rows())
+        expected = {f.run.name: metrics.load(f.run).stats for f in sweep}
+        order = [c.run.name for c in screen.runs]
+        assert rows["iters"] == [f"{expected[n].iter}/{expected[n].max_iters}" for n in order] == \
+            ["300/2000", "250/2000", "300/2000"]
+        assert rows["best val"] == [f"{expected[n].best_val_loss:.4f} @{expected[n].best_val_iter}" for n in order]
+        assert rows["state"] == ["done"] * 3
+        assert rows["train.learning_rate"] == ["0.001", "0.003", "0.0003"]
+        assert "train.max_iters" not in rows and "model.n_layer" not in rows  # the same in every run
+        table_keys = [row.key.value for row in screen.table.rows.values()]
+        assert "train.learning_rate" in table_keys and len(screen.table.columns) == 4
+
+        # one line says which run is best, and why it differs
+        best = min(expected.values(), key=lambda s: s.best_val_loss)
+        assert best.name == "lr-3e-3"
+        line = str(screen.query_one("#compare-best").render())
+        assert "best val loss: lr-3e-3" in line and "train.learning_rate = 0.003" in line
+        assert f"{best.best_val_loss:.4f}" in line
+
+        # the curves: each run's train line and val dots in its own colour
+        series = screen.canvas.figure.series
+        by_name = {s.label: s for s in series}
+        for i, c in enumerate(screen.runs):
+            train, val = by_name[c.run.name], by_name[f"{c.run.name} val"]
+            assert train.color == val.color == run_color(i) == c.color
+            assert train.xs[-1] == expected[c.run.name].iter
+            assert val.xs == [e.iter for e in metrics.load(c.run).evals]
+        assert len({c.color for c in screen.runs}) == 3
+
+        # x by tokens, then active wall time, then back; log scale
+        await pilot.press("t")
+        assert screen.canvas.figure.x_label == "tokens"
+        assert by_name["lr-1e-3"].xs[-1] * 768 == screen.canvas.figure.series[0].xs[-1]
+        await pilot.press("t")
+        assert screen.canvas.figure.x_label.startswith("wall time")
+        await pilot.press("t", "l")
+        assert screen.canvas.figure.x_label == "iter" and screen.canvas.figure.log_y
+        assert "log l" in screen.query_one("#compare-plot").border_subtitle
+
+        await pilot.press("escape")
+        assert isinstance(app.screen, HomeScreen)
+
+
+def test_the_same_runs_get_the_same_colours_whatever_the_marking_order(sweep):
+    app = make_app("home", doctor_argv=NO_DOCTOR)
+
+    @run_app(app, size=(160, 48))
+    async def _(pilot):
+        first = await open_compare(pilot, app, ["lr-3e-4", "lr-1e-3"])
+        colours = {c.run.name: c.color for c in first.runs}
+        await pilot.press("escape")
+        home = app.screen
+        for _ in list(home.marked):  # unmark both
+            home.toggle_mark(home.marked[0])
+        second = await open_compare(pilot, app, ["lr-1e-3", "lr-3e-4"])
+        assert {c.run.name: c.color for c in second.runs} == colours
+
+
+def test_palette_offers_compare_once_two_runs_are_marked(sweep):
+    app = make_app("home", doctor_argv=NO_DOCTOR)
+
+    @run_app(app)
+    async def _(pilot):
+        home = app.screen
+        table = home.query_one(RunsTable)
+        await wait_for(pilot, lambda: table.row_count == 3)
+        for f in sweep[:2]:
+            home.toggle_mark(str(f.run.path))
+        assert "2 marked" in table.border_subtitle
+        commands = {c.title: c for c in app.get_system_commands(home)}
+        assert "Compare" in commands and "Mark" not in commands  # Mark belongs to the focused table
+        await commands["Compare"].callback()
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+
+
+def test_compare_saves_an_svg_screenshot_where_it_says(sweep, home_dir):
+    app = make_app("home", doctor_argv=NO_DOCTOR)
+    told = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (told.append(message), notify(message, **kw))
+
+    @run_app(app, size=(80, 24))
+    async def _(pilot):
+        await open_compare(pilot, app, ["lr-1e-3", "lr-3e-3"])
+        await pilot.press("v")
+        svgs = list(home_dir.glob("compare-*.svg"))
+        assert len(svgs) == 1 and "<svg" in svgs[0].read_text()[:200]
+        assert any(str(svgs[0].name) in m for m in told)
+
+
+def test_metrics_get_every_event_they_need_but_few_steps(home_dir):
+    """The events kept for metrics.load give the same figures as the whole log, with at most
+    KEEP_STEPS step events however long the run (a restart from an earlier checkpoint included)."""
+    from gpt2_cockpit.tui.feed import LogReader
+
+    f = FakeRun(make_run(name="long"))
+    f.history(150)
+    f.events.emit("state", state="stopped", reason="stop requested")
+    f.events.emit("state", state="preparing", reason="resuming")
+    f.events.emit("run", name="long", preset="cpu-tiny", engine="pretrain", config={}, device="cpu", world_size=1,
+                  resumed_from=1000)
+    f.events.emit("state", state="running", reason="")
+    f.iter = 1000
+    for _ in range(60):
+        f.step()
+    f.events.emit("state", state="done", reason="max_iters reached")
+    f.close()
+    kept: list[dict] = []
+    for batch in LogReader(f.run.events_path, gpu_lines=0, chunk_bytes=4096).batches():  # many small batches
+        keep_for_metrics(kept, batch)
+    assert sum(e["type"] == "step" for e in kept) == 32
+    whole, thin = metrics.load(f.run).stats, metrics.load(f.run, kept).stats
+    assert thin == whole and whole.iter == 1600
+    c = load_run(f.run, "primary")
+    assert c.stats == whole and c.model.iter == 1600
+    assert c.model.iters == list(range(10, 1601, 10))  # the first 1010..1500 superseded by the restart
