@@ -242,6 +242,81 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare(args: argparse.Namespace) -> int:
+    """Tokenize a preset's corpus into the token cache: one updating progress line, then a summary."""
+    import time
+
+    from gpt2_cockpit.engine import data, prepare as prep
+
+    overrides = list(args.overrides)
+    if args.source:
+        overrides.append(f"data.source={json.dumps(args.source)}")
+    if args.tokenizer:
+        overrides.append(f"data.tokenizer={json.dumps(args.tokenizer)}")
+    cfg = presets.load(args.preset or presets.default_name(), overrides)
+    if cfg.engine != "pretrain":
+        raise UserError(f"preset {cfg.name} is a finetune preset: its data is tokenized with its model's tokenizer "
+                        f"when the run starts; prepare takes a pretrain preset")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: expected at least 1")
+    d = cfg.data
+    source = d.source
+    if not source.startswith(("builtin:", "hf:", "url:")):
+        data.source_identity(source)  # 'does not exist' in one sentence
+        source = str(Path(source).expanduser().resolve())
+    workers = args.workers or getattr(d, "workers", 0) or prep.default_workers()
+    shard_tokens = getattr(d, "shard_tokens", data.DEFAULT_SHARD_TOKENS)
+    line = _ProgressLine()
+    start = time.monotonic()
+    try:
+        folder = prep.prepare_tokens(source, d.tokenizer, d.val_fraction, d.text_column, workers=workers,
+                                     shard_tokens=shard_tokens, say=line.say, on_progress=line.show)
+    finally:
+        line.end()
+    if line.shown:  # the engine's own summary line was printed: say where and how long
+        print(f"token shards in {folder} ({time.monotonic() - start:,.1f} s with {workers} worker(s))")
+    else:
+        meta = json.loads((folder / "meta.json").read_text())
+        print(f"{source} ({d.tokenizer}) is already prepared: {meta['n_train']:,} train and {meta['n_val']:,} val "
+              f"tokens in {folder}")
+    return 0
+
+
+class _ProgressLine:
+    """One line rewritten in place with \\r on a terminal; elsewhere a line every 10 seconds."""
+
+    def __init__(self):
+        from gpt2_cockpit.engine.prepare import _text_progress, format_progress
+
+        self.tty = sys.stdout.isatty()
+        self.format = format_progress
+        self.plain = _text_progress(self.say)
+        self.shown = False
+        self.width = 0
+
+    def show(self, p) -> None:
+        if p.phase == "done":
+            return
+        self.shown = True
+        if not self.tty:
+            self.plain(p)
+            return
+        text = self.format(p)[:_width() - 1]
+        sys.stdout.write("\r" + text.ljust(self.width))
+        sys.stdout.flush()
+        self.width = len(text)
+
+    def say(self, message: str) -> None:
+        self.end()
+        print(message, flush=True)
+
+    def end(self) -> None:
+        if self.tty and self.width:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.width = 0
+
+
 def _warn(message: str) -> None:
     print(f"gpt2-cockpit: {message}", file=sys.stderr)
 

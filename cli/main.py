@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best", action="store_true", help="export the best checkpoint by val loss, not the newest")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR, replacing its model files")
 
+    p = sub.add_parser("prepare", help="tokenize a preset's data into the token cache ahead of a run (resumable)")
+    p.add_argument("preset", nargs="?", help="preset name or .toml path (default: as for train)")
+    _add_set(p, "data.source=/data/fineweb-edu")
+    p.add_argument("--source", metavar="SRC", help="the corpus (as data.source): a file, a folder, builtin:NAME, hf:NAME[:CONFIG]")
+    p.add_argument("--tokenizer", choices=("char", "gpt2"), help="as data.tokenizer")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="tokenizing processes (default: CPU cores - 1)")
+
     p = sub.add_parser("compare", help="runs side by side: state, iters, tokens, best val, speed, config keys that differ")
     p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run names or run directories")
     p.add_argument("--json", action="store_true", help='print one object: {"runs": [...], "differ": {key: {run: value}}, "best": name}')
@@ -150,6 +158,7 @@ COMMANDS = {
     "bench": commands.bench,
     "presets": commands.list_presets,
     "export": commands.export,
+    "prepare": commands.prepare,
     "compare": compare.compare,
     "metrics": compare.metrics_cmd,
     "plot": compare.plot,

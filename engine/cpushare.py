@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .runs import pid_alive
+
 RECHECK_SECONDS = 5.0
 
 
@@ -32,16 +34,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CpuShare:
@@ -62,7 +54,7 @@ class CpuShare:
         for entry in self.folder.iterdir():
             if not entry.name.isdigit():
                 continue
-            if _alive(int(entry.name)):
+            if pid_alive(int(entry.name)):
                 count += 1
             else:
                 entry.unlink(missing_ok=True)  # a run that died without cleaning up

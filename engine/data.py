@@ -1,10 +1,11 @@
-"""Corpora become token files once; training reads random windows from them.
+"""Corpora become token shards once; training reads random windows from them.
 
-A source (builtin:python-docs, builtin:tiny-shakespeare, a text file, a folder of text files,
-a .csv/.jsonl with a text column, hf:NAME[:CONFIG] via `datasets`) is read as documents,
-tokenized (char: vocabulary from the corpus; gpt2: tiktoken BPE) and written once to a cache
-keyed by source and tokenizer, as memory-mapped uint16 arrays (uint32 when the vocabulary
-needs it) with a train/val split. Reading batches is a fancy-index into the memmap.
+A source (builtin:python-docs, builtin:tiny-shakespeare, a text file, a .csv/.jsonl with a text
+column, a .parquet file, a folder of any of these, hf:NAME[:CONFIG] via huggingface_hub) is read
+as documents and tokenized (char: vocabulary from the corpus; gpt2: tiktoken BPE) by
+engine/prepare.py into a cache keyed by source and tokenizer: memory-mapped uint16 shards
+(uint32 when the vocabulary needs it) with a train/val split. TokenData reads the shards of a
+split as one stream; a batch is a fancy-index into it.
 
 Never imports torch at module level (the planner asks `cached_vocab_size` from the cockpit).
 """
@@ -18,7 +19,6 @@ import os
 import shutil
 import socket
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +29,30 @@ import numpy as np
 from .errors import NetworkUnavailable, UserError
 from .paths import cache_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: sharded, parallel preparation (engine/prepare.py)
 GPT2_VOCAB = 50257  # GPT-2's BPE: 50,000 merges, 256 bytes and <|endoftext|>
 GPT2_EOT = 50256  # <|endoftext|> in GPT-2's BPE, placed between documents
 GPT2_VOCAB_PADDED = 50304  # 50257 rounded up to a multiple of 64: faster matmuls, unused rows never trained
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".py", ".tex", ".html", ".csv", ".jsonl", ".json"}
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".py", ".tex", ".html", ".csv", ".jsonl", ".json", ".parquet"}
+DEFAULT_SHARD_TOKENS = 100_000_000  # tokens per shard (about 200 MB of uint16)
+PARQUET_BATCH_ROWS = 1024  # rows per record batch read from a parquet file: memory stays bounded
 Progress = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- reading sources
+
+
+def check_text_bytes(path: Path, raw: bytes) -> None:
+    if b"\x00" in raw[:1 << 20]:
+        raise UserError(f"data.source {path} is not a text file (it contains NUL bytes)")
+
+
+def decode_text(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"data.source {path} is not UTF-8 text") from None
 
 
 def _check_text(path: Path) -> str:
@@ -46,32 +60,98 @@ def _check_text(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"data.source {path} cannot be read ({e.strerror})") from None
-    if b"\x00" in raw[:1 << 20]:
-        raise UserError(f"data.source {path} is not a text file (it contains NUL bytes)")
+    check_text_bytes(path, raw)
+    return decode_text(path, raw)
+
+
+def jsonl_document(path: Path, line: bytes, where: str, text_column: str) -> str | None:
+    """The text of one .jsonl line (None for a blank line); `where` names the line in messages."""
+    if not line.strip():
+        return None
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"data.source {path} is not UTF-8 text") from None
+        row = json.loads(line)
+    except ValueError:
+        raise UserError(f"{path}:{where} is not a JSON object") from None
+    if not isinstance(row, dict) or text_column not in row:
+        raise UserError(f"{path}:{where} has no '{text_column}' field (set data.text_column)")
+    return str(row[text_column])
+
+
+def csv_documents(path: Path, text_column: str) -> Iterator[str]:
+    """The text column of a .csv file, row by row (streamed)."""
+    try:
+        f = open(path, encoding="utf-8", newline="")
+    except OSError as e:
+        raise UserError(f"data.source {path} cannot be read ({e.strerror})") from None
+    with f:
+        try:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or text_column not in reader.fieldnames:
+                raise UserError(f"{path} has no '{text_column}' column (columns: {reader.fieldnames}; "
+                                f"set data.text_column)")
+            for row in reader:
+                yield row[text_column] or ""
+        except UnicodeDecodeError:
+            raise UserError(f"data.source {path} is not UTF-8 text") from None
+
+
+def parquet_file(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError...: one sentence
+        raise UserError(f"data.source {path} is not a readable parquet file ({str(e).splitlines()[0]})") from None
+
+
+def parquet_column(path: Path, pf, text_column: str) -> None:
+    names = pf.schema_arrow.names
+    if text_column not in names:
+        raise UserError(f"{path} has no '{text_column}' column (columns: {names}; set data.text_column)")
+
+
+def parquet_documents(path: Path, text_column: str, row_start: int = 0, row_end: int | None = None,
+                      batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[str]:
+    """Rows [row_start, row_end) of a parquet file's text column, read in record batches of that column only."""
+    pf = parquet_file(path)
+    parquet_column(path, pf, text_column)
+    row_end = pf.metadata.num_rows if row_end is None else row_end
+    groups, first, row = [], None, 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if row + n > row_start and row < row_end:
+            groups.append(g)
+            first = row if first is None else first
+        row += n
+    if not groups:
+        return
+    row = first
+    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=[text_column]):
+        lo, hi = max(row_start - row, 0), min(row_end - row, batch.num_rows)
+        if lo < hi:
+            for text in batch.column(0).slice(lo, hi - lo).to_pylist():
+                yield text or ""
+        row += batch.num_rows
+        if row >= row_end:
+            return
 
 
 def _file_documents(path: Path, text_column: str) -> Iterator[str]:
-    if path.suffix == ".jsonl":
-        for n, line in enumerate(_check_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise UserError(f"{path}:{n} is not a JSON object") from None
-            if not isinstance(row, dict) or text_column not in row:
-                raise UserError(f"{path}:{n} has no '{text_column}' field (set data.text_column)")
-            yield str(row[text_column])
-    elif path.suffix == ".csv":
-        reader = csv.DictReader(_check_text(path).splitlines())
-        if reader.fieldnames is None or text_column not in reader.fieldnames:
-            raise UserError(f"{path} has no '{text_column}' column (columns: {reader.fieldnames}; set data.text_column)")
-        for row in reader:
-            yield row[text_column] or ""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise UserError(f"data.source {path} cannot be read ({e.strerror})") from None
+        with f:
+            for n, line in enumerate(f, 1):
+                doc = jsonl_document(path, line, str(n), text_column)
+                if doc is not None:
+                    yield doc
+    elif suffix == ".csv":
+        yield from csv_documents(path, text_column)
+    elif suffix == ".parquet":
+        yield from parquet_documents(path, text_column)
     else:
         yield _check_text(path)
 
@@ -112,25 +192,140 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _hf_documents(spec: str, text_column: str, split: str = "train") -> Iterator[str]:
+# --------------------------------------------------------------------------- hf: sources as local files
+# hf:NAME[:CONFIG] is downloaded file by file into the Hugging Face cache (huggingface_hub resumes
+# interrupted downloads), then read like a local folder. hf:/a/local/folder reads that folder.
+
+DATA_SUFFIXES = (".parquet", ".jsonl", ".csv", ".txt")
+SPLIT_WORDS = {"train": {"train", "training"}, "validation": {"validation", "valid", "val", "dev"},
+               "test": {"test", "testing", "eval"}}
+
+
+def _hf_patterns(root_readme: str | None, config: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(allow_patterns, {split: patterns}) from the dataset card's `configs` (as datasets reads it)."""
+    every = [f"*{s}" for s in DATA_SUFFIXES] + [f"**/*{s}" for s in DATA_SUFFIXES]
+    configs = []
+    if root_readme and root_readme.startswith("---"):
+        try:
+            import yaml
+
+            front = yaml.safe_load(root_readme.split("---", 2)[1]) or {}
+            configs = front.get("configs") or []
+        except Exception:
+            configs = []
+    for c in configs:
+        if not isinstance(c, dict):
+            continue
+        if config and c.get("config_name") != config:
+            continue
+        if not config and len(configs) > 1 and not (c.get("default") or c.get("config_name") == "default"):
+            continue
+        files = c.get("data_files") or []
+        if isinstance(files, str):
+            files = [{"split": "train", "path": files}]
+        splits: dict[str, list[str]] = {}
+        for entry in files if isinstance(files, list) else []:
+            if isinstance(entry, dict):
+                paths = entry.get("path")
+                paths = [paths] if isinstance(paths, str) else list(paths or [])
+                splits.setdefault(str(entry.get("split", "train")), []).extend(paths)
+        if splits:
+            return [p for ps in splits.values() for p in ps], splits
+    if config:
+        return [f"{config}/**", f"*/{config}/**", f"**/{config}/**"], {}
+    return every, {}
+
+
+def _split_of(rel: str, splits: dict[str, list[str]]) -> str | None:
+    import fnmatch
+
+    if splits:
+        for split, patterns in splits.items():
+            if any(fnmatch.fnmatch(rel, p) for p in patterns):
+                return split
+        return None
+    words = {w for w in "".join(c if c.isalnum() else " " for c in rel.lower()).split()}
+    for split, names in SPLIT_WORDS.items():
+        if words & names:
+            return split
+    return ""  # names no split
+
+
+def hf_files(spec: str, split: str = "train", download: bool = True,
+             progress: Progress | None = None) -> tuple[Path, list[Path]]:
+    """(root, data files of `split`) of hf:NAME[:CONFIG], downloaded into the Hugging Face cache first.
+
+    Files that name no split count as train. Offline (or download=False) only the cache is used,
+    and a dataset missing from it is one sentence."""
     name, _, config = spec.partition(":")
+    local = Path(name).expanduser()
+    readme = None
+    if local.is_dir():
+        root = local
+        if (root / "README.md").is_file():
+            readme = (root / "README.md").read_text(errors="replace")
+    else:
+        root = _hf_snapshot(spec, name, config, download, progress)
+        if (root / "README.md").is_file():
+            readme = (root / "README.md").read_text(errors="replace")
+    _, splits = _hf_patterns(readme, config)
+    found: dict[str | None, list[Path]] = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES):
+        rel = str(f.relative_to(root))
+        found.setdefault(_split_of(rel, splits), []).append(f)
+    if split == "train":
+        files = found.get("train", []) + found.get("", [])
+    else:
+        files = found.get(split, [])
+    if not files and split == "train":
+        raise UserError(f"data.source hf:{spec} has no data files ({', '.join(DATA_SUFFIXES)}) in {root}")
+    return root, sorted(files)
+
+
+def _hf_snapshot(spec: str, name: str, config: str, download: bool, progress: Progress | None) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+    except ImportError:
+        raise UserError("hf: sources need the huggingface_hub package (pip install huggingface_hub)") from None
+    online = download and _hub_reachable()
+    try:
+        readme = None
+        try:
+            readme = Path(hf_hub_download(name, "README.md", repo_type="dataset",
+                                          local_files_only=not online)).read_text(errors="replace")
+        except Exception:
+            pass  # no card, or not cached: every data file of the repository (or CONFIG's folder)
+        allow, _ = _hf_patterns(readme, config)
+        if online and progress:
+            progress(f"downloading hf:{spec} into the Hugging Face cache (resumable)")
+        return Path(snapshot_download(name, repo_type="dataset", allow_patterns=allow + ["README.md"],
+                                      local_files_only=not online))
+    except Exception as e:  # huggingface_hub raises many types; the user needs one sentence
+        if not online:
+            raise NetworkUnavailable(
+                f"data.source hf:{spec} is not in the local Hugging Face cache and the Hugging Face Hub cannot "
+                f"be reached; connect once to download it, or use a local file or folder"
+            ) from None
+        raise UserError(f"data.source hf:{spec} could not be downloaded: {str(e).strip().splitlines()[0]}") from None
+
+
+def _hf_documents(spec: str, text_column: str, split: str = "train") -> Iterator[str]:
+    """The finetune engine's rows of an hf: source's split: through `datasets` (streamed from the Hub,
+    or from a local folder), or, offline, from the dataset's files in the Hugging Face cache. No
+    process-wide offline switch: an offline box never calls `datasets` for a hub name."""
+    name, _, config = spec.partition(":")
+    if not Path(name).expanduser().is_dir() and not _hub_reachable():
+        _, files = hf_files(spec, split, download=False)
+        for f in files:
+            yield from _file_documents(f, text_column)
+        return
     try:
         import datasets
     except ImportError:
         raise UserError("hf: sources need the `datasets` package (pip install datasets)") from None
-    online = _hub_reachable()
-    if not online:
-        # use only what is already cached, without retrying the network
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["HF_DATASETS_OFFLINE"] = "1"
     try:
-        ds = datasets.load_dataset(name, config or None, split=split, streaming=online)
+        ds = datasets.load_dataset(name, config or None, split=split, streaming=not Path(name).expanduser().is_dir())
     except Exception as e:  # datasets raises many types; the user needs one sentence
-        if not online:
-            raise NetworkUnavailable(
-                f"data.source hf:{spec} is not in the local cache and the Hugging Face Hub cannot be reached; "
-                f"use a local text file or builtin:python-docs"
-            ) from None
         raise UserError(f"data.source hf:{spec} could not be loaded: {str(e).splitlines()[0]}") from None
     for row in ds:
         if text_column not in row:
@@ -138,16 +333,33 @@ def _hf_documents(spec: str, text_column: str, split: str = "train") -> Iterator
         yield row[text_column]
 
 
+def hf_documents(spec: str, text_column: str, split: str = "train") -> Iterator[str]:
+    """The documents of an hf: source's split, read from its local files (downloaded first)."""
+    _, files = hf_files(spec, split)
+    for f in files:
+        yield from _file_documents(f, text_column)
+
+
+def _files_identity(root: Path, files: list[Path]) -> str:
+    return f"{root}|" + "|".join(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
 def source_identity(source: str) -> str:
-    """What the cache key depends on: the name for builtins/hub, path+size+mtime for local files."""
+    """What the cache key depends on: the name for builtins, path+size+mtime of every file for local
+    files, folders and hf: sources (their files in the Hugging Face cache, when they are there)."""
     if source.startswith("builtin:python-docs"):
         return f"{source}@{sys.version_info.major}.{sys.version_info.minor}"
-    if source.startswith(("builtin:", "hf:", "url:")):
+    if source.startswith(("builtin:", "url:")):
         return source
+    if source.startswith("hf:"):
+        try:
+            root, files = hf_files(source[3:], download=False)
+        except UserError:
+            return source  # not downloaded yet: a key no prepared cache has
+        return f"{source}|{_files_identity(root, files)}"
     p = Path(source).expanduser().resolve()
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file())
-        return f"{p}|" + "|".join(f"{f.relative_to(p)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+        return _files_identity(p, sorted(f for f in p.rglob("*") if f.is_file()))
     if p.is_file():
         st = p.stat()
         return f"{p}:{st.st_size}:{st.st_mtime_ns}"
@@ -155,32 +367,40 @@ def source_identity(source: str) -> str:
                     f"builtin:tiny-shakespeare or hf:NAME[:CONFIG])")
 
 
+def local_files(source: str) -> list[Path]:
+    """The files a local source (a file or folder) is read from, in order."""
+    p = Path(source).expanduser()
+    source_identity(source)  # raises the 'does not exist' sentence
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise UserError(f"data.source {source} has no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
+        return files
+    return [p]
+
+
 def read_documents(source: str, text_column: str = "text") -> Iterator[str]:
-    """The documents of a source, as strings."""
+    """The documents of a source, as strings, streamed."""
     if source == "builtin:python-docs":
         yield from _python_docs()
-    elif source == "builtin:tiny-shakespeare":
-        yield _check_text(_download(TINY_SHAKESPEARE_URL, cache_dir() / "corpora" / "tiny-shakespeare.txt",
-                                    "tiny Shakespeare"))
-    elif source.startswith("builtin:"):
-        raise UserError(f"unknown builtin corpus '{source}' (builtin:python-docs or builtin:tiny-shakespeare)")
-    elif source.startswith("url:"):
+    elif source.startswith(("builtin:", "url:")):
+        yield _check_text(source_file(source))
+    elif source.startswith("hf:"):
+        yield from hf_documents(source[3:], text_column)
+    else:
+        for f in local_files(source):
+            yield from _file_documents(f, text_column)
+
+
+def source_file(source: str) -> Path:
+    """The local text file of a builtin: (other than python-docs) or url: source, downloaded once."""
+    if source == "builtin:tiny-shakespeare":
+        return _download(TINY_SHAKESPEARE_URL, cache_dir() / "corpora" / "tiny-shakespeare.txt", "tiny Shakespeare")
+    if source.startswith("url:"):
         url = source[4:]
         name = hashlib.sha1(url.encode()).hexdigest()[:12] + ".txt"
-        yield _check_text(_download(url, cache_dir() / "corpora" / name, url))
-    elif source.startswith("hf:"):
-        yield from _hf_documents(source[3:], text_column)
-    else:
-        p = Path(source).expanduser()
-        source_identity(source)  # raises the 'does not exist' sentence
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
-            if not files:
-                raise UserError(f"data.source {source} has no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
-            for f in files:
-                yield from _file_documents(f, text_column)
-        else:
-            yield from _file_documents(p, text_column)
+        return _download(url, cache_dir() / "corpora" / name, url)
+    raise UserError(f"unknown builtin corpus '{source}' (builtin:python-docs or builtin:tiny-shakespeare)")
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -196,12 +416,26 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(chars)}
         self.vocab_size = len(chars)
         self.eot = None
+        # sorted code points: ids by binary search, a whole text at a time (the chars are sorted)
+        self._points = np.array([ord(c) for c in chars], dtype=np.uint32)
 
     def encode(self, text: str) -> list[int]:
         return [self.stoi[c] for c in text if c in self.stoi]  # characters never seen are dropped
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """The ids of `text` as an int64 array (fast; every character must be in the vocabulary)."""
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        return np.searchsorted(self._points, points)
+
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids if 0 <= i < len(self.chars))
+
+
+def load_gpt2_encoding():
+    """tiktoken's GPT-2 encoding (downloaded once and cached by tiktoken). Tests replace this function."""
+    import tiktoken
+
+    return tiktoken.get_encoding("gpt2")
 
 
 class GPT2Tokenizer:
@@ -212,9 +446,7 @@ class GPT2Tokenizer:
 
     def __init__(self):
         try:
-            import tiktoken
-
-            self.enc = tiktoken.get_encoding("gpt2")
+            self.enc = load_gpt2_encoding()
         except ImportError:
             raise UserError("the gpt2 tokenizer needs tiktoken (pip install tiktoken)") from None
         except Exception:
@@ -238,11 +470,12 @@ def tokenizer_from_meta(meta: dict):
     return CharTokenizer(meta["chars"]) if meta["tokenizer"] == "char" else GPT2Tokenizer()
 
 
-# --------------------------------------------------------------------------- token files
+# --------------------------------------------------------------------------- token shards
 
 
-def cache_key(source: str, tokenizer: str, val_fraction: float, text_column: str = "text") -> str:
-    ident = json.dumps([CACHE_VERSION, source_identity(source), tokenizer, val_fraction, text_column])
+def cache_key(source: str, tokenizer: str, val_fraction: float, text_column: str = "text",
+              shard_tokens: int = DEFAULT_SHARD_TOKENS) -> str:
+    ident = json.dumps([CACHE_VERSION, source_identity(source), tokenizer, val_fraction, text_column, shard_tokens])
     slug = "".join(c if c.isalnum() else "-" for c in source.split("/")[-1])[:40].strip("-")
     return f"{slug}-{tokenizer}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
@@ -252,21 +485,55 @@ def cached_vocab_size(cfg) -> int | None:
     if cfg.data.tokenizer == "gpt2":
         return GPT2_VOCAB_PADDED
     try:
-        meta = json.loads((cache_dir() / "tokens" / cache_key(cfg.data.source, "char", cfg.data.val_fraction,
-                                                                cfg.data.text_column) / "meta.json").read_text())
+        key = cache_key(cfg.data.source, "char", cfg.data.val_fraction, cfg.data.text_column,
+                        getattr(cfg.data, "shard_tokens", DEFAULT_SHARD_TOKENS))
+        meta = json.loads((cache_dir() / "tokens" / key / "meta.json").read_text())
         return int(meta["vocab_size"])
     except (OSError, ValueError, KeyError, UserError):
         return None
 
 
+class ShardedTokens:
+    """The shards of one split read as one token stream: index i of the stream is a position in
+    one memory-mapped shard. One shard reads exactly as that shard's array would."""
+
+    def __init__(self, arrays: list[np.ndarray], dtype):
+        self.arrays = [a for a in arrays if len(a)]
+        self.dtype = np.dtype(dtype)
+        lengths = [len(a) for a in self.arrays]
+        self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # shard s is [starts[s], starts[s+1])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """The tokens at positions `idx` (any shape), as int64."""
+        if len(self.arrays) == 1:
+            return self.arrays[0][idx].astype(np.int64)
+        out = np.empty(idx.shape, dtype=np.int64)
+        shard = np.searchsorted(self.starts, idx, side="right") - 1
+        for s in np.unique(shard):  # a window can straddle two shards
+            mask = shard == s
+            out[mask] = self.arrays[s][idx[mask] - self.starts[s]]
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            return self.take(np.arange(len(self))[key])
+        return self.take(np.asarray(key))
+
+    def tolist(self) -> list[int]:
+        return self.take(np.arange(len(self))).tolist()
+
+
 @dataclass
 class TokenData:
-    """The train and val token arrays of one prepared corpus, memory-mapped."""
+    """The train and val token streams of one prepared corpus, memory-mapped shards."""
 
     folder: Path
     meta: dict
-    train: np.ndarray
-    val: np.ndarray
+    train: ShardedTokens
+    val: ShardedTokens
 
     @property
     def vocab_size(self) -> int:
@@ -278,29 +545,35 @@ class TokenData:
     def windows(self, split: str, offsets: np.ndarray, block_size: int) -> np.ndarray:
         """(n, block_size + 1) int64 windows starting at `offsets`: x is [:, :-1], y is [:, 1:]."""
         arr = self.train if split == "train" else self.val
-        idx = offsets[:, None] + np.arange(block_size + 1)
-        return arr[idx].astype(np.int64)
+        return arr.take(offsets[:, None] + np.arange(block_size + 1))
 
     def num_windows(self, split: str, block_size: int) -> int:
         return len(self.train if split == "train" else self.val) - block_size
 
 
-def _open(folder: Path) -> TokenData:
+def open_tokens(folder: Path) -> TokenData:
     meta = json.loads((folder / "meta.json").read_text())
     dtype = np.dtype(meta["dtype"])
-    return TokenData(folder, meta,
-                     np.memmap(folder / "train.bin", dtype=dtype, mode="r"),
-                     np.memmap(folder / "val.bin", dtype=dtype, mode="r"))
+
+    def split(name: str) -> ShardedTokens:
+        return ShardedTokens([np.memmap(folder / f, dtype=dtype, mode="r") for f, n in meta["shards"][name] if n],
+                             dtype)
+
+    return TokenData(folder, meta, split("train"), split("val"))
 
 
 def prepare(source: str, tokenizer: str, val_fraction: float, block_size: int, text_column: str = "text",
-            progress: Progress | None = None) -> TokenData:
-    """Tokenize `source` once into the cache (or open the cached files) and check it is long enough."""
-    key = cache_key(source, tokenizer, val_fraction, text_column)
-    folder = cache_dir() / "tokens" / key
-    if not (folder / "meta.json").exists():
-        _build(folder, source, tokenizer, val_fraction, text_column, progress or (lambda msg: None))
-    data = _open(folder)
+            progress: Progress | None = None, *, workers: int | None = None,
+            shard_tokens: int = DEFAULT_SHARD_TOKENS, on_progress=None) -> TokenData:
+    """Tokenize `source` once into the cache (or open the cached shards) and check it is long enough.
+
+    progress: one-line messages; on_progress: structured prepare.PrepareProgress reports (see
+    engine/prepare.py); workers: tokenizing processes (None: cores - 1)."""
+    from .prepare import prepare_tokens
+
+    folder = prepare_tokens(source, tokenizer, val_fraction, text_column, workers=workers,
+                            shard_tokens=shard_tokens, say=progress, on_progress=on_progress)
+    data = open_tokens(folder)
     need = block_size + 2
     for split, arr in (("train", data.train), ("val", data.val)):
         if len(arr) < need:
@@ -331,92 +604,6 @@ def build_atomically(folder: Path, fill: Callable[[Path], dict]) -> None:
         raise
 
 
-def _build(folder: Path, source: str, tokenizer: str, val_fraction: float, text_column: str,
-           progress: Progress) -> None:
-    def fill(tmp: Path) -> dict:
-        meta = (_build_char if tokenizer == "char" else _build_gpt2)(tmp, source, val_fraction, text_column, progress)
-        meta.update(source=source, tokenizer=tokenizer, val_fraction=val_fraction, created=time.time())
-        return meta
-
-    build_atomically(folder, fill)
-
-
 def _goes_to_val(counts: dict[str, int], val_fraction: float) -> bool:
-    """Whole documents go to val while val is behind its share of what was seen so far."""
+    """Whole documents go to val while val is behind its share of what was seen so far (finetune)."""
     return counts["val"] < val_fraction * (counts["train"] + counts["val"])
-
-
-def _split_docs(docs: list[str], val_fraction: float) -> tuple[str, str]:
-    """Many documents: whole documents are held out for val. Few: the tail of the text."""
-    if len(docs) >= 20:
-        parts: dict[str, list[str]] = {"train": [], "val": []}
-        counts = {"train": 0, "val": 0}
-        for d in docs:
-            split = "val" if _goes_to_val(counts, val_fraction) else "train"
-            parts[split].append(d)
-            counts[split] += len(d)
-        return "\n\n".join(parts["train"]), "\n\n".join(parts["val"])
-    text = "\n\n".join(docs)
-    cut = int(len(text) * (1 - val_fraction))
-    return text[:cut], text[cut:]
-
-
-def _build_char(tmp: Path, source: str, val_fraction: float, text_column: str, progress: Progress) -> dict:
-    progress(f"reading {source}")
-    docs = [d for d in read_documents(source, text_column) if d]
-    if not any(d.strip() for d in docs):
-        raise UserError(f"data.source {source} is empty")
-    train, val = _split_docs(docs, val_fraction)
-    chars = sorted(set(train) | set(val))
-    tok = CharTokenizer(chars)
-    dtype = np.uint16 if len(chars) < 65536 else np.uint32
-    for name, text in (("train", train), ("val", val)):
-        np.array(tok.encode(text), dtype=dtype).tofile(tmp / f"{name}.bin")
-    progress(f"{len(train) + len(val):,} characters, vocabulary of {len(chars)}")
-    return {"dtype": np.dtype(dtype).name, "vocab_size": len(chars), "chars": chars,
-            "n_train": len(train), "n_val": len(val)}
-
-
-def _build_gpt2(tmp: Path, source: str, val_fraction: float, text_column: str, progress: Progress) -> dict:
-    """Stream documents, BPE them in batches (threads), append to the files: works for 10B tokens."""
-    tok = GPT2Tokenizer()
-    counts = {"train": 0, "val": 0}
-    files = {s: open(tmp / f"{s}.bin", "wb") for s in counts}
-    n_docs, last = 0, 0.0
-    try:
-        batch: list[str] = []
-
-        def flush() -> None:
-            nonlocal batch, n_docs
-            for ids in tok.encode_batch(batch):
-                # whole documents per split, EOT before each one
-                split = "val" if _goes_to_val(counts, val_fraction) else "train"
-                arr = np.array([GPT2_EOT] + ids, dtype=np.uint16)
-                arr.tofile(files[split])
-                counts[split] += len(arr)
-            n_docs += len(batch)
-            batch = []
-
-        docs = read_documents(source, text_column)
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) >= 1024:
-                flush()
-                if time.time() - last > 5:
-                    last = time.time()
-                    progress(f"tokenized {n_docs:,} documents, {sum(counts.values()) / 1e6:,.1f}M tokens")
-        if batch:
-            flush()
-    finally:
-        for f in files.values():
-            f.close()
-    if n_docs < 20:  # too few documents to hold some out whole: split the token stream at its tail
-        ids = np.concatenate([np.fromfile(tmp / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
-        cut = int(len(ids) * (1 - val_fraction))
-        ids[:cut].tofile(tmp / "train.bin")
-        ids[cut:].tofile(tmp / "val.bin")
-        counts = {"train": cut, "val": len(ids) - cut}
-    if sum(counts.values()) <= n_docs:
-        raise UserError(f"data.source {source} is empty")
-    progress(f"{sum(counts.values()):,} tokens from {n_docs:,} documents")
-    return {"dtype": "uint16", "vocab_size": GPT2_VOCAB_PADDED, "n_train": counts["train"], "n_val": counts["val"]}

@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from . import config as cfgmod
-from .data import TokenData, prepare
+from .data import DEFAULT_SHARD_TOKENS, TokenData, prepare
 from .hardware import flops_per_token
 from .model import GPT, GPTConfig
 
@@ -19,14 +19,21 @@ def gpt_config(cfg: cfgmod.Config, vocab_size: int) -> GPTConfig:
 
 
 class PretrainWorkload:
-    def __init__(self, cfg: cfgmod.Config, data: TokenData | None = None, progress=None):
+    def __init__(self, cfg: cfgmod.Config, data: TokenData | None = None, progress=None, on_prepare=None):
+        """progress: one-line messages; on_prepare: structured preparation progress
+        (engine.prepare.PrepareProgress), which the run process logs as `prepare` events."""
         self.cfg = cfg
-        self.data = data or prepare(cfg.data.source, cfg.data.tokenizer, cfg.data.val_fraction,
-                                    cfg.model.block_size, progress=progress)
+        d = cfg.data
+        self.data = data or prepare(d.source, d.tokenizer, d.val_fraction, cfg.model.block_size, d.text_column,
+                                    progress=progress, workers=getattr(d, "workers", 0) or None,
+                                    shard_tokens=getattr(d, "shard_tokens", DEFAULT_SHARD_TOKENS),
+                                    on_progress=on_prepare)
         self.tokenizer = self.data.tokenizer()
         self.model = GPT(gpt_config(cfg, self.data.vocab_size))
 
     def sample_batch(self, split: str, n: int, gen: torch.Generator, step: int | None):
+        # offsets into the split's shards read as one stream: the batch depends on the generator's
+        # state alone (seeded from (seed, step) by the Stepper), so exact resume and OOM re-splits hold
         T = self.cfg.model.block_size
         offsets = torch.randint(self.data.num_windows(split, T), (n,), generator=gen).numpy()
         rows = torch.from_numpy(self.data.windows(split, offsets, T))

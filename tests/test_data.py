@@ -19,9 +19,9 @@ def test_python_docs_builtin_is_offline_and_char_round_trips(cockpit_home):
 
 def test_written_once_then_reused(corpus):
     a = data.prepare(str(corpus), "char", 0.1, 16)
-    mtime = (a.folder / "train.bin").stat().st_mtime_ns
+    mtime = (a.folder / "train-00000.bin").stat().st_mtime_ns
     b = data.prepare(str(corpus), "char", 0.1, 16)
-    assert a.folder == b.folder and (b.folder / "train.bin").stat().st_mtime_ns == mtime
+    assert a.folder == b.folder and (b.folder / "train-00000.bin").stat().st_mtime_ns == mtime
 
 
 def test_changed_file_gets_new_cache(corpus):

@@ -629,7 +629,7 @@ def test_z_zooms_to_the_recent_part_of_the_run_and_back(fake):
         await pilot.press("z")
         assert loss.zoom == 0.5 and 500 <= train()[0] <= 510 and train()[-1] == 1000
         assert loss.canvas.figure.series[1].xs == [750, 1000]  # evals in view only
-        assert "last 50% z" in loss.border_subtitle
+        assert "iter t · 50% z" in loss.border_subtitle
         await pilot.press("z")
         assert 900 <= train()[0] <= 910 and train()[-1] == 1000
         await pilot.press("z")

@@ -80,10 +80,12 @@ def test_space_marks_runs_and_m_opens_compare_with_curves_table_and_best_run(swe
         rows = dict(screen.rows())
         expected = {f.run.name: metrics.load(f.run).stats for f in sweep}
         order = [c.run.name for c in screen.runs]
-        assert rows["iters"] == [f"{expected[n].iter}/{expected[n].max_iters}" for n in order] == \
-            ["300/2000", "250/2000", "300/2000"]
-        assert rows["best val"] == [f"{expected[n].best_val_loss:.4f} @{expected[n].best_val_iter}" for n in order]
-        assert rows["state"] == ["done"] * 3
+        assert rows["state · iters"] == [f"done {expected[n].iter}/{expected[n].max_iters}" for n in order] == \
+            ["done 300/2000", "done 250/2000", "done 300/2000"]
+        assert rows["best val @iter"] == [f"{expected[n].best_val_loss:.4f} @{expected[n].best_val_iter}"
+                                          for n in order]
+        assert rows["last train loss"] == [f"{expected[n].last_train_loss:.4f}" for n in order]
+        assert rows["tokens · tok/s"] == ["230k · 25k", "192k · 25k", "230k · 25k"]
         assert rows["train.learning_rate"] == ["0.001", "0.003", "0.0003"]
         assert "train.max_iters" not in rows and "model.n_layer" not in rows  # the same in every run
         table_keys = [row.key.value for row in screen.table.rows.values()]
@@ -105,6 +107,8 @@ def test_space_marks_runs_and_m_opens_compare_with_curves_table_and_best_run(swe
             assert train.xs[-1] == expected[c.run.name].iter
             assert val.xs == [e.iter for e in metrics.load(c.run).evals]
         assert len({c.color for c in screen.runs}) == 3
+        legend = screen.query_one("#compare-plot").border_title
+        assert all(c.run.name in legend for c in screen.runs)
 
         # x by tokens, then active wall time, then back; log scale
         await pilot.press("t")
@@ -193,3 +197,29 @@ def test_metrics_get_every_event_they_need_but_few_steps(home_dir):
     c = load_run(f.run, "primary")
     assert c.stats == whole and c.model.iter == 1600
     assert c.model.iters == list(range(10, 1601, 10))  # the first 1010..1500 superseded by the restart
+
+
+def test_a_live_run_keeps_moving_on_the_compare_screen(sweep, monkeypatch):
+    from gpt2_cockpit.tui.screens import compare
+
+    monkeypatch.setattr(compare, "REFRESH", 0.05)
+    live = FakeRun(make_run(name="live", overrides=["train.learning_rate=2e-3"]), step_every=0.02)
+    live.history(5)
+    live.start()
+    app = make_app("compare", runs=[str(live.run.path), str(sweep[0].run.path)], doctor_argv=NO_DOCTOR)
+    try:
+        @run_app(app, size=(80, 24))
+        async def _(pilot):
+            screen = app.screen
+            assert isinstance(screen, CompareScreen)
+            await wait_for(pilot, lambda: screen.runs, what="the runs")
+            first = next(c for c in screen.runs if c.run.name == "live").stats.iter
+            await wait_for(pilot, lambda: next(c for c in screen.runs if c.run.name == "live").stats.iter >= first + 50,
+                           what="new steps in the table")
+            live_curve = next(s for s in screen.canvas.figure.series if s.label == "live")
+            await wait_for(pilot, lambda: next(s for s in screen.canvas.figure.series if s.label == "live").xs[-1]
+                           >= first + 50, what="new steps on the plot")
+            assert live_curve.color == run_color(0)  # "live" sorts before "lr-1e-3"
+            assert dict(screen.rows())["state · iters"][0].startswith("running")
+    finally:
+        live.close()

@@ -23,10 +23,12 @@ def test_the_cockpit_never_imports_torch(tmp_path):
         from gpt2_cockpit.engine import presets, runs
 
         run = runs.create(presets.load("cpu-tiny"), "r")
+        other = runs.create(presets.load("cpu-tiny", ["train.learning_rate=1e-4"]), "r2")
 
         async def main():
-            for mode, target in (("home", None), ("run", str(run.path))):
-                app = make_app(mode, target, doctor_argv=[sys.executable, "-c", "print('[]')"])
+            for mode, target in (("home", None), ("run", str(run.path)), ("compare", None)):
+                app = make_app(mode, target, runs=[run.path, other.path] if mode == "compare" else (),
+                               doctor_argv=[sys.executable, "-c", "print('[]')"])
                 async with app.run_test(size=(80, 24)) as pilot:
                     await pilot.pause(0.5)
                     if mode == "home":  # the plan pane and the preset editor: the planner runs here
@@ -36,11 +38,17 @@ def test_the_cockpit_never_imports_torch(tmp_path):
                                 break
                             await pilot.pause(0.05)
                         print("planned" if "tokens/step" in app.screen.query_one("PlanPane").text else "no plan")
+                    if mode == "compare":  # engine.metrics reads the logs and configs
+                        for _ in range(200):
+                            if app.screen.runs:
+                                break
+                            await pilot.pause(0.05)
+                        print("compared" if "train.learning_rate" in app.screen.differ else "no compare")
 
         asyncio.run(main())
         print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
     """, tmp_path)
-    assert out.split() == ["planned", "[]"]
+    assert out.split() == ["planned", "compared", "[]"]
 
 
 def test_engine_modules_the_cockpit_uses_never_import_textual(tmp_path):

@@ -25,13 +25,16 @@ class CockpitApp(App):
     CSS_PATH = "cockpit.tcss"
     TITLE = "gpt2-cockpit"
 
-    def __init__(self, mode: str = "home", run: str | Path | None = None, *, poll_interval: float = 0.4,
-                 doctor_argv: list[str] | None = None) -> None:
+    def __init__(self, mode: str = "home", run: str | Path | None = None, *, runs: Iterable[str | Path] = (),
+                 poll_interval: float = 0.4, doctor_argv: list[str] | None = None) -> None:
         super().__init__()
-        if mode not in ("home", "run"):
-            raise ValueError(f"mode must be 'home' or 'run', not {mode!r}")
+        if mode not in ("home", "run", "compare"):
+            raise ValueError(f"mode must be 'home', 'run' or 'compare', not {mode!r}")
         if mode == "run" and run is None:
             raise ValueError("mode 'run' needs a run directory")
+        self.compare_paths = [Path(p) for p in runs]
+        if mode == "compare" and len(self.compare_paths) < 2:
+            raise ValueError("mode 'compare' needs two or more run directories")
         self.mode = mode
         self.run_path = Path(run) if run is not None else None
         self.poll_interval = poll_interval
@@ -40,11 +43,19 @@ class CockpitApp(App):
     def on_mount(self) -> None:
         if self.mode == "run":
             self.push_screen(RunScreen(RunDir(self.run_path), poll_interval=self.poll_interval))
+        elif self.mode == "compare":
+            self.push_screen(HomeScreen())  # Esc from compare lands on the runs
+            self.open_compare([RunDir(p) for p in self.compare_paths])
         else:
             self.push_screen(HomeScreen())
 
     def open_run(self, run: RunDir) -> None:
         self.push_screen(RunScreen(run, poll_interval=self.poll_interval))
+
+    def open_compare(self, runs: list[RunDir]) -> None:
+        from .screens.compare import CompareScreen
+
+        self.push_screen(CompareScreen(runs))
 
     def go_home(self) -> None:
         """Back to the home screen: the one under this run screen, or a new one."""
@@ -71,7 +82,8 @@ class CockpitApp(App):
 
 
 def make_app(mode: str = "home", run: str | Path | None = None, **options) -> CockpitApp:
-    """The cockpit, opened on the home screen or attached to the run directory `run`."""
+    """The cockpit, opened on the home screen, attached to the run directory `run`, or comparing
+    the run directories `runs=[...]` (mode "compare")."""
     return CockpitApp(mode, run, **options)
 
 

@@ -2,7 +2,10 @@
 
 Pure Python (no textual, no torch), so it is cheap to test: `RunModel.ingest(events)` folds a
 batch of events (the whole replayed history, or the few new ones since the last poll) into
-plain fields and lists that the panes render, and says what changed so only those panes redraw.
+plain fields and bounded lists that the panes render, and says what changed so only those panes
+redraw. The step history is a `series.StepSeries` (at most 4096 buckets of steps, spikes kept),
+evals, anomalies, samples and GPU readings are capped too, so a week-long run costs what a short
+one does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ GPU_HISTORY = 60  # readings kept per GPU for the short history (a few minutes a
 STEP_TIMES = 50  # recent step durations behind the ETA
 MAX_SAMPLES = 100
 MAX_LOG = 1000
+REPLAY_LOG = 200  # log entries of the replayed history shown on attach (writing 1000 costs ~0.3 s)
 MAX_EVALS = 4096  # more and every other one goes (the newest always stays)
 MAX_ANOMALIES = 1000
 ACTIVE_STATES = ("running", "stopping")  # the run is doing its work (wall time counts, as in `compare`)
@@ -52,22 +56,8 @@ def sparkline(values: Iterable[Any], lo: float = 0.0, hi: float = 100.0) -> str:
 # --------------------------------------------------------------------------- series maths
 
 
-def ema(values: list[float], weight: float) -> list[float]:
-    """Exponential moving average with start-up bias correction (TensorBoard's smoothing).
-
-    weight 0 returns the values as they are; 0.9 averages over roughly the last ten points.
-    """
-    if weight <= 0 or not values:
-        return list(values)
-    out, acc = [], 0.0
-    for n, v in enumerate(values, 1):
-        acc = acc * weight + (1 - weight) * v
-        out.append(acc / (1 - weight**n))
-    return out
-
-
 def ema_weighted(values: list[float], counts: list[int], weight: float) -> list[float]:
-    """`ema` over bucket means: a bucket of n steps decays the average as n steps would
+    """`engine.metrics.ema` over bucket means: a bucket of n steps decays the average as n steps would
     (weight ** n), so the curve reads the same however many steps a bucket holds. With one step
     per bucket it is exactly `ema`, start-up bias correction included."""
     if weight <= 0 or not values:
@@ -180,9 +170,9 @@ class Changes:
     log: list[LogEntry] = field(default_factory=list)
     ooms: list[dict[str, Any]] = field(default_factory=list)
 
-    def trim(self) -> None:
+    def trim(self, log: int = MAX_LOG) -> None:
         """Keep what the panes can show (a replay of a long log folds many batches into one)."""
-        del self.log[:-MAX_LOG]
+        del self.log[:-log]
         del self.samples[:-MAX_SAMPLES]
 
 
@@ -254,22 +244,27 @@ class RunModel:
         the rest (evals, checkpoints, samples, ...) never touch the step history."""
         ch = ch or Changes()
         pending: list[bytes] = []
+        losses: list[bytes] = []
         for e in events:
             if not isinstance(e, dict):  # StepLines
                 pending += e.lines
+                losses += e.losses
                 continue
             kind = e.get("type")
             if pending and kind in ORDERED:
-                self._on_step_lines(pending, ch)
-                pending = []
+                self._on_step_lines(pending, losses, ch)
+                pending, losses = [], []
             handler = getattr(self, f"_on_{kind}", None)
             if handler is not None:  # unknown types are ignored, as the contract says
                 handler(e, ch)
             t = e.get("time")
-            if isinstance(t, (int, float)) and (self.last_event_time is None or t > self.last_event_time):
+            # the run's own last word (GPU readings come from its heartbeat thread, and the fast
+            # reader does not even decode them: they must not move it, or the two paths differ)
+            if kind not in ("gpu", "prepare") and isinstance(t, (int, float)) \
+                    and (self.last_event_time is None or t > self.last_event_time):
                 self.last_event_time = t
         if pending:
-            self._on_step_lines(pending, ch)
+            self._on_step_lines(pending, losses, ch)
         return ch
 
     def _log(self, ch: Changes, e: dict, text: str, severity: str = "info") -> None:
@@ -321,10 +316,10 @@ class RunModel:
         if ch is not None:
             ch.plot = ch.status = True
 
-    def _on_step_lines(self, lines: list[bytes], ch: Changes) -> None:
-        """Raw step lines in the writer's layout: the series reads their losses in one go and
-        decodes only the lines it keeps; ETA and status take the newest few."""
-        folded, last = self.steps.extend_lines(lines, self.elapsed_at, self._on_step)
+    def _on_step_lines(self, lines: list[bytes], losses: list[bytes], ch: Changes) -> None:
+        """Raw step lines in the writer's layout with their losses as written: the series folds
+        them, decoding only the lines it keeps; ETA and status take the newest few."""
+        folded, last = self.steps.extend_lines(lines, losses, self.elapsed_at, self._on_step)
         ch.plot = ch.status = True
         if last is None or folded < len(lines):  # the rest went through _on_step, newest included
             return
@@ -499,8 +494,8 @@ class RunModel:
         return None
 
     def loss_near(self, it: float) -> float | None:
-        """The logged loss at the bucket nearest `it` (a marker's height when its event has none)."""
-        k = self.steps.index_near(it)
+        """The logged loss of the bucket holding `it` (a marker's height when its event has none)."""
+        k = self.steps.index_of(it)
         if k is None:
             return None
         s = self.steps

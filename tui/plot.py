@@ -34,11 +34,12 @@ class Figure:
     series: list[Series] = field(default_factory=list)
     log_y: bool = False
     x_label: str = ""
-    x_ticks: list[float] | None = None
+    x_ticks: list[float] | None = None  # None: plotext's own; []: none
     x_tick_labels: list[str] | None = None
     y_ticks: list[float] | None = None  # linear axes only (a log axis picks its own)
     y_tick_labels: list[str] | None = None
     v_lines: list[tuple[float, str]] = field(default_factory=list)  # (x, theme variable): the cursor
+    legend: bool = True  # plotext's legend of the labelled series (the compare screen draws its own)
     empty_text: str = "no data yet"
 
     @property
@@ -101,7 +102,8 @@ class PlotCanvas(PlotextPlot):
                 ys = [math.log10(y) for y in ys]  # the series hold only positive values on a log axis
                 y_ticks += s.ys
             draw = plt.scatter if s.scatter else plt.plot
-            draw(s.xs, ys, label=s.label, marker=s.marker, color=self._rgb(s.color))
+            draw(s.xs, ys, label=(s.label or None) if figure.legend else None, marker=s.marker,
+                 color=self._rgb(s.color))
         for x, color in figure.v_lines:
             plt.vline(x, color=self._rgb(color))
         if figure.log_y and y_ticks:
@@ -111,8 +113,8 @@ class PlotCanvas(PlotextPlot):
             plt.yticks(figure.y_ticks, figure.y_tick_labels)
         if figure.x_label:
             plt.xlabel(figure.x_label)
-        if figure.x_ticks:
-            plt.xticks(figure.x_ticks, figure.x_tick_labels)
+        if figure.x_ticks is not None:  # [] hides the tick row (a plot under this one shows it)
+            plt.xticks(figure.x_ticks, figure.x_tick_labels or ([] if not figure.x_ticks else None))
         self.refresh()
 
     def _rgb(self, variable: str) -> tuple[int, int, int]:

@@ -11,7 +11,7 @@ smoothed) and the last step's figures (iteration, loss, tokens, learning rate, g
 Unix time, active seconds). A bucket of one step is that step.
 
 `extend_lines` folds raw `step` lines as the run's EventWriter writes them without decoding every
-line: it pulls the loss of each line out with one regular expression over the batch and decodes
+line: it takes the losses the reader's regular expression already picked out of them and decodes
 only the line that ends a bucket (the one whose figures the bucket keeps). On attach that is the
 difference between parsing 200,000 JSON objects and a few thousand (see
 tests/benchmarks/attach_big_log.py).
@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Callable
 
 MAX_BUCKETS = 4096  # full: pairs merge, so between 2048 and 4096 buckets cover the whole run
-
-_LOSS = re.compile(rb'"loss":(-?\d[^,}]*|null)[,}]')
 
 
 def _number(v: Any) -> float | None:
@@ -90,6 +87,15 @@ class StepSeries:
     @property
     def last_iter(self) -> int | None:
         return self.iters[-1] if self.iters else None
+
+    def expect(self, steps: float) -> None:
+        """A hint before a long replay: about this many steps are coming. An empty series starts
+        with buckets wide enough for them, instead of merging its way there (a wrong guess only
+        costs resolution or time, never a step)."""
+        if self.iters:
+            return
+        while steps / self.width > self.max_buckets:
+            self.width *= 2
 
     # ---------------------------------------------------------------- adding steps
 
@@ -160,18 +166,20 @@ class StepSeries:
             setattr(self, name, merge(getattr(self, name), _second))  # a merged bucket keeps its last step's
         self.width *= 2
 
-    def extend_lines(self, lines: list[bytes], elapsed: Callable[[float | None], float | None],
+    def extend_lines(self, lines: list[bytes], raw_losses: list[bytes],
+                     elapsed: Callable[[float | None], float | None],
                      on_fallback: Callable[[dict[str, Any]], None]) -> tuple[int, dict[str, Any] | None]:
         """Fold raw step lines (consecutive, in log order, each a whole `{"type":"step",...}` line
-        in the EventWriter's layout). Returns how many of the first lines the fast path folded
-        and the last of them decoded (None if none).
+        in the EventWriter's layout) whose losses, as written, the reader already picked out
+        (`raw_losses`, b"2.5" or b"null"). Returns how many of the first lines the fast path
+        folded and the last of them decoded (None if none).
 
         `elapsed(time)` gives the active seconds at a step's Unix time. When the fast path cannot
         be sure of its reading (a line without a plain loss, an iteration that does not advance),
         the rest of the lines are decoded one by one and handed to `on_fallback`, which applies
         the full rules (RunModel's step handler).
         """
-        raw = _LOSS.findall(b"\n".join(lines))
+        raw = raw_losses
         if len(raw) != len(lines):
             self._fallback(lines, on_fallback)
             return 0, None
@@ -226,6 +234,13 @@ class StepSeries:
 
     def means(self) -> list[float | None]:
         return [t / n if n else None for t, n in zip(self.total, self.finite)]
+
+    def index_of(self, it: float) -> int | None:
+        """The bucket holding iteration `it` (the first whose last iteration is not before it;
+        the last bucket for a later one)."""
+        if not self.iters:
+            return None
+        return min(bisect_left(self.iters, it), len(self.iters) - 1)
 
     def index_near(self, it: float) -> int | None:
         """The bucket whose last iteration is nearest to `it`."""

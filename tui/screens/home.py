@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -19,32 +20,36 @@ from textual.worker import Worker, WorkerState
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import EventReader
 from gpt2_cockpit.engine.fmt import fmt_age
 from gpt2_cockpit.engine.runs import RunDir, RunSummary, list_dirs, summarize
 
+from ..feed import LogReader, StepLines
 from ..widgets.plan import DiagnosticsPane, PlanPane, PlanResult, compute_plan, run_doctor
 
 RUNS_REFRESH = 3.0  # seconds between looks at the runs folder while home is showing
 
 
 class RunIndex:
-    """Summaries of every run, reading only what each event log gained since the last look."""
+    """Summaries of every run, reading only what each event log gained since the last look
+    (with the cockpit's fast reader: a week-long log's steps and GPU readings are not decoded)."""
 
     KEEP = ("run", "state", "eval", "set")
 
     def __init__(self) -> None:
-        self._seen: dict[Path, tuple[EventReader, list[dict], list[dict]]] = {}
+        self._seen: dict[Path, tuple[LogReader, list[dict], list[dict]]] = {}
 
     def summaries(self) -> list[RunSummary]:
         out = []
         for run in list_dirs():
-            reader, kept, last_step = self._seen.setdefault(run.path, (EventReader(run.events_path), [], []))
-            for e in reader.poll():
-                if e.get("type") == "step":
-                    last_step[:] = [e]
-                elif e.get("type") in self.KEEP:
-                    kept.append(e)
+            reader, kept, last_step = self._seen.setdefault(run.path, (LogReader(run.events_path, gpu_lines=0), [], []))
+            for batch in reader.batches():
+                for e in batch:
+                    if isinstance(e, StepLines):
+                        last_step[:] = list(StepLines(e.lines[-1:], []).decoded())
+                    elif e.get("type") == "step":
+                        last_step[:] = [e]
+                    elif e.get("type") in self.KEEP:
+                        kept.append(e)
             out.append(summarize(run, kept + last_step))
         return out
 
@@ -60,13 +65,22 @@ class PresetList(OptionList):
 
 
 class RunsTable(DataTable):
-    BINDINGS = [Binding("enter", "select_cursor", "Attach", tooltip="Open the run in the cockpit")]
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Attach", tooltip="Open the run in the cockpit"),
+        Binding("space", "toggle_mark", "Mark", tooltip="Mark the run to compare it with others (m)"),
+    ]
+
+    def action_toggle_mark(self) -> None:
+        if self.row_count:
+            self.screen.toggle_mark(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
 
 
 class HomeScreen(Screen):
     AUTO_FOCUS = "PresetList"
     BINDINGS = [
         Binding("r", "refresh", "Refresh", tooltip="Look again at runs and diagnostics"),
+        Binding("m", "compare", "Compare", tooltip="Compare the runs marked with space: loss curves, figures, "
+                                                 "the config keys that differ"),
         Binding("q", "quit_app", "Quit", tooltip="Leave the cockpit; runs go on"),
     ]
 
@@ -97,6 +111,7 @@ class HomeScreen(Screen):
         self.index = RunIndex()
         self.preset_infos: list[presets.PresetInfo] = []
         self.summaries: list[RunSummary] = []
+        self.marked: list[str] = []  # run directories marked to compare, in marking order
 
     def compose(self) -> ComposeResult:
         yield DiagnosticsPane(id="diagnostics")
@@ -110,7 +125,9 @@ class HomeScreen(Screen):
         self.query_one("#presets").border_title = "presets"
         table = self.query_one(RunsTable)
         table.border_title = "runs"
+        table.add_column("", key="mark", width=1)
         table.add_columns("run", "preset", "state", "iter", "loss", "age")
+        self._say_marks()
         self.load_presets()
         self._diagnose()
         self._list_runs()
@@ -206,10 +223,50 @@ class HomeScreen(Screen):
         table.clear()
         for s in message.summaries:
             loss = f"{s.loss:.4f}" if isinstance(s.loss, (int, float)) else "-"
-            table.add_row(s.name, s.preset, s.state, f"{s.iter}/{s.max_iters}", loss, fmt_age(s.age), key=str(s.path))
-        if keep is not None and keep in {str(s.path) for s in message.summaries}:
+            table.add_row(self._mark(str(s.path)), s.name, s.preset, s.state, f"{s.iter}/{s.max_iters}", loss,
+                          fmt_age(s.age), key=str(s.path))
+        paths = {str(s.path) for s in message.summaries}
+        if keep is not None and keep in paths:
             table.move_cursor(row=table.get_row_index(keep), animate=False)
+        if any(p not in paths for p in self.marked):  # a marked run's folder went away
+            self.marked = [p for p in self.marked if p in paths]
+            self._say_marks()
         self.set_timer(RUNS_REFRESH, self._refresh_runs_if_showing)
+
+    # ---------------------------------------------------------------- marks and compare
+
+    def _mark(self, path: str) -> Text:
+        return Text("●", style=f"bold {self.app.theme_variables.get('accent', 'yellow')}") if path in self.marked else Text(" ")
+
+    def toggle_mark(self, path: str) -> None:
+        if path in self.marked:
+            self.marked.remove(path)
+        else:
+            self.marked.append(path)
+        self.query_one(RunsTable).update_cell(path, "mark", self._mark(path))
+        self._say_marks()
+
+    def _say_marks(self) -> None:
+        n = len(self.marked)
+        table = self.query_one(RunsTable)
+        if n >= 2:
+            table.border_subtitle = f"{n} marked · m compares them · space unmarks"
+        elif n == 1:
+            table.border_subtitle = "1 marked · mark another with space, then m compares"
+        else:
+            table.border_subtitle = "space marks runs to compare"
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "compare" and len(self.marked) < 2:
+            return None  # dimmed in the Footer until two runs are marked
+        return True
+
+    def action_compare(self) -> None:
+        if len(self.marked) < 2:
+            self.notify("mark two or more runs with space first", title="compare")
+            return
+        self.app.open_compare([RunDir(Path(p)) for p in self.marked])
 
     def _refresh_runs_if_showing(self) -> None:
         if self.is_current:

@@ -1,8 +1,9 @@
 """The run screen: loss plot, status, GPU, sampling and log of one run, plus its remote control.
 
 Data flow: a thread worker polls the event log (`EventFeed`) and posts one `EventsArrived`
-per poll; the handler folds it into the `RunModel`, redraws only the panes it touched, and
-re-arms the poll timer. The event log is the one source of truth: the panes change only from
+per poll; the first one carries the whole history already folded into a model off the UI thread
+(the screen's model takes it over), later ones the new events, which the handler folds into the
+`RunModel`. It redraws only the panes that changed and re-arms the poll timer. The event log is the one source of truth: the panes change only from
 events, whoever caused them (this cockpit, another viewer, the command line).
 
 Commands go over the run's control socket in a thread worker, so a slow answer (a command waits

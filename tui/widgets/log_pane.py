@@ -36,11 +36,14 @@ class LogPane(RichLog):
         self.entries.extend(entries)
         del self.entries[:-MAX_LOG]
         stamp = self.get_component_rich_style("log--time", partial=True)
-        for e in entries:
+        lines = []
+        for e in entries[-MAX_LOG:]:
             line = Text()
             line.append(time.strftime("%H:%M:%S ", time.localtime(e.time)), style=stamp)
             line.append(e.text, style=self._style(e))
-            self.write(line)
+            lines.append(line)
+        if lines:  # one write: a replayed history of a thousand entries costs one layout, not 1000
+            self.write(Text("\n").join(lines))
 
     def say(self, text: str, severity: str = "info") -> None:
         """A message from the cockpit itself."""

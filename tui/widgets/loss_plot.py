@@ -118,7 +118,7 @@ def curves(model: RunModel, *, smoothing: float, log_y: bool, x_axis: str, zoom:
                     ys.append(y)
     train = downsample(xs, ys, max_points)
 
-    it_lo = s.iters[k0] if s.iters else 0
+    it_lo = s.iters[k0] if s.iters and k0 > 0 else float("-inf")  # the whole run: evals before its first step too
     to_x = x_of(model, x_axis, unit)
     val = [(to_x(it), v) for it, _, v, _ in model.evals if it >= it_lo and usable(v)]
     val_xy = downsample([p[0] for p in val], [p[1] for p in val], max_points)
@@ -257,9 +257,10 @@ class LossPane(Vertical):
         self._settings_changed()
 
     def _update_subtitle(self) -> None:
-        scale = "log" if self.log_y else "linear"
-        zoom = "all" if self.zoom >= 1 else f"last {self.zoom:.0%}"
-        self.border_subtitle = f"ema {self.smoothing:.2f} [ ] · {scale} l · x={self.x_axis} t · {zoom} z"
+        # the view and the key that changes each part (fits the pane at 80 columns)
+        scale = "log" if self.log_y else "lin"
+        zoom = "all" if self.zoom >= 1 else f"{self.zoom:.0%}"  # the newest share of the run
+        self.border_subtitle = f"ema {self.smoothing:.2f} [] · {scale} l · {self.x_axis} t · {zoom} z"
 
     # ---------------------------------------------------------------- drawing
 
@@ -301,9 +302,11 @@ class LossPane(Vertical):
             if y is not None and (y > 0 or not self.log_y):
                 series.append(Series("", [x], [y], color="accent", marker="dot", scatter=True))
         tick_pos, labels = x_ticks(c.train[0] + c.val[0], ticks, self.x_axis)
-        return Figure(series, log_y=self.log_y, x_label=_axis_label(self.x_axis, unit_name),
-                      x_ticks=tick_pos, x_tick_labels=labels, v_lines=v_lines,
-                      empty_text="waiting for the first logged step…")
+        x_label = axis_label(self.x_axis, unit_name)
+        if self.show_aux:  # the lr / grad norm plot underneath shows the x axis for both
+            tick_pos, labels, x_label = [], [], ""
+        return Figure(series, log_y=self.log_y, x_label=x_label, x_ticks=tick_pos, x_tick_labels=labels,
+                      v_lines=v_lines, empty_text="waiting for the first logged step…")
 
     def build_aux_figure(self, max_points: int, ticks: int = 5) -> Figure:
         """Learning rate and gradient norm, each divided by its largest value in view (their
@@ -323,9 +326,9 @@ class LossPane(Vertical):
         v_lines = []
         if self.cursor is not None and s.iters:
             v_lines.append((x_of(m, self.x_axis, unit)(self.cursor), "accent"))
-        tick_pos, labels = x_ticks(xs, ticks, self.x_axis)
-        return Figure(series, x_ticks=tick_pos, x_tick_labels=labels, y_ticks=[0, 0.5, 1], y_tick_labels=["0", ".5", "1"],
-                      v_lines=v_lines, empty_text="no lr or gradient norm logged")
+        tick_pos, labels = x_ticks(xs, ticks, self.x_axis)  # (no axis label: the subtitle names x)
+        return Figure(series, x_ticks=tick_pos, x_tick_labels=labels, y_ticks=[0, 0.5, 1],
+                      y_tick_labels=["0", ".5", "1"], v_lines=v_lines, empty_text="no lr or gradient norm logged")
 
     def _curve_at(self, it: int) -> float | None:
         """The plotted train value at the bucket nearest `it` (smoothed, or the raw loss)."""
@@ -345,19 +348,20 @@ class LossPane(Vertical):
         if k is None:
             return ""
         p = s.point(k)
+        where = [f"iter {p.iter}", f"lr {fmt_lr(p.lr)}"]
+        if p.grad_norm is not None:
+            where.append(f"grad {p.grad_norm:.3g}")
+        where.append(f"{fmt_count(p.tokens)} tok")
         train = f"loss {fmt_float(p.loss)}"
         if self.smoothing > 0:
             train += f" (ema {fmt_float(self._curve_at(p.iter))})"
-        if p.steps > 1:  # a bucket of many steps: say so, with its range
-            train += f" [{fmt_float(p.loss_min, 3)}–{fmt_float(p.loss_max, 3)} over {p.steps} steps]"
         val = m.val_at(p.iter)
-        parts = [f"iter {p.iter}", f"{fmt_count(p.tokens)} tok", train,
-                 f"val {fmt_float(val[1])} @{val[0]}" if val else "val N/A",
-                 f"lr {fmt_lr(p.lr)}"]
-        if p.grad_norm is not None:
-            parts.append(f"grad {p.grad_norm:.3g}")
-        return " · ".join(parts) + "  (← → move, esc hides)"
+        losses = [train, f"val {fmt_float(val[1])} @{val[0]}" if val else "val N/A"]
+        if p.steps > 1:  # a bucket of many steps: its range
+            losses.append(f"{fmt_float(p.loss_min, 3)}–{fmt_float(p.loss_max, 3)} over {p.steps} steps")
+        # two lines, each cut to the pane's width (the least needed part of each comes last)
+        return " · ".join(where) + "\n" + " · ".join(losses)
 
 
-def _axis_label(x_axis: str, unit_name: str) -> str:
+def axis_label(x_axis: str, unit_name: str) -> str:
     return {"tokens": "tokens", "time": f"wall time ({unit_name})"}.get(x_axis, "iter")

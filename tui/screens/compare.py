@@ -1,0 +1,363 @@
+"""The compare screen: several runs' loss curves overlaid, one colour per run, and a table of
+their figures and the config keys that differ, with one line naming the run with the best val
+loss. The figures are engine/metrics.py's (the same as `gpt2-cockpit compare`); the curves are
+each run's RunModel, replayed from its log as the run screen does (bounded, so a week-long log
+costs what a short one does).
+
+Data flow: a thread worker reads each log (`load_run`) and posts `CompareLoaded`; later looks
+(every few seconds while a run is live) read only what the logs gained and post
+`CompareUpdated`, whose new events the screen folds into its models. The worker owns the
+readers and the events kept for metrics; the screen owns the models.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.content import Content
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import Worker, WorkerState
+
+from gpt2_cockpit.engine import metrics
+from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_float
+from gpt2_cockpit.engine.runs import RunDir
+
+from ..feed import LogReader, StepLines
+from ..model import Changes, RunModel
+from ..plot import Figure, PlotCanvas, Series
+from ..widgets.dialogs import value_text
+from ..widgets.loss_plot import (SMOOTHING_STEPS, SPIKE_MARKER, X_AXES, axis_label, curves, time_scale,
+                                 x_ticks)
+
+# One colour per run, by the run's place among the compared runs sorted by name (so the same
+# runs get the same colours every time). Theme variables, so the plot follows the theme.
+RUN_COLORS = ("primary", "warning", "success", "error", "foreground", "text-secondary")
+REFRESH = 5.0  # seconds between looks at the logs while a compared run is live
+KEEP_STEPS = 32  # step events kept for metrics (its tokens/s is the median of the last 20)
+
+
+def run_color(index: int) -> str:
+    return RUN_COLORS[index % len(RUN_COLORS)]
+
+
+# --------------------------------------------------------------------------- reading the runs
+
+
+@dataclass
+class Compared:
+    """One run being compared. `reader` and `events` belong to the worker, `model` to the screen."""
+
+    run: RunDir
+    color: str
+    reader: LogReader
+    model: RunModel
+    events: list[dict[str, Any]] = field(default_factory=list)  # what metrics.load needs, bounded
+    stats: metrics.RunStats | None = None
+
+
+def keep_for_metrics(events: list[dict[str, Any]], items: list[Any]) -> None:
+    """Add a batch to the events kept for metrics.load: everything but GPU readings, and of the
+    steps only the newest KEEP_STEPS (its figures need the last step, the recent pace, every
+    eval and state change; not 200,000 step rows)."""
+    for item in items:
+        if isinstance(item, StepLines):
+            events.extend(StepLines(item.lines[-KEEP_STEPS:], []).decoded())
+        elif item.get("type") not in ("gpu", "prepare"):
+            events.append(item)
+    steps = [k for k, e in enumerate(events) if e.get("type") == "step"]
+    if len(steps) > KEEP_STEPS:
+        drop = set(steps[:-KEEP_STEPS])
+        events[:] = [e for k, e in enumerate(events) if k not in drop]
+
+
+def load_run(run: RunDir, color: str) -> Compared:
+    """Replay one run's log into a new RunModel and its figures (blocking: call from a worker)."""
+    c = Compared(run, color, LogReader(run.events_path, gpu_lines=0), RunModel(run.name))
+    ch = Changes()
+    for batch in c.reader.batches():
+        if c.reader.expected_steps:
+            c.model.steps.expect(c.reader.expected_steps)
+        c.model.ingest(batch, ch)
+        ch.trim(0)
+        keep_for_metrics(c.events, batch)
+    c.stats = metrics.load(run, c.events).stats
+    return c
+
+
+class CompareLoaded(Message):
+    def __init__(self, runs: list[Compared]) -> None:
+        super().__init__()
+        self.runs = runs
+
+
+class CompareUpdated(Message):
+    """New events of each run (in the screen's order) and its figures now."""
+
+    def __init__(self, new: list[list[Any]], stats: list[metrics.RunStats]) -> None:
+        super().__init__()
+        self.new = new
+        self.stats = stats
+
+
+# --------------------------------------------------------------------------- the screen
+
+
+class CompareScreen(Screen):
+    AUTO_FOCUS = ""
+    BINDINGS = [
+        Binding("t", "toggle_x_axis", "X: iter/tokens/time", tooltip="Plot by iteration, tokens or active wall time"),
+        Binding("l", "toggle_log_scale", "Log scale", tooltip="Loss plot: linear or log y-axis"),
+        Binding("left_square_bracket", "smoothing(-1)", "Less smoothing", show=False),
+        Binding("right_square_bracket", "smoothing(1)", "More smoothing", show=False),
+        Binding("v", "screenshot", "Save SVG", tooltip="Save this screen as an SVG file in the current folder"),
+        Binding("r", "refresh", "Refresh", show=False, tooltip="Read the runs' logs again"),
+        Binding("escape,h", "back", "Back", tooltip="Back to the runs"),
+    ]
+
+    smoothing: reactive[float] = reactive(0.6, init=False)
+    log_y: reactive[bool] = reactive(False, init=False)
+    x_axis: reactive[str] = reactive("iter", init=False)
+
+    def __init__(self, runs: list[RunDir]) -> None:
+        super().__init__()
+        self.run_dirs = sorted(runs, key=lambda r: r.name)
+        self.runs: list[Compared] = []
+        self.differ: dict[str, dict[str, Any]] = {}
+        self.best: metrics.RunStats | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="compare-plot"):  # the legend is its border title
+            yield PlotCanvas(id="compare-canvas")
+        yield Static(id="compare-best")
+        yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=False, show_cursor=False)
+        yield Footer(compact=True)
+
+    @property
+    def canvas(self) -> PlotCanvas:
+        return self.query_one("#compare-canvas", PlotCanvas)
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#compare-table", DataTable)
+
+    def on_mount(self) -> None:
+        self.sub_title = "compare " + ", ".join(r.name for r in self.run_dirs)
+        self.query_one("#compare-plot").border_title = f"loss of {len(self.run_dirs)} runs"
+        self.table.border_title = "runs"
+        self._update_subtitle()
+        self.query_one("#compare-best", Static).update(Text("reading the runs' logs…", style="italic"))
+        # the table's and legend's run colours are the theme's: a new theme paints them again
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._figures_changed() if self.runs else None)
+        self._load()
+
+    # ---------------------------------------------------------------- data
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="compare")
+    def _load(self) -> None:
+        self.post_message(CompareLoaded([load_run(r, run_color(i)) for i, r in enumerate(self.run_dirs)]))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="compare")
+    def _look_again(self) -> None:
+        new, stats = [], []
+        for c in self.runs:
+            items = c.reader.poll()
+            keep_for_metrics(c.events, items)
+            new.append(items)
+            stats.append(metrics.load(c.run, c.events).stats)
+        self.post_message(CompareUpdated(new, stats))
+
+    def on_compare_loaded(self, message: CompareLoaded) -> None:
+        self.runs = message.runs
+        self._figures_changed()
+        self._schedule()
+
+    def on_compare_updated(self, message: CompareUpdated) -> None:
+        for c, items, stats in zip(self.runs, message.new, message.stats):
+            if items:
+                c.model.ingest(items)
+            c.stats = stats
+        self._figures_changed()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if any(c.stats and c.stats.state in ("running", "paused", "preparing", "stopping") for c in self.runs):
+            self.set_timer(REFRESH, self._look_again)  # re-armed only after a look was handled
+
+    def action_refresh(self) -> None:
+        if self.runs:
+            self._look_again()
+
+    def _figures_changed(self) -> None:
+        stats = [c.stats for c in self.runs if c.stats is not None]
+        self.differ = metrics.config_diff({s.name: s.config for s in stats})
+        self.best = metrics.best_run(stats)
+        self.show_table()
+        self.show_best()
+        self.show_legend()
+        self.redraw()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.query_one("#compare-best", Static).update(Content.styled(f"could not read the runs: {error}", "bold $error"))
+            self.notify(f"{error.__class__.__name__}: {error}", title="compare failed", severity="error")
+
+    # ---------------------------------------------------------------- table, best line, legend
+
+    def rows(self) -> list[tuple[str, list[str]]]:
+        """(label, one cell per run): the figures, then the config keys that differ."""
+        runs = [c.stats for c in self.runs]
+
+        def each(fmt) -> list[str]:
+            return [fmt(s) if s is not None else NA for s in runs]
+
+        rows = [  # paired figures share a row, so the table and the plot fit 80x24 together
+            ("state · iters", each(lambda s: f"{s.state} {s.iter}/{s.max_iters}")),
+            ("best val @iter", each(lambda s: f"{fmt_float(s.best_val_loss)} @{s.best_val_iter}"
+                                    if s.best_val_loss is not None else NA)),
+            ("last train loss", each(lambda s: fmt_float(s.last_train_loss))),
+            ("tokens · tok/s", each(lambda s: f"{fmt_count(s.tokens)} · {fmt_count(s.tokens_per_sec)}")),
+            ("wall time", each(lambda s: fmt_duration(s.wall_seconds))),
+        ]
+        for key, values in self.differ.items():
+            rows.append((key, [("-" if values.get(s.name) is None else value_text(values[s.name])) if s else NA
+                               for s in runs]))
+        return rows
+
+    def show_table(self) -> None:
+        table = self.table
+        table.clear(columns=True)
+        best = self.best.name if self.best else None
+        table.add_column("", key="label")
+        for c in self.runs:
+            mark = "★ " if c.run.name == best else ""
+            table.add_column(Text(mark + c.run.name, style=f"bold {self._rgb(c.color)}"), key=c.run.name)
+        for label, cells in self.rows():
+            is_key = label in self.differ
+            styled = [Text(label, style="bold" if is_key else "")]
+            for c, cell in zip(self.runs, cells):
+                style = ""
+                if label == "best val @iter" and c.run.name == best:
+                    style = "bold"
+                elif is_key:
+                    style = self._rgb(c.color)
+                styled.append(Text(cell, style=style))
+            table.add_row(*styled, key=label)
+
+    def best_text(self) -> str:
+        if not self.runs:
+            return ""
+        if self.best is None:
+            return "best val loss: none of these runs has evaluated yet"
+        b = self.best
+        why = ", ".join(f"{k} = {value_text(v[b.name]) if v.get(b.name) is not None else '-'}"
+                        for k, v in list(self.differ.items())[:2] if k != "name")
+        others = sorted((c.stats for c in self.runs if c.stats and c.stats.best_val_loss is not None
+                         and c.stats.name != b.name), key=lambda s: s.best_val_loss)
+        text = f"★ best val loss: {b.name} {fmt_float(b.best_val_loss)} @{b.best_val_iter}"
+        if why:
+            text += f" ({why})"
+        if others:  # the runner-up, where it fits on the line
+            runner_up = f" · next {others[0].name} {fmt_float(others[0].best_val_loss)}"
+            if len(text) + len(runner_up) <= (self.size.width or 80) - 2:
+                text += runner_up
+        if not self.differ:
+            text += " · the configs are the same"
+        return text
+
+    def show_best(self) -> None:
+        color = next((c.color for c in self.runs if self.best and c.run.name == self.best.name), "foreground")
+        self.query_one("#compare-best", Static).update(Text(self.best_text(), style=f"bold {self._rgb(color)}"))
+
+    def show_legend(self) -> None:
+        """The plot pane's title: each run's name after a stroke of its colour."""
+        parts: list[tuple[str, str] | str] = []
+        for c in self.runs:
+            parts += [("━━", f"bold ${c.color}"), f" {c.run.name}  "]
+        parts.append(("line train · dots val", "$text-muted"))
+        self.query_one("#compare-plot").border_title = Content.assemble(*parts)
+
+    def _rgb(self, variable: str) -> str:
+        return self.app.theme_variables.get(variable) or "white"
+
+    # ---------------------------------------------------------------- plot
+
+    def redraw(self) -> None:
+        width = self.canvas.size.width or 100
+        self.canvas.show(self.build_figure(max_points=2 * width, ticks=max(3, width // 12)))
+
+    def build_figure(self, max_points: int, ticks: int = 5) -> Figure:
+        unit, unit_name = time_scale([c.model for c in self.runs])
+        series, all_x = [], []
+        for c in self.runs:
+            cv = curves(c.model, smoothing=self.smoothing, log_y=self.log_y, x_axis=self.x_axis, zoom=1.0,
+                        max_points=max_points, unit=unit)
+            series.append(Series(c.run.name, *cv.train, color=c.color))
+            if cv.val[0]:
+                series.append(Series(f"{c.run.name} val", *cv.val, color=c.color, marker="dot", scatter=True))
+            if cv.spikes[0]:
+                series.append(Series(f"{c.run.name} spike", *cv.spikes, color=c.color, marker=SPIKE_MARKER,
+                                     scatter=True))
+            all_x += cv.train[0] + cv.val[0]
+        tick_pos, labels = x_ticks(all_x, ticks, self.x_axis)
+        return Figure(series, log_y=self.log_y, x_label=axis_label(self.x_axis, unit_name), x_ticks=tick_pos,
+                      x_tick_labels=labels, legend=False,
+                      empty_text="reading the runs' logs…" if not self.runs else "no logged steps in these runs")
+
+    def on_resize(self) -> None:
+        if self.runs:
+            self.show_best()
+            self.redraw()
+
+    def _update_subtitle(self) -> None:
+        scale = "log" if self.log_y else "lin"
+        self.query_one("#compare-plot").border_subtitle = f"ema {self.smoothing:.2f} [] · {scale} l · {self.x_axis} t"
+
+    def _view_changed(self) -> None:
+        self._update_subtitle()
+        if self.runs:
+            self.redraw()
+
+    def watch_smoothing(self) -> None:
+        self._view_changed()
+
+    def watch_log_y(self) -> None:
+        self._view_changed()
+
+    def watch_x_axis(self) -> None:
+        self._view_changed()
+
+    # ---------------------------------------------------------------- keys
+
+    def action_toggle_x_axis(self) -> None:
+        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
+
+    def action_toggle_log_scale(self) -> None:
+        self.log_y = not self.log_y
+
+    def action_smoothing(self, direction: int) -> None:
+        steps = SMOOTHING_STEPS
+        i = min(range(len(steps)), key=lambda k: abs(steps[k] - self.smoothing))
+        self.smoothing = steps[max(0, min(len(steps) - 1, i + direction))]
+
+    def action_screenshot(self) -> None:
+        name = f"compare-{'-'.join(r.name for r in self.run_dirs)[:80]}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+        try:
+            path = self.app.save_screenshot(name, ".")
+        except OSError as e:
+            self.notify(f"could not save a screenshot: {e}", severity="error")
+            return
+        self.notify(path, title="screenshot saved")
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
