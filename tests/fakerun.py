@@ -47,8 +47,9 @@ class FakeRun:
     while running (None: no steps of its own, only what the test writes).
 
     Tests can script misbehaviour: `refuse[cmd] = "why"` refuses that command; `sample_error`
-    makes every accepted sample end in an `error` event; `silent` accepts pause/resume/stop
-    without writing any event (a reply must never change what the cockpit shows)."""
+    makes every accepted sample end in an `error` event; `slow_samples` accepts samples and
+    leaves them in progress until cancelled; `silent` accepts pause/resume/stop without writing
+    any event (a reply must never change what the cockpit shows)."""
 
     def __init__(self, run: RunDir, step_every: float | None = None, log_interval: int = 10, loss_offset: float = 0.0):
         self.run = run
@@ -62,6 +63,8 @@ class FakeRun:
         self.step_every = step_every
         self.refuse: dict[str, str] = {}
         self.sample_error: str | None = None
+        self.slow_samples = False
+        self.in_progress: set[str] = set()
         self.silent = False
         self._stop = threading.Event()
         run.pid_path.write_text(f"{os.getpid()}\n")
@@ -143,12 +146,18 @@ class FakeRun:
         elif cmd.cmd == "sample":
             cmd.accept()  # taken; the text (or the failure) follows as an event
             rid = a.get("request_id")
-            if self.sample_error:
+            if self.slow_samples:
+                self.in_progress.add(rid)
+            elif self.sample_error:
                 self.events.emit("error", message=self.sample_error, request_id=rid)
             else:
                 prompt = a.get("prompt", "")
                 self.events.emit("sample", iter=self.iter, prompt=prompt,
                                  text=f"{prompt} -> generated at iter {self.iter}", request_id=rid)
+        elif cmd.cmd == "cancel" and a.get("request_id") in self.in_progress:
+            self.in_progress.discard(a["request_id"])
+            self.events.emit("error", message="sample cancelled", request_id=a["request_id"])
+            cmd.accept()
         elif cmd.cmd == "set":
             key = a.get("key")
             if key not in cfgmod.LIVE_KEYS:

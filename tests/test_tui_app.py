@@ -574,6 +574,27 @@ def test_a_pending_sample_fails_when_the_run_ends_before_answering(fake):
         assert "before answering" in text_of(pane.views[-1])
 
 
+def test_k_cancels_the_sample_in_progress(fake):
+    f = fake(steps=20)
+    f.slow_samples = True
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app)
+    async def _(pilot):
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.model.live)
+        assert screen.check_action("cancel_sample", ()) is False  # nothing to cancel: not offered
+        await pilot.press("s", *"Hi", "enter", "escape")
+        pane = screen.query_one(SamplePane)
+        await wait_for(pilot, lambda: f.in_progress, what="the run taking the sample")
+        assert "k cancels" in text_of(pane.views[-1]) and screen.check_action("cancel_sample", ()) is True
+        await pilot.press("k")
+        await wait_for(pilot, lambda: pane.views[-1].has_class("-failed"), what="the cancelled view")
+        assert "sample cancelled" in text_of(pane.views[-1]) and not f.in_progress
+        assert [r["cmd"] for r in f.received] == ["sample", "cancel"]
+        assert screen.check_action("cancel_sample", ()) is False
+
+
 # --------------------------------------------------------------------------- inspect, alert, export
 
 

@@ -66,6 +66,7 @@ class RunScreen(Screen):
     BINDINGS = [
         Binding("p", "toggle_pause", "Pause/Resume", tooltip="Pause the run between steps, or resume it"),
         Binding("s", "focus_prompt", "Sample", tooltip="Type a prompt; Enter samples from the live weights"),
+        Binding("k", "cancel_sample", "Cancel sample", tooltip="Stop generating the newest sample in progress"),
         Binding("c", "checkpoint", "Checkpoint", tooltip="Write a checkpoint now"),
         Binding("x", "stop", "Stop", tooltip="Checkpoint and stop the run (asks first)"),
         Binding("e", "edit_settings", "Settings", tooltip="Change live settings: learning rate, max iters, intervals"),
@@ -178,6 +179,7 @@ class RunScreen(Screen):
             self.status.show()
         if repaint or changes.gpu:
             self.query_one(GpuPane).show()
+        sampling = bool(self.samples.pending_ids())
         if changes.samples:
             self.samples.show_samples(changes.samples)
         for request_id, error in changes.sample_errors:
@@ -185,6 +187,8 @@ class RunScreen(Screen):
         if not m.live:  # an accepted sample that the run ended before answering
             for request_id in self.samples.pending_ids():
                 self.samples.fail_pending(request_id, f"the run ended ({m.display_state}) before answering")
+        if sampling != bool(self.samples.pending_ids()):
+            self.refresh_bindings()  # k (cancel) is offered only while a sample is on its way
         if changes.log:
             self.log_pane.add(changes.log)
         if m.live != self._was_live:
@@ -239,6 +243,8 @@ class RunScreen(Screen):
             return isinstance(self.focused, Input)  # offered only while typing
         if action == "hide_cursor":
             return self.loss.cursor is not None and not isinstance(self.focused, Input)
+        if action == "cancel_sample":
+            return bool(self.samples.pending_ids()) and self.model.live  # offered only while one is on its way
         return True
 
     @work(thread=True, exit_on_error=False, group="control")
@@ -311,8 +317,15 @@ class RunScreen(Screen):
             return
         rid = uuid.uuid4().hex[:12]
         self.samples.add_pending(rid, message.prompt)  # resolved by the `sample` event with this id
+        self.refresh_bindings()
         self._send({"cmd": "sample", "prompt": message.prompt, "max_new_tokens": message.max_new_tokens,
                     "temperature": message.temperature, "top_k": message.top_k, "request_id": rid})
+
+    def action_cancel_sample(self) -> None:
+        """The run stops generating it; its `error` event ("sample cancelled") closes the view."""
+        pending = self.samples.pending_ids()
+        if pending:
+            self._send({"cmd": "cancel", "request_id": pending[-1]})
 
     # ---------------------------------------------------------------- view
 

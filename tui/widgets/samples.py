@@ -49,7 +49,7 @@ class SampleView(Static):
     def refresh_content(self) -> None:
         s = self.sample
         if s is None:
-            self.update(Content.assemble(("sampling… ", "$text-muted italic"), (self.pending_prompt, "bold")))
+            self.update(Content.assemble(("sampling… (k cancels) ", "$text-muted italic"), (self.pending_prompt, "bold")))
             return
         origin = "periodic" if s.periodic else "prompt"
         head = (f"@iter {s.iter if s.iter is not None else '?'} · {origin}\n", "$text-accent")
