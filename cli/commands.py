@@ -264,8 +264,8 @@ def prepare(args: argparse.Namespace) -> int:
     if not source.startswith(("builtin:", "hf:", "url:")):
         data.source_identity(source)  # 'does not exist' in one sentence
         source = str(Path(source).expanduser().resolve())
-    workers = args.workers or getattr(d, "workers", 0) or prep.default_workers()
-    shard_tokens = getattr(d, "shard_tokens", data.DEFAULT_SHARD_TOKENS)
+    workers = args.workers or d.workers or prep.default_workers()
+    shard_tokens = d.shard_tokens
     line = _ProgressLine()
     start = time.monotonic()
     try:

@@ -34,8 +34,10 @@ class ModelConfig:
 class DataConfig:
     source: str = "builtin:python-docs"  # builtin:NAME | file | folder | hf:NAME[:CONFIG] | url:shakespeare
     tokenizer: str = "char"  # pretrain: "char" (vocabulary from the corpus) or "gpt2" (tiktoken BPE)
-    val_fraction: float = 0.1  # tail of the corpus held out for validation
-    text_column: str = "text"  # .csv/.jsonl/hf sources: the column holding the text
+    val_fraction: float = 0.1  # share held out for validation (whole documents where there are enough)
+    text_column: str = "text"  # .csv/.jsonl/.parquet/hf sources: the column holding the text
+    workers: int = 0  # pretrain: tokenizing processes when preparing; 0 = CPU cores - 1
+    shard_tokens: int = 100_000_000  # pretrain: tokens per token shard (about 200 MB of uint16)
 
 
 @dataclass
@@ -108,8 +110,9 @@ LIVE_KEYS = (
 )
 
 # Keys that only mean something for one engine.
-PRETRAIN_ONLY = {"model.n_layer", "model.n_head", "model.n_embd", "model.dropout", "model.bias", "data.tokenizer"}
-FINETUNE_ONLY = {"model.pretrained", "train.epochs", "data.text_column"}
+PRETRAIN_ONLY = {"model.n_layer", "model.n_head", "model.n_embd", "model.dropout", "model.bias", "data.tokenizer",
+                 "data.workers", "data.shard_tokens"}
+FINETUNE_ONLY = {"model.pretrained", "train.epochs"}
 
 
 def _split_key(key: str, origin: str = "") -> tuple[str, str]:
@@ -153,11 +156,11 @@ def _check_ranges(cfg: Config, origin: str) -> None:
         raise UserError(f"{origin}: engine = {cfg.engine!r} must be \"pretrain\" or \"finetune\"")
     for key in ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size", "train.micro_batch",
                 "train.grad_accum", "train.max_iters", "train.eval_iters", "train.log_interval",
-                "train.max_bad_steps", "train.spike_window"):
+                "train.max_bad_steps", "train.spike_window", "data.shard_tokens"):
         if cfg.get(key) < 1:
             raise bad(key, "must be at least 1")
     for key in ("train.warmup_iters", "train.lr_decay_iters", "train.eval_interval", "train.sample_interval",
-                "train.checkpoint_interval", "train.seed"):
+                "train.checkpoint_interval", "train.seed", "data.workers"):
         if cfg.get(key) < 0:
             raise bad(key, "must not be negative")
     for key in ("train.learning_rate",):

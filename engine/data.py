@@ -35,7 +35,7 @@ GPT2_EOT = 50256  # <|endoftext|> in GPT-2's BPE, placed between documents
 GPT2_VOCAB_PADDED = 50304  # 50257 rounded up to a multiple of 64: faster matmuls, unused rows never trained
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".py", ".tex", ".html", ".csv", ".jsonl", ".json", ".parquet"}
-DEFAULT_SHARD_TOKENS = 100_000_000  # tokens per shard (about 200 MB of uint16)
+DEFAULT_SHARD_TOKENS = 100_000_000  # tokens per shard (about 200 MB of uint16); data.shard_tokens in a preset
 PARQUET_BATCH_ROWS = 1024  # rows per record batch read from a parquet file: memory stays bounded
 Progress = Callable[[str], None]
 
@@ -485,8 +485,7 @@ def cached_vocab_size(cfg) -> int | None:
     if cfg.data.tokenizer == "gpt2":
         return GPT2_VOCAB_PADDED
     try:
-        key = cache_key(cfg.data.source, "char", cfg.data.val_fraction, cfg.data.text_column,
-                        getattr(cfg.data, "shard_tokens", DEFAULT_SHARD_TOKENS))
+        key = cache_key(cfg.data.source, "char", cfg.data.val_fraction, cfg.data.text_column, cfg.data.shard_tokens)
         meta = json.loads((cache_dir() / "tokens" / key / "meta.json").read_text())
         return int(meta["vocab_size"])
     except (OSError, ValueError, KeyError, UserError):

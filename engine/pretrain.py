@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from . import config as cfgmod
-from .data import DEFAULT_SHARD_TOKENS, TokenData, prepare
+from .data import TokenData, prepare
 from .hardware import flops_per_token
 from .model import GPT, GPTConfig
 
@@ -25,8 +25,7 @@ class PretrainWorkload:
         self.cfg = cfg
         d = cfg.data
         self.data = data or prepare(d.source, d.tokenizer, d.val_fraction, cfg.model.block_size, d.text_column,
-                                    progress=progress, workers=getattr(d, "workers", 0) or None,
-                                    shard_tokens=getattr(d, "shard_tokens", DEFAULT_SHARD_TOKENS),
+                                    progress=progress, workers=d.workers or None, shard_tokens=d.shard_tokens,
                                     on_progress=on_prepare)
         self.tokenizer = self.data.tokenizer()
         self.model = GPT(gpt_config(cfg, self.data.vocab_size))

@@ -14,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -23,14 +24,16 @@ from .owner import NullRunOwner, RunOwner
 from .runs import RunDir
 
 
-def build_workload(cfg: cfgmod.Config, progress=None):
+def build_workload(cfg: cfgmod.Config, progress=None, on_prepare=None):
+    """The engine's workload; `progress` takes one-line messages, `on_prepare` the structured
+    progress of tokenizing a pretrain corpus (engine.prepare.PrepareProgress)."""
     if cfg.engine == "finetune":
         from .finetune import FinetuneWorkload
 
         return FinetuneWorkload(cfg, progress=progress)
     from .pretrain import PretrainWorkload
 
-    return PretrainWorkload(cfg, progress=progress)
+    return PretrainWorkload(cfg, progress=progress, on_prepare=on_prepare)
 
 
 def progress_printer(event: dict) -> None:
@@ -62,6 +65,24 @@ def progress_printer(event: dict) -> None:
         print(f"set {event['key']}: {event['old']} -> {event['new']}", flush=True)
     elif t == "error":
         print(f"error: {event['message']}", flush=True)
+    elif t == "prepare":
+        _print_prepare(event)
+
+
+_last_prepare_line = {"time": 0.0, "phase": None}
+PREPARE_LINE_SECONDS = 10.0
+
+
+def _print_prepare(event: dict) -> None:
+    """Preparation progress: a line every PREPARE_LINE_SECONDS and at each phase's end."""
+    from .prepare import PrepareProgress, format_progress
+
+    p = PrepareProgress(**{k: event.get(k) for k in ("phase", "done", "total", "unit", "rate", "eta")})
+    last = _last_prepare_line
+    ended = p.total is not None and p.done >= p.total
+    if ended or p.phase != last["phase"] or time.monotonic() - last["time"] >= PREPARE_LINE_SECONDS:
+        last["time"], last["phase"] = time.monotonic(), p.phase
+        print(format_progress(p), flush=True)
 
 
 def run_process(path: Path, resume: bool = False, headless: bool = False) -> int:
@@ -109,7 +130,8 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
         torch.manual_seed(cfg.train.seed + dist.rank)  # dropout masks differ per rank
-        workload = build_workload(cfg, progress=lambda msg: print(msg, flush=True))
+        workload = build_workload(cfg, progress=lambda msg: print(msg, flush=True),
+                                  on_prepare=lambda p: owner.emit("prepare", **p.fields()))
         if cfg != run.config():  # what the engine resolved (finetune: epochs -> max_iters), for runs and resume
             owner.write_config(cfg)
         if not device.startswith("cuda"):

@@ -12,7 +12,7 @@ own file cannot be downloaded here. Then, alternately, for 1 and 2 workers:
   main process reading documents and filling uint16 shards of the same size), documents read
   from the same parquet files with pyarrow;
 
-each in its own process, with the peak resident memory of its process tree sampled every 0.1 s.
+each in its own process, with the peak resident memory of its process tree sampled every 0.5 s.
 Finally ours once more on the .jsonl with the most workers. Prints one line per run and a summary.
 """
 
@@ -163,7 +163,7 @@ def timed(code: str, env: dict) -> dict:
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
-        time.sleep(0.1)
+        time.sleep(0.5)  # scanning /proc costs CPU the runs being measured would miss
     out = proc.stdout.read().strip().splitlines()
     if proc.returncode:
         raise SystemExit(f"benchmark run failed ({proc.returncode})")
