@@ -27,6 +27,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any, Iterator
 from .errors import UserError
 
 COMMANDS = ("cancel", "pause", "resume", "stop", "checkpoint", "sample", "set")
+REPLY_FLUSH_SECONDS = 2.0  # at exit, how long replies already given may take to reach their clients
 MAX_REQUEST = 1 << 20  # a 100,000-character prompt (sampling.MAX_PROMPT_CHARS) fits, JSON-escaped
 _SUN_PATH_MAX = 100  # sockaddr_un holds 108 bytes; leave room
 
@@ -120,6 +122,7 @@ class ControlServer:
         self.path = Path(sock_path)
         self.reply_timeout = reply_timeout
         self.queue: queue.Queue[Command] = queue.Queue()
+        self._handlers: set[threading.Thread] = set()  # connections being answered
         self._closed = False
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
@@ -159,6 +162,11 @@ class ControlServer:
         # answer anything still waiting, so no client hangs on a run that is gone
         for c in self.poll():
             c.refuse("the run has exited")
+        # and let answers already given reach their clients (a `stop` is answered just before
+        # the run exits: on a busy box the reply's thread may not have sent it yet)
+        deadline = time.monotonic() + REPLY_FLUSH_SECONDS
+        for thread in list(self._handlers):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _serve(self) -> None:
         while not self._closed:
@@ -166,9 +174,17 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            self._handlers.add(thread)
+            thread.start()
 
     def _handle(self, conn: socket.socket) -> None:
+        try:
+            self._answer(conn)
+        finally:
+            self._handlers.discard(threading.current_thread())
+
+    def _answer(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(10)
             try:

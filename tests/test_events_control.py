@@ -134,3 +134,31 @@ def test_a_line_the_disk_had_no_room_for_is_cut_off_and_written_later(tmp_path, 
     assert w.flush()
     assert [e["iter"] for e in read_all(tmp_path / "events.jsonl")] == [1, 2, 3]
     w.close()
+
+
+def test_an_answer_given_just_before_the_run_exits_still_reaches_the_client(tmp_path):
+    # the run answers `stop`, then exits at once; a long GIL switch interval makes its main
+    # thread race the reply's thread to the exit, as a busy box does
+    import subprocess
+    import sys
+
+    sock = tmp_path / "control.sock"
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.setswitchinterval(2.0)
+from gpt2_cockpit.engine.control import ControlServer
+server = ControlServer({str(sock)!r})
+print("ready", flush=True)
+while True:
+    cmds = server.poll()
+    if cmds:
+        cmds[0].accept()
+        server.close()
+        break
+    time.sleep(0.01)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        assert ctl.request(sock, {"cmd": "stop"}, timeout=20) == {"ok": True}
+    finally:
+        child.wait(timeout=30)
