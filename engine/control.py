@@ -14,7 +14,8 @@ The reply only says accepted or refused: what a command did is in the run's even
 source of truth for every viewer. pause, resume, stop, checkpoint and set are answered once
 applied, so the events they caused are in the log before the reply; a sample is answered when
 accepted, and its text follows as a `sample` event with the request's `request_id` (or an `error`
-event with it, if generation failed or was cancelled). A sample is generated a slice at a time
+event with it, if generation failed; a cancelled sample's event has `cancelled: true` and the text
+generated until then). A sample is generated a slice at a time
 between optimizer steps, so it never holds up training or the other commands.
 
 Never imports torch: the cockpit and the CLI use the client half.

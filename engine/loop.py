@@ -246,8 +246,9 @@ def apply(request: dict[str, Any], stepper: Stepper, run: RunOwner | NullRunOwne
         pending = next((s for s in p.sampling if s.request_id == rid and rid is not None), None)
         if pending is None:
             raise UserError(f"no sample {rid!r} is in progress")
-        p.sampling.remove(pending)
-        run.emit("error", message="sample cancelled", request_id=rid)
+        p.sampling.remove(pending)  # the text so far is logged, marked cancelled
+        run.emit("sample", iter=pending.iter, prompt=pending.generation.prompt, text=pending.generation.text,
+                 request_id=rid, cancelled=True)
     elif cmd == "set":
         key = request.get("key")
         if key not in cfgmod.LIVE_KEYS:

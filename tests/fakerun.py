@@ -156,7 +156,8 @@ class FakeRun:
                                  text=f"{prompt} -> generated at iter {self.iter}", request_id=rid)
         elif cmd.cmd == "cancel" and a.get("request_id") in self.in_progress:
             self.in_progress.discard(a["request_id"])
-            self.events.emit("error", message="sample cancelled", request_id=a["request_id"])
+            self.events.emit("sample", iter=self.iter, prompt="", text="half a", request_id=a["request_id"],
+                             cancelled=True)
             cmd.accept()
         elif cmd.cmd == "set":
             key = a.get("key")

@@ -134,6 +134,7 @@ class Sample:
     text: str
     request_id: str | None
     time: float | None = None
+    cancelled: bool = False  # stopped by the user: `text` is what was generated until then
 
     @property
     def periodic(self) -> bool:
@@ -371,7 +372,8 @@ class RunModel:
         ch.plot = ch.status = True
 
     def _on_sample(self, e: dict, ch: Changes) -> None:
-        s = Sample(e.get("iter"), e.get("prompt") or "", e.get("text") or "", e.get("request_id"), e.get("time"))
+        s = Sample(e.get("iter"), e.get("prompt") or "", e.get("text") or "", e.get("request_id"), e.get("time"),
+                   bool(e.get("cancelled")))
         self.samples.append(s)
         del self.samples[:-MAX_SAMPLES]
         ch.samples.append(s)

@@ -51,7 +51,7 @@ class SampleView(Static):
         if s is None:
             self.update(Content.assemble(("sampling… (k cancels) ", "$text-muted italic"), (self.pending_prompt, "bold")))
             return
-        origin = "periodic" if s.periodic else "prompt"
+        origin = "periodic" if s.periodic else "prompt" + (" · cancelled" if s.cancelled else "")
         head = (f"@iter {s.iter if s.iter is not None else '?'} · {origin}\n", "$text-accent")
         if s.prompt and s.text.startswith(s.prompt):
             body = [(s.prompt, "bold"), s.text[len(s.prompt):]]
