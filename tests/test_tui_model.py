@@ -328,7 +328,8 @@ def test_the_reader_skips_gpu_lines_but_keeps_the_newest_and_holds_a_partial_lin
     gpu = [e for e in items if isinstance(e, dict) and e["type"] == "gpu"]
     assert len(gpu) == GPU_LINES_KEPT  # of 40,000
     assert [e["util"] for e in gpu if e["index"] == 3][-1] == 4999  # the newest reading of each GPU
-    assert not any(isinstance(e, dict) and e["type"] == "prepare" for e in items)
+    prepares = [e for e in items if isinstance(e, dict) and e["type"] == "prepare"]
+    assert [e["done"] for e in prepares] == [1]  # only the newest prepare line of a chunk is decoded
     steps = [e for e in items if isinstance(e, dict) and e["type"] == "step"]
     assert [s["iter"] for s in steps] == [7]  # decoded the slow way; the partial line waits
     m = RunModel("r")
@@ -348,3 +349,18 @@ def test_active_time_leaves_out_pauses_as_compare_does():
               {"type": "state", "time": 120.0, "state": "paused"}, {"type": "state", "time": 500.0, "state": "running"},
               step(20, time=530.0)])
     assert m.steps.elapsed == [10.0, 50.0] and m.elapsed_at_iter(15) == pytest.approx(30.0)
+
+
+def test_preparation_progress_shows_in_the_status_while_the_run_prepares(tmp_path):
+    log = tmp_path / "events.jsonl"
+    w = EventWriter(log)
+    w.emit("state", state="preparing", reason="loading data and model")
+    for done in (100e6, 420e6):
+        w.emit("prepare", phase="tokenize", done=done, total=1000e6, unit="bytes", rate=12.3e6, eta=47.0)
+    w.close()
+    m = RunModel("r")
+    replay(LogReader(log), m)
+    rows = dict(m.status_rows())
+    assert rows["iter"] == "tokenize ████░░░░░░ 42%" and rows["ETA"] == "47s · 12.3 MB/s"
+    m.ingest([{"type": "state", "state": "running", "time": time.time()}])
+    assert dict(m.status_rows())["iter"].startswith("-/")  # training: the usual rows again

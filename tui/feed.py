@@ -5,7 +5,8 @@ cockpit needs of it: decoded events, and runs of consecutive `step` lines left r
 RunModel folds a run of them without decoding each one, see series.py). Two kinds of lines that
 make up most of a long log are not decoded line by line: `gpu` readings (eight GPUs every five
 seconds for a week is most of a million lines) of which only the newest few per GPU matter, and
-`prepare` progress, which the cockpit does not show. Lines in the EventWriter's layout
+`prepare` progress, of which only the newest line of each chunk is decoded (the status pane
+shows it while the run prepares its data). Lines in the EventWriter's layout
 (`{"type":"gpu",...`) are recognised by that prefix; any other line is decoded and handled as
 usual, so a hand-written log still reads correctly, just slower. The contract's rules hold: a
 partial last line waits for its newline, an undecodable line is skipped.
@@ -46,6 +47,7 @@ _STEP = b'\n{"type":"step",'
 _WANTED = re.compile(rb'\n(?!\{"type":"(?:gpu|prepare)")'
                      rb'((?:\{"type":"step","time":[^,]*,"iter":\d+,"loss":(-?\d[^,}]*|null)[,}])?[^\n]*)')
 _GPU = re.compile(rb'\n(\{"type":"gpu"[^\n]*)')
+_PREPARE = b'\n{"type":"prepare",'
 
 
 class StepLines:
@@ -117,7 +119,11 @@ class LogReader:
                         skipped_gpu = True
                     else:
                         gpu.extend(_GPU.findall(head) + _GPU.findall(chunk, first, last))
-                yield self._items(head, 0, len(head)) + self._items(chunk, first, last)
+                # preparation progress matters only after the last step (a run that trains has
+                # prepared): searching from there costs nothing in a long log's chunks
+                after_steps = max(chunk.rfind(_STEP, first, last), first)
+                newest = _newest_prepare(chunk, after_steps, last) or _newest_prepare(head, 0, len(head))
+                yield self._items(head, 0, len(head)) + self._items(chunk, first, last) + newest
             if skipped_gpu:
                 gpu = self._newest_gpu_lines(f, self.offset - len(self._partial) + 1)
         if gpu:
@@ -166,6 +172,17 @@ class LogReader:
             found.extendleft(reversed(lines[-(self.gpu_lines - len(found)):] if lines else []))
             pos = start
         return found
+
+
+def _newest_prepare(data: bytes, start: int, end: int) -> list[dict[str, Any]]:
+    """The last `prepare` event among the whole lines of data[start:end] (a search from the end,
+    as fast as memchr: a long log's chunks hold none)."""
+    at = data.rfind(_PREPARE, start, end)
+    if at < 0:
+        return []
+    stop = data.find(b"\n", at + 1, end + 1)
+    e = _decode(data[at + 1:stop if stop >= 0 else end])
+    return [e] if e is not None else []
 
 
 def _decode(line: bytes) -> dict[str, Any] | None:

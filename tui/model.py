@@ -91,6 +91,21 @@ def downsample(xs: list[float], ys: list[float], max_points: int) -> tuple[list[
     return [xs[i] for i in idx], [ys[i] for i in idx]
 
 
+def prepare_progress(e: dict[str, Any], width: int = 10) -> tuple[str, str]:
+    """A `prepare` event as a progress bar and its ETA: ('tokenize ████░░░░░░ 42%', '47s · 12.3 MB/s')."""
+    done, total, rate, unit = e.get("done"), e.get("total"), e.get("rate"), e.get("unit") or ""
+    phase = str(e.get("phase") or "preparing")
+    if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        frac = min(max(done / total, 0.0), 1.0)
+        filled = int(round(frac * width))
+        bar = f"{phase} {'█' * filled}{'░' * (width - filled)} {100 * frac:.0f}%"
+    else:
+        bar = f"{phase} {fmt_count(done)} {unit}".rstrip()
+    speed = f"{rate / 1e6:.1f} MB/s" if unit == "bytes" and isinstance(rate, (int, float)) \
+        else f"{fmt_count(rate)} {unit}/s"
+    return bar, f"{fmt_duration(e.get('eta'))} · {speed}"
+
+
 def _ms_of(line: bytes) -> float | None:
     """The `ms` of a raw step line without decoding the rest."""
     k = line.find(b'"ms":')
@@ -207,6 +222,7 @@ class RunModel:
         self.samples: list[Sample] = []
         self.settings: dict[str, Any] = {}  # key -> value from `set` events (the run's live changes)
         self.last_event_time: float | None = None
+        self.prepare: dict[str, Any] | None = None  # the newest `prepare` progress (shown while preparing)
         # active time (as `gpt2-cockpit compare` counts it): closed spans plus the open one
         self._active_seconds = 0.0
         self._active_since: float | None = None
@@ -216,6 +232,10 @@ class RunModel:
         """A new model as this one was before any event (a replay builds one off the UI thread)."""
         name, max_iters, micro_batch, grad_accum, device = self._blank
         return RunModel(name, max_iters, micro_batch, grad_accum, device)
+
+    def _on_prepare(self, e: dict, ch: Changes) -> None:
+        self.prepare = e
+        ch.status = True
 
     def take_over(self, other: "RunModel") -> None:
         """Become `other` (a replayed model), keeping this object, which the panes hold."""
@@ -521,6 +541,8 @@ class RunModel:
         eta = fmt_duration(self.eta_seconds())
         if ms is not None:
             eta += f" · {ms:.0f} ms/it"
+        if self.state == "preparing" and self.prepare:  # tokenizing the corpus: its progress instead
+            iters, eta = prepare_progress(self.prepare)
         ck = self.last_checkpoint
         ckpt = NA
         if ck:
