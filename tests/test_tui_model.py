@@ -364,3 +364,12 @@ def test_preparation_progress_shows_in_the_status_while_the_run_prepares(tmp_pat
     assert rows["iter"] == "tokenize ████░░░░░░ 42%" and rows["ETA"] == "47s · 12.3 MB/s"
     m.ingest([{"type": "state", "state": "running", "time": time.time()}])
     assert dict(m.status_rows())["iter"].startswith("-/")  # training: the usual rows again
+
+
+def test_a_finished_preparation_says_how_much_was_prepared():
+    from gpt2_cockpit.tui.model import prepare_progress
+
+    done = {"phase": "done", "done": 123_456_789, "total": 123_456_789, "unit": "tokens", "rate": 0.0, "eta": None}
+    assert prepare_progress(done) == ("prepared 123M tokens", "starting…")
+    unknown = {"phase": "download", "done": 3, "total": None, "unit": "files", "rate": 0.5, "eta": None}
+    assert prepare_progress(unknown) == ("download 3 files", "N/A · 0.5 files/s")

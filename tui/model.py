@@ -95,6 +95,8 @@ def prepare_progress(e: dict[str, Any], width: int = 10) -> tuple[str, str]:
     """A `prepare` event as a progress bar and its ETA: ('tokenize ████░░░░░░ 42%', '47s · 12.3 MB/s')."""
     done, total, rate, unit = e.get("done"), e.get("total"), e.get("rate"), e.get("unit") or ""
     phase = str(e.get("phase") or "preparing")
+    if phase == "done":  # prepared: the model and the first batches load next
+        return f"prepared {fmt_count(done)} {unit}".rstrip(), "starting…"
     if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
         frac = min(max(done / total, 0.0), 1.0)
         filled = int(round(frac * width))
