@@ -15,7 +15,8 @@
 4. **Tokenize**: a pool of worker processes takes units; each streams its unit (parquet record
    batches of the text column only, blocks of lines), encodes, and writes the unit's train and
    val tokens to `.train-NNNNN.bin.PID.tmp` / `.val-...`, renamed to `train-NNNNN.bin` /
-   `val-NNNNN.bin` when complete. The main process records each finished unit in the manifest.
+   `val-NNNNN.bin` when complete, then its own `unit-NNNNN.json`; the main process records each
+   finished unit in the manifest too, and a restart adopts unit records the manifest missed.
    A shard's bytes depend only on its unit, so the result is byte-identical whatever the number
    of workers and however often it was interrupted; a SIGKILL loses the units in flight, at most
    one per worker. Memory per process is one record batch or block plus a token buffer.
@@ -189,6 +190,11 @@ def _prepare_locked(folder: Path, source: str, files: list[tuple[str, str]], tok
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
     ctx["dtype"] = np.dtype(dtype).name
     done = manifest["done"]
+    for u in units:  # units finished after the manifest was last written (a kill in between)
+        record = folder / f"unit-{u['index']:05d}.json"
+        if str(u["index"]) not in done and record.exists():
+            result = json.loads(record.read_text())
+            done[str(u["index"])] = {k: result[k] for k in ("n_train", "n_val", "texts")}
     pending = [u for u in units if str(u["index"]) not in done]
     left = sum(u["nbytes"] for u in pending)
     check_disk(folder, int(left / BYTES_PER_TOKEN[tokenizer] * np.dtype(dtype).itemsize))
@@ -532,7 +538,11 @@ def _tokenize_unit(unit: dict) -> dict:
             fh.close()
     for s in ("val", "train"):
         os.replace(tmps[s], folder / names[s])
-    return {"index": unit["index"], "n_train": counts["train"], "n_val": counts["val"], "texts": texts}
+    result = {"index": unit["index"], "n_train": counts["train"], "n_val": counts["val"], "texts": texts}
+    # the unit's own record, written after its shards: a kill before the manifest catches up
+    # loses no finished unit (a restart adopts these)
+    _write_json(folder / f"unit-{unit['index']:05d}.json", result)
+    return result
 
 
 # --------------------------------------------------------------------------- the pool

@@ -189,13 +189,15 @@ if __name__ == "__main__":
     total = len(manifest["plan"]["units"])
     done = manifest["done"]
     assert not (folder / "meta.json").exists() and 3 <= len(done) < total
-    shard_files = {p.name for p in folder.glob("train-*.bin")}
-    finished_unrecorded = {n for n in shard_files if str(int(n[6:11])) not in done}
-    assert len(finished_unrecorded) <= 2  # at most one shard per worker is lost
-    mtimes = {n: (folder / f"train-{int(n):05d}.bin").stat().st_mtime_ns for n in done}
+    finished = {int(p.name[5:10]) for p in folder.glob("unit-*.json")}  # each written after its shards
+    assert {int(n) for n in done} <= finished
+    in_flight = {p.name.split(".")[1].split("-")[1] for p in folder.glob(".*.tmp")
+                 if p.name.startswith((".train-", ".val-"))}  # shards being written when killed
+    assert len(in_flight) <= 2  # the work lost: at most the one unit each worker was on
+    mtimes = {n: (folder / f"train-{n:05d}.bin").stat().st_mtime_ns for n in finished}
     # restart: resumes at the missing shards only
     subprocess.run([sys.executable, str(script), "4000"], env=env, check=True, timeout=300)
-    assert all((folder / f"train-{int(n):05d}.bin").stat().st_mtime_ns == t for n, t in mtimes.items())
+    assert all((folder / f"train-{n:05d}.bin").stat().st_mtime_ns == t for n, t in mtimes.items())  # not redone
     # an uninterrupted preparation, elsewhere, is byte-identical
     env2 = dict(env, GPT2_COCKPIT_HOME=str(tmp_path / "whole"))
     subprocess.run([sys.executable, str(script), "4000"], env=env2, check=True, timeout=300)
