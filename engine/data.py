@@ -315,9 +315,7 @@ def _hf_documents(spec: str, text_column: str, split: str = "train") -> Iterator
     process-wide offline switch: an offline box never calls `datasets` for a hub name."""
     name, _, config = spec.partition(":")
     if not Path(name).expanduser().is_dir() and not _hub_reachable():
-        _, files = hf_files(spec, split, download=False)
-        for f in files:
-            yield from _file_documents(f, text_column)
+        yield from hf_documents(spec, text_column, split, download=False)
         return
     try:
         import datasets
@@ -333,9 +331,10 @@ def _hf_documents(spec: str, text_column: str, split: str = "train") -> Iterator
         yield row[text_column]
 
 
-def hf_documents(spec: str, text_column: str, split: str = "train") -> Iterator[str]:
-    """The documents of an hf: source's split, read from its local files (downloaded first)."""
-    _, files = hf_files(spec, split)
+def hf_documents(spec: str, text_column: str, split: str = "train", download: bool = True) -> Iterator[str]:
+    """The documents of an hf: source's split, read from its local files (downloaded first, unless
+    `download` is False: then from what the Hugging Face cache already holds)."""
+    _, files = hf_files(spec, split, download=download)
     for f in files:
         yield from _file_documents(f, text_column)
 
