@@ -94,6 +94,7 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
         owner.listeners.append(progress_printer)
     dist = None
     cpu_share = None
+    workload = None
     signals = {"count": 0, "training": False}
 
     def on_signal(signum, frame):
@@ -155,6 +156,8 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
         owner.emit("state", state="failed", reason=f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return 1
     finally:
+        if workload is not None and hasattr(workload, "close"):
+            workload.close()  # e.g. stop a data preparation still going on in the background
         owner.close()
         if cpu_share is not None:
             cpu_share.close()
