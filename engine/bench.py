@@ -63,7 +63,19 @@ def measure(cfg: cfgmod.Config, steps: int, warmup: int, real_data: bool = False
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg, Dist())
     workload = build_workload(cfg) if real_data or cfg.engine == "finetune" else _RandomWorkload(cfg)
-    stepper = Stepper(cfg, workload, device, Dist())
+    try:
+        return _measure(cfg, Stepper(cfg, workload, device, Dist()), steps, warmup, log)
+    finally:
+        if hasattr(workload, "close"):
+            workload.close()  # a preparation still going on in the background
+
+
+def _measure(cfg: cfgmod.Config, stepper, steps: int, warmup: int, log) -> dict:
+    import torch
+
+    from .step import lr_at
+
+    device = stepper.device
     sync = torch.cuda.synchronize if stepper.device_type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + steps):

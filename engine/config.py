@@ -38,6 +38,10 @@ class DataConfig:
     text_column: str = "text"  # .csv/.jsonl/.parquet/hf sources: the column holding the text
     workers: int = 0  # pretrain: tokenizing processes when preparing; 0 = CPU cores - 1
     shard_tokens: int = 100_000_000  # pretrain: tokens per token shard (about 200 MB of uint16)
+    # pretrain: "random" windows of the whole corpus (nanoGPT; trains once all of it is prepared),
+    # "shards" in order, each shuffled (llm.c; trains as soon as the first shards are prepared),
+    # "auto": shards when the corpus makes more than one
+    order: str = "auto"
 
 
 @dataclass
@@ -111,7 +115,7 @@ LIVE_KEYS = (
 
 # Keys that only mean something for one engine.
 PRETRAIN_ONLY = {"model.n_layer", "model.n_head", "model.n_embd", "model.dropout", "model.bias", "data.tokenizer",
-                 "data.workers", "data.shard_tokens"}
+                 "data.workers", "data.shard_tokens", "data.order"}
 FINETUNE_ONLY = {"model.pretrained", "train.epochs"}
 
 
@@ -181,6 +185,8 @@ def _check_ranges(cfg: Config, origin: str) -> None:
         raise bad("data.val_fraction", "must be between 0 and 1 (exclusive)")
     if m.n_embd % m.n_head:
         raise UserError(f"{origin}: model.n_embd = {m.n_embd} is not divisible by model.n_head = {m.n_head}")
+    if d.order not in ("auto", "random", "shards"):
+        raise bad("data.order", "must be \"auto\", \"random\" or \"shards\"")
     if d.tokenizer not in ("char", "gpt2"):
         raise bad("data.tokenizer", "must be \"char\" or \"gpt2\"")
     if t.dtype not in ("auto", "float32", "bfloat16", "float16"):

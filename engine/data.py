@@ -251,8 +251,8 @@ def _split_of(rel: str, splits: dict[str, list[str]]) -> str | None:
     return ""  # names no split
 
 
-def hf_files(spec: str, split: str = "train", download: bool = True,
-             progress: Progress | None = None) -> tuple[Path, list[Path]]:
+def hf_files(spec: str, split: str = "train", download: bool = True, progress: Progress | None = None,
+             on_bytes: Callable[[int, int], None] | None = None) -> tuple[Path, list[Path]]:
     """(root, data files of `split`) of hf:NAME[:CONFIG], downloaded into the Hugging Face cache first.
 
     Files that name no split count as train. Offline (or download=False) only the cache is used,
@@ -265,7 +265,7 @@ def hf_files(spec: str, split: str = "train", download: bool = True,
         if (root / "README.md").is_file():
             readme = (root / "README.md").read_text(errors="replace")
     else:
-        root = _hf_snapshot(spec, name, config, download, progress)
+        root = _hf_snapshot(spec, name, config, download, progress, on_bytes)
         if (root / "README.md").is_file():
             readme = (root / "README.md").read_text(errors="replace")
     _, splits = _hf_patterns(readme, config)
@@ -282,7 +282,10 @@ def hf_files(spec: str, split: str = "train", download: bool = True,
     return root, sorted(files)
 
 
-def _hf_snapshot(spec: str, name: str, config: str, download: bool, progress: Progress | None) -> Path:
+def _hf_snapshot(spec: str, name: str, config: str, download: bool, progress: Progress | None,
+                 on_bytes: Callable[[int, int], None] | None = None) -> Path:
+    """The local snapshot folder of dataset `name` with the data files of CONFIG, downloaded first
+    when the Hub can be reached. on_bytes(done, total) follows the download."""
     try:
         from huggingface_hub import hf_hub_download, snapshot_download
     except ImportError:
@@ -296,10 +299,16 @@ def _hf_snapshot(spec: str, name: str, config: str, download: bool, progress: Pr
         except Exception:
             pass  # no card, or not cached: every data file of the repository (or CONFIG's folder)
         allow, _ = _hf_patterns(readme, config)
-        if online and progress:
-            progress(f"downloading hf:{spec} into the Hugging Face cache (resumable)")
+        if online:
+            if progress:
+                progress(f"downloading hf:{spec} into the Hugging Face cache (resumable)")
+            files = _hub_files(name, allow + ["README.md"])
+            if files is not None:  # file by file: byte progress and a disk check first
+                return _hf_download(spec, name, files, on_bytes)
         return Path(snapshot_download(name, repo_type="dataset", allow_patterns=allow + ["README.md"],
                                       local_files_only=not online))
+    except UserError:
+        raise
     except Exception as e:  # huggingface_hub raises many types; the user needs one sentence
         if not online:
             raise NetworkUnavailable(
@@ -307,6 +316,79 @@ def _hf_snapshot(spec: str, name: str, config: str, download: bool, progress: Pr
                 f"be reached; connect once to download it, or use a local file or folder"
             ) from None
         raise UserError(f"data.source hf:{spec} could not be downloaded: {str(e).strip().splitlines()[0]}") from None
+
+
+def _hub_files(name: str, allow: list[str]) -> list[tuple[str, int]] | None:
+    """[(path in the repository, bytes)] of the dataset's files matching `allow`; None when the
+    listing fails (then snapshot_download fetches them without byte progress)."""
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import filter_repo_objects
+
+        entries = [e for e in HfApi().list_repo_tree(name, repo_type="dataset", recursive=True)
+                   if getattr(e, "size", None) is not None]
+        chosen = filter_repo_objects(entries, allow_patterns=allow, key=lambda e: e.path)
+        return sorted((e.path, int(e.size)) for e in chosen)
+    except Exception:
+        return None
+
+
+def _hf_download(spec: str, name: str, files: list[tuple[str, int]],
+                 on_bytes: Callable[[int, int], None] | None) -> Path:
+    """Download `files` one by one into the Hugging Face cache (each resumable), after checking
+    that the ones not cached yet fit on its disk; the snapshot folder."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    def cached(path: str) -> bool:
+        return isinstance(try_to_load_from_cache(name, path, repo_type="dataset"), str)
+
+    was_cached = {path: cached(path) for path, _ in files}
+    total = sum(size for _, size in files)
+    missing = sum(size for path, size in files if not was_cached[path])
+    cache = Path(constants.HF_HUB_CACHE)
+    cache.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache).free
+    if missing > free:
+        raise UserError(f"downloading hf:{spec} needs {_size(missing)} in {cache} and only {_size(free)} is free "
+                        f"there; free some space or set HF_HOME to a larger disk")
+    done = total - missing
+    root = None
+    for path, size in files:
+        before = done
+        meter = _byte_counter(lambda n, before=before: on_bytes(min(before + n, total), total) if on_bytes else None)
+        local = Path(hf_hub_download(name, path, repo_type="dataset", tqdm_class=meter))
+        root = local.parents[len(Path(path).parts) - 1]
+        if not was_cached[path]:
+            done = before + size
+        if on_bytes:
+            on_bytes(done, total)
+    if on_bytes:
+        on_bytes(total, total)
+    if root is None:
+        raise UserError(f"data.source hf:{spec} has no data files to download")
+    return root
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _byte_counter(report: Callable[[int], None]):
+    """A tqdm class for hf_hub_download that reports the bytes of one file so far and draws nothing."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class Bytes(hf_tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self.bytes = 0
+
+        def update(self, n=1):
+            self.bytes += n or 0
+            report(self.bytes)
+            return super().update(n)
+
+    return Bytes
 
 
 def _hf_documents(spec: str, text_column: str, split: str = "train") -> Iterator[str]:
@@ -572,6 +654,11 @@ def prepare(source: str, tokenizer: str, val_fraction: float, block_size: int, t
     folder = prepare_tokens(source, tokenizer, val_fraction, text_column, workers=workers,
                             shard_tokens=shard_tokens, say=progress, on_progress=on_progress)
     data = open_tokens(folder)
+    check_long_enough(data, source, block_size)
+    return data
+
+
+def check_long_enough(data: TokenData, source: str, block_size: int) -> None:
     need = block_size + 2
     for split, arr in (("train", data.train), ("val", data.val)):
         if len(arr) < need:
@@ -580,7 +667,6 @@ def prepare(source: str, tokenizer: str, val_fraction: float, block_size: int, t
                 f"block_size {block_size} needs at least {need} (use a longer corpus, a smaller "
                 f"model.block_size, or a larger data.val_fraction)"
             )
-    return data
 
 
 def build_atomically(folder: Path, fill: Callable[[Path], dict]) -> None:

@@ -1,7 +1,7 @@
 """The training loop: one function, `train`, read top to bottom.
 
-    prepare (done by the caller) -> resume -> per step: commands (and a slice of any sample in
-    progress), lr, step, log, eval, checkpoint, sample -> finish
+    prepare (started by the caller) -> resume -> per step: commands (and a slice of any sample
+    in progress), wait for the step's data, lr, step, log, eval, checkpoint, sample -> finish
 
 The maths lives in the Stepper (engine/step.py); every file the run writes goes through the
 RunOwner (engine/owner.py), a null one on ranks other than 0, so nothing here asks which rank
@@ -29,6 +29,7 @@ SAMPLE_SEED_STRIDE = 104729  # each sample of a run gets its own seed
 SAMPLE_SLICE_FRACTION = 0.5
 MIN_SAMPLE_SLICE = 0.05
 PAUSED_SAMPLE_SLICE = 0.1  # while paused: commands are polled between slices this long
+DATA_POLL = 0.5  # seconds between looks at a preparation that training caught up with
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Progress:
     last_checkpoint: int = -1
     samples: int = 0
     step_seconds: float = 0.0  # the last optimizer step's time
+    data_complete: bool = False  # every shard is prepared: no more waiting for data
     sampling: deque[PendingSample] = field(default_factory=deque)
 
 
@@ -67,7 +69,8 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
              device=stepper.device, world_size=stepper.dist.world_size,
              resumed_from=p.iter if resume is not None else None)
     set_state(run, p, "running", f"resumed from iter {p.iter}" if resume is not None else "")
-    if resume is None and cfg.train.eval_interval:
+    wait_for_data(stepper, run, p)
+    if resume is None and cfg.train.eval_interval and p.stop_reason is None:
         evaluate(stepper, run, p, track_best=False)  # the loss before any training: the plot's baseline
 
     step_ms: list[float] = []  # optimizer-step times since the last `step` event
@@ -76,6 +79,10 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
         t = stepper.cfg.train  # a `set` may have replaced the config
         if p.stop_reason is not None or p.iter >= t.max_iters:
             break
+        if not p.data_complete:
+            wait_for_data(stepper, run, p)
+            if p.stop_reason is not None:
+                break
         lr = lr_at(p.iter, t)
         t0 = time.perf_counter()
         result = stepper.step(p.iter, lr)
@@ -132,6 +139,8 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
             run.emit("error", message="the run stopped before this sample was finished",
                      request_id=p.sampling.popleft().request_id)
     final = "done" if finished else "stopped"
+    if hasattr(stepper.workload, "close"):
+        stepper.workload.close()  # a preparation going on in the background stops with the run
     set_state(run, p, final, reason)
     return final
 
@@ -143,6 +152,32 @@ def due(iter: int, interval: int) -> bool:
 def set_state(run: RunOwner | NullRunOwner, p: Progress, state: str, reason: str = "") -> None:
     p.state = state
     run.emit("state", state=state, reason=reason)
+
+
+def wait_for_data(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress) -> None:
+    """Until step p.iter's shards are prepared: a run may start training while its corpus is still
+    being prepared (data.order "shards") and may catch up with the preparation. It waits in the
+    `preparing` state with the reason, taking commands (stop) meanwhile. Rank 0's view decides,
+    so every rank waits at the same step."""
+    missing = getattr(stepper.workload, "missing", None)
+    if missing is None:  # the finetune engine tokenizes everything before it starts
+        p.data_complete = True
+        return
+    t = stepper.cfg.train
+    rows = t.micro_batch * t.grad_accum * stepper.dist.world_size
+    while True:
+        reason, complete = stepper.dist.broadcast((missing(p.iter, rows), stepper.workload.data_complete))
+        p.data_complete = complete
+        if reason is None:
+            break
+        if p.state != "preparing":
+            set_state(run, p, "preparing", reason)
+        handle_commands(stepper, run, p)
+        if p.stop_reason is not None:
+            return
+        time.sleep(DATA_POLL)
+    if p.state == "preparing":
+        set_state(run, p, "running", "the data for the next step is prepared")
 
 
 def evaluate(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, track_best: bool,

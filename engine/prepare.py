@@ -41,6 +41,7 @@ import os
 import queue as queue_mod
 import shutil
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ import numpy as np
 
 from . import data
 from .errors import UserError
+from .fsutil import check_space, disk_full_message, is_disk_full
 from .paths import cache_dir
 
 MANIFEST_VERSION = 1
@@ -95,25 +97,111 @@ def prepare_tokens(source: str, tokenizer: str, val_fraction: float, text_column
                    workers: int | None = None, shard_tokens: int = data.DEFAULT_SHARD_TOKENS,
                    say: Callable[[str], None] | None = None, on_progress: OnProgress | None = None) -> Path:
     """Prepare `source` into the token cache (resuming an interrupted preparation); the folder."""
+    if on_progress is None:
+        on_progress = _text_progress(say or (lambda msg: None))
+    files, folder = locate(source, tokenizer, val_fraction, text_column, shard_tokens, say, on_progress)
+    prepare_folder(folder, source, files, tokenizer, val_fraction, text_column, workers=workers,
+                   shard_tokens=shard_tokens, say=say, on_progress=on_progress)
+    return folder
+
+
+def locate(source: str, tokenizer: str, val_fraction: float, text_column: str, shard_tokens: int,
+           say: Callable[[str], None] | None = None,
+           on_progress: OnProgress | None = None) -> tuple[list[tuple[str, str]], Path]:
+    """(the source's files, its cache folder): downloads hf:/url:/builtin files first, since the
+    cache key depends on the files themselves."""
+    if shard_tokens < 1:
+        raise UserError(f"data.shard_tokens = {shard_tokens} must be at least 1")
+    files = source_files(source, text_column, say or (lambda msg: None), on_progress=on_progress)
+    return files, cache_dir() / "tokens" / data.cache_key(source, tokenizer, val_fraction, text_column, shard_tokens)
+
+
+def prepare_folder(folder: Path, source: str, files: list[tuple[str, str]], tokenizer: str, val_fraction: float,
+                   text_column: str = "text", *, workers: int | None = None,
+                   shard_tokens: int = data.DEFAULT_SHARD_TOKENS, say: Callable[[str], None] | None = None,
+                   on_progress: OnProgress | None = None, cancel: threading.Event | None = None,
+                   processes: bool = False) -> None:
+    """Tokenize `files` into `folder` unless it is complete. `cancel`: set it to stop between
+    reports (PrepareCancelled is raised; finished units are kept); `processes`: use worker
+    processes even for one worker when there is more than one unit (a run preparing in the
+    background keeps the tokenizing off its own thread)."""
     say = say or (lambda msg: None)
     if on_progress is None:
         on_progress = _text_progress(say)
-    if shard_tokens < 1:
-        raise UserError(f"data.shard_tokens = {shard_tokens} must be at least 1")
     workers = default_workers() if not workers else workers
     if workers < 1:
         raise UserError(f"workers = {workers} must be at least 1 (0 or unset: cores - 1)")
-    files = source_files(source, text_column, say)  # downloads hf:/url:/builtin files first
-    folder = cache_dir() / "tokens" / data.cache_key(source, tokenizer, val_fraction, text_column, shard_tokens)
     if (folder / "meta.json").exists():
-        return folder
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder.with_name(folder.name + ".lock")):  # one preparer per cache folder
         if (folder / "meta.json").exists():  # another process finished it while we waited
-            return folder
-        _prepare_locked(folder, source, files, tokenizer, val_fraction, text_column, workers, shard_tokens,
-                        say, on_progress)
-    return folder
+            return
+        try:
+            _prepare_locked(folder, source, files, tokenizer, val_fraction, text_column, workers, shard_tokens,
+                            say, on_progress, {"cancel": cancel, "processes": processes})
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise PrepareDiskFull(Path(e.filename or folder)) from None
+
+
+class PrepareCancelled(Exception):
+    """A background preparation was told to stop (its run is stopping); finished units are kept."""
+
+
+class PrepareDiskFull(UserError):
+    """The token cache's disk filled up: the shards finished so far are kept, the one being
+    written is a temporary file, deleted at the next start."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"{disk_full_message(path)}: free some space, then prepare again (finished shards are kept)")
+
+
+class Preparation:
+    """prepare_folder in a background thread, while the run trains on the shards ready so far
+    (engine/stream.py). The thread only coordinates: a pool of worker processes tokenizes.
+    `error` holds what ended it early (a UserError sentence for the run to fail with)."""
+
+    def __init__(self, folder: Path, source: str, files: list[tuple[str, str]], tokenizer: str, val_fraction: float,
+                 text_column: str, *, workers: int | None, shard_tokens: int, say=None, on_progress=None,
+                 on_disk_full: Callable[[Path], None] | None = None):
+        """on_disk_full(path): the token cache filled the disk (the run pauses; see engine/owner.py)."""
+        self.folder = folder
+        self.cancel = threading.Event()
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+        def work() -> None:
+            try:
+                prepare_folder(folder, source, files, tokenizer, val_fraction, text_column, workers=workers,
+                               shard_tokens=shard_tokens, say=say, on_progress=on_progress, cancel=self.cancel,
+                               processes=True)
+            except PrepareCancelled:
+                pass
+            except PrepareDiskFull as e:
+                self.error = e
+                if on_disk_full is not None:
+                    on_disk_full(e.path)
+            except BaseException as e:  # handed to the run, which fails with it
+                self.error = e
+            finally:
+                self.finished.set()
+
+        self.thread = threading.Thread(target=work, name="prepare", daemon=True)
+        self.thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the workers (units in flight are lost, finished ones kept for the next start)."""
+        self.cancel.set()
+        self.thread.join(timeout)
+
+
+def vocabulary(tokenizer: str, chars: list[str] | None) -> tuple[int, np.dtype]:
+    """(vocabulary size, the token files' dtype) of a preparation."""
+    vocab_size = len(chars or ()) if tokenizer == "char" else data.GPT2_VOCAB_PADDED
+    return vocab_size, np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
 def check_disk(folder: Path, needed: int) -> None:
@@ -131,15 +219,27 @@ def _gb(n: float) -> str:
 # --------------------------------------------------------------------------- source files
 
 
-def source_files(source: str, text_column: str, say: Callable[[str], None],
-                 download: bool = True) -> list[tuple[str, str]]:
-    """[(kind, path)] of a source, kind one of parquet, jsonl, csv, text, pydocs; downloads first."""
+def source_files(source: str, text_column: str, say: Callable[[str], None], download: bool = True,
+                 on_progress: OnProgress | None = None) -> list[tuple[str, str]]:
+    """[(kind, path)] of a source, kind one of parquet, jsonl, csv, text, pydocs; downloads first
+    (an hf: download reports its bytes as the "download" phase)."""
     if source == "builtin:python-docs":
         return [("pydocs", "builtin:python-docs")]
     if source.startswith(("builtin:", "url:")):
         return [("text", str(data.source_file(source)))]
     if source.startswith("hf:"):
-        _, paths = data.hf_files(source[3:], "train", download=download, progress=say)
+        meter: list[_Meter] = []
+
+        def on_bytes(done: int, total: int) -> None:
+            if on_progress is None:
+                return
+            if not meter:
+                meter.append(_Meter("download", total, "bytes", on_progress, done=done))
+            meter[0].update(done)
+
+        _, paths = data.hf_files(source[3:], "train", download=download, progress=say, on_bytes=on_bytes)
+        if meter:
+            meter[0].finish()
     else:
         paths = data.local_files(source)
     return [(_kind(p), str(p)) for p in paths]
@@ -153,7 +253,8 @@ def _kind(path: Path) -> str:
 
 
 def _prepare_locked(folder: Path, source: str, files: list[tuple[str, str]], tokenizer: str, val_fraction: float,
-                    text_column: str, workers: int, shard_tokens: int, say, on_progress: OnProgress) -> None:
+                    text_column: str, workers: int, shard_tokens: int, say, on_progress: OnProgress,
+                    pool: dict) -> None:
     manifest_path = folder / "manifest.json"
     manifest = _read_json(manifest_path)
     if manifest is None or manifest.get("version") != MANIFEST_VERSION:
@@ -176,31 +277,31 @@ def _prepare_locked(folder: Path, source: str, files: list[tuple[str, str]], tok
     if tokenizer == "char" and manifest["chars"] is None:
         chars: set[str] = {"\n"}  # the document separator is "\n\n"
         meter = _Meter("vocabulary", sum(u["nbytes"] for u in units), "bytes", on_progress)
-        for found in _run_pool(_unit_chars, units, ctx, workers, meter):
+        for found in _run_pool(_unit_chars, units, ctx, workers, meter, **pool):
             chars.update(found["chars"])
         meter.finish()
         manifest["chars"] = sorted(chars)
         _write_json(manifest_path, manifest)
     if tokenizer == "char":
         ctx["chars"] = manifest["chars"]
-        vocab_size = len(manifest["chars"])
     else:
         ctx["encoding"] = data.GPT2Tokenizer().enc  # one sentence here when tiktoken's file is missing
-        vocab_size = data.GPT2_VOCAB_PADDED
-    dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
-    ctx["dtype"] = np.dtype(dtype).name
+    vocab_size, dtype = vocabulary(tokenizer, manifest["chars"])
+    ctx["dtype"] = dtype.name
     done = manifest["done"]
     for u in units:  # units finished after the manifest was last written (a kill in between)
         record = folder / f"unit-{u['index']:05d}.json"
         if str(u["index"]) not in done and record.exists():
             result = json.loads(record.read_text())
             done[str(u["index"])] = {k: result[k] for k in ("n_train", "n_val", "texts")}
-    pending = [u for u in units if str(u["index"]) not in done]
+    # the eval shards first, then in order: a run training meanwhile needs them in that order
+    first = set(eval_units(plan, val_fraction, shard_tokens, tokenizer)["all"])
+    pending = sorted((u for u in units if str(u["index"]) not in done), key=lambda u: (u["index"] not in first, u["index"]))
     left = sum(u["nbytes"] for u in pending)
     check_disk(folder, int(left / BYTES_PER_TOKEN[tokenizer] * np.dtype(dtype).itemsize))
     meter = _Meter("tokenize", sum(u["nbytes"] for u in units), "bytes", on_progress,
                    done=sum(u["nbytes"] for u in units if str(u["index"]) in done))
-    for result in _run_pool(_tokenize_unit, pending, ctx, workers, meter):
+    for result in _run_pool(_tokenize_unit, pending, ctx, workers, meter, **pool):
         done[str(result["index"])] = {k: result[k] for k in ("n_train", "n_val", "texts")}
         manifest["done"] = dict(sorted(done.items(), key=lambda kv: int(kv[0])))
         _write_json(manifest_path, manifest)
@@ -287,6 +388,37 @@ def make_plan(files: list[tuple[str, str]], text_column: str, val_fraction: floa
         u["index"] = k
     return {"files": [list(f) for f in files], "mode": mode, "n_docs": n_docs, "units": units,
             "total_bytes": sum(u["nbytes"] for u in units)}
+
+
+EVAL_TOKENS = 1_000_000  # tokens of each split that evaluation reads while training streams the shards
+EVAL_MAX_UNITS = 4  # ...from at most this many units (a tiny val_fraction still starts soon)
+
+
+def eval_units(plan: dict, val_fraction: float, shard_tokens: int, tokenizer: str) -> dict[str, list[int]]:
+    """The units evaluation reads when training streams the shards (engine/stream.py), prepared
+    before any other: per split, the first units holding that split, until about EVAL_TOKENS of it
+    are planned (at most EVAL_MAX_UNITS); "all" is their union."""
+    out: dict[str, list[int]] = {}
+    for split in ("train", "val"):
+        chosen, planned = [], 0.0
+        for u in plan["units"]:
+            share = _split_share(plan["mode"], u, split, val_fraction)
+            if share > 0:
+                chosen.append(u["index"])
+                planned += u["nbytes"] / BYTES_PER_TOKEN[tokenizer] * share
+                if planned >= EVAL_TOKENS or len(chosen) >= EVAL_MAX_UNITS:
+                    break
+        out[split] = chosen
+    out["all"] = sorted(set(out["train"]) | set(out["val"]))
+    return out
+
+
+def _split_share(mode: str, unit: dict, split: str, val_fraction: float) -> float:
+    """The expected share of a unit's text that goes to `split` (as _pieces will split it)."""
+    if unit["kind"] == "text":  # a text file is one document: its tail, or all of it, may be val
+        val = unit["tail"] if mode == "tails" else _is_val(unit["doc"], val_fraction)
+        return float(val == (split == "val"))
+    return val_fraction if split == "val" else 1 - val_fraction
 
 
 def _parquet_groups(path: Path, text_column: str, check: bool = True) -> list[tuple[int, int]]:
@@ -504,6 +636,8 @@ def _tokenize_unit(unit: dict) -> dict:
     sizes = {"train": 0, "val": 0}
     flat = ctx["tokenizer"] == "gpt2"
     texts = 0  # pieces with more than whitespace: a source without any is empty
+    for p in tmps.values():
+        check_space(p)  # GPT2_COCKPIT_FAKE_FULL_DISK: as if the disk were full
     files = {s: open(p, "wb") for s, p in tmps.items()}
     try:
         def flush(split: str) -> None:
@@ -538,6 +672,7 @@ def _tokenize_unit(unit: dict) -> dict:
             fh.close()
     for s in ("val", "train"):
         os.replace(tmps[s], folder / names[s])
+    time.sleep(float(os.environ.get("GPT2_COCKPIT_FAKE_PREPARE_SECONDS") or 0))  # tests: a slow preparation
     result = {"index": unit["index"], "n_train": counts["train"], "n_val": counts["val"], "texts": texts}
     # the unit's own record, written after its shards: a kill before the manifest catches up
     # loses no finished unit (a restart adopts these)
@@ -548,9 +683,13 @@ def _tokenize_unit(unit: dict) -> dict:
 # --------------------------------------------------------------------------- the pool
 
 
-def _run_pool(fn, units: list[dict], ctx: dict, workers: int, meter: "_Meter") -> Iterator[dict]:
-    """fn(unit) for every unit, in worker processes (in this one for a single worker); results as they come."""
+def _run_pool(fn, units: list[dict], ctx: dict, workers: int, meter: "_Meter",
+              cancel: threading.Event | None = None, processes: bool = False) -> Iterator[dict]:
+    """fn(unit) for every unit, in worker processes (in this one for a single worker, unless
+    `processes`); results as they come. Raises PrepareCancelled once `cancel` is set."""
     global _LOCAL_REPORT, _CTX, _QUEUE
+    if not units:
+        return
     sizes = {u["index"]: u["nbytes"] for u in units}
     in_flight: dict[int, int] = {}
     finished = 0.0
@@ -566,12 +705,17 @@ def _run_pool(fn, units: list[dict], ctx: dict, workers: int, meter: "_Meter") -
         finished += sizes[result["index"]]
         meter.update(base + finished + sum(in_flight.values()))
 
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise PrepareCancelled()
+
     workers = min(workers, len(units))
-    if workers <= 1:
+    if workers <= 1 and not (processes and len(units) > 1):
         saved = (_CTX, _QUEUE, _LOCAL_REPORT)
         _CTX, _QUEUE, _LOCAL_REPORT = ctx, None, report
         try:
             for u in units:
+                check_cancel()
                 result = fn(u)
                 complete(result)
                 yield result
@@ -580,11 +724,12 @@ def _run_pool(fn, units: list[dict], ctx: dict, workers: int, meter: "_Meter") -
         return
     mp = multiprocessing.get_context("spawn")
     q = mp.Queue(maxsize=1024)
-    pool = mp.Pool(workers, initializer=_init_worker, initargs=(ctx, q))
+    pool = mp.Pool(max(workers, 1), initializer=_init_worker, initargs=(ctx, q))
     try:
         results = pool.imap_unordered(fn, units, chunksize=1)
         left = len(units)
         while left:
+            check_cancel()
             try:
                 result = results.next(timeout=TICK)
             except multiprocessing.TimeoutError:

@@ -96,7 +96,7 @@ def test_commands_are_applied_between_steps_and_answered_after_their_events(corp
     assert of_type(events, "step")[2]["lr"] != lr_at(2, t)
     assert sorted(step_losses(events)) == list(range(1, 9))  # every step once, none during the pause
     states = [e["state"] for e in of_type(events, "state")]
-    assert states == ["running", "paused", "running", "stopping", "done"]
+    assert states == ["running", "paused", "running", "stopping", "done"], [(e["state"], e.get("reason")) for e in of_type(events, "state")]
 
 
 def test_refused_commands_say_why_and_change_nothing(corpus):

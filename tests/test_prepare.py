@@ -327,3 +327,70 @@ def test_parquet_without_the_text_column(tmp_path):
     pq.write_table(pa.table({"body": ["a"] * 30}), p)
     with pytest.raises(UserError, match="no 'text' column"):
         data.prepare(str(p), "char", 0.1, 16)
+
+
+def _fake_hub(monkeypatch, tmp_path, files: dict[str, bytes]):
+    """huggingface_hub's listing and download calls, served from memory into a fake cache."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "datasets--someone--ds" / "snapshots" / "abc"
+    downloaded: list[str] = []
+
+    class Entry:
+        def __init__(self, path, size):
+            self.path, self.size = path, size
+
+    def list_repo_tree(self, repo_id, repo_type=None, recursive=False, **kw):
+        return [Entry(p, len(b)) for p, b in files.items()]
+
+    def hf_hub_download(repo_id, filename, repo_type=None, tqdm_class=None, local_files_only=False, **kw):
+        if filename not in files:
+            raise FileNotFoundError(filename)
+        dest = snapshot / filename
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            body = files[filename]
+            if tqdm_class is not None:
+                with tqdm_class(total=len(body), unit="B", name="huggingface_hub.http_get") as bar:
+                    for i in range(0, len(body), 1000):
+                        bar.update(len(body[i:i + 1000]))
+            dest.write_bytes(body)
+            downloaded.append(filename)
+        return str(dest)
+
+    def try_to_load_from_cache(repo_id, filename, repo_type=None, **kw):
+        p = snapshot / filename
+        return str(p) if p.exists() else None
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", list_repo_tree)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", try_to_load_from_cache)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: True)
+    return downloaded
+
+
+def test_hf_download_reports_bytes_and_checks_the_disk_first(monkeypatch, tmp_path):
+    rows = "".join(json.dumps({"text": f"document number {i} " * 20}) + "\n" for i in range(300))
+    files = {"README.md": b"# ds\n", "data/train-0.jsonl": rows.encode(), "data/train-1.jsonl": rows.encode()}
+    downloaded = _fake_hub(monkeypatch, tmp_path, files)
+    seen = []
+    folder = prep.prepare_tokens("hf:someone/ds", "char", 0.1, workers=1, on_progress=seen.append)
+    assert sorted(downloaded) == sorted(files)
+    download = [p for p in seen if p.phase == "download"]
+    total = sum(len(b) for b in files.values())
+    assert download and all(p.total == total and p.unit == "bytes" for p in download)
+    assert download[-1].done == total and [p.done for p in download] == sorted(p.done for p in download)
+    assert (folder / "meta.json").exists()
+
+    # a dataset that does not fit on the cache's disk is one sentence, before any download
+    downloaded.clear()
+    files["data/train-2.jsonl"] = rows.encode() * 3
+    real = shutil.disk_usage
+    monkeypatch.setattr(data.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(UserError) as e:
+        prep.prepare_tokens("hf:someone/ds", "char", 0.1, workers=1)
+    message = str(e.value)
+    assert "hf:someone/ds needs" in message and "free" in message and "\n" not in message
+    assert downloaded == []

@@ -67,6 +67,20 @@ def generate(folder: Path, mb: int) -> None:
     (folder / "done").write_text("ok")
 
 
+def corpus_and_encoding(root: Path, mb: int) -> tuple[Path, Path]:
+    """(the generated corpus folder, a pickled tiktoken Encoding trained on it), made once under root."""
+    corpus = root / f"corpus-{mb}mb"
+    generate(corpus, mb)
+    enc_path = root / "encoding.pkl"
+    if not enc_path.exists():
+        sys.path.insert(0, str(HERE.parent))
+        from test_prepare import local_gpt2_encoding
+
+        sample = [json.loads(line)["text"] for _, line in zip(range(2000), open(corpus / "corpus.jsonl"))]
+        enc_path.write_bytes(pickle.dumps(local_gpt2_encoding(vocab_size=8000, docs=sample)))
+    return corpus, enc_path
+
+
 OURS = """
 import json, pickle, sys, time
 sys.path.insert(0, {tests!r})
@@ -181,15 +195,7 @@ def main() -> None:
     p.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
     args = p.parse_args()
     root = Path(args.dir)
-    corpus = root / f"corpus-{args.mb}mb"
-    generate(corpus, args.mb)
-    enc_path = root / "encoding.pkl"
-    if not enc_path.exists():
-        sys.path.insert(0, str(HERE.parent))
-        from test_prepare import local_gpt2_encoding
-
-        sample = [json.loads(line)["text"] for _, line in zip(range(2000), open(corpus / "corpus.jsonl"))]
-        enc_path.write_bytes(pickle.dumps(local_gpt2_encoding(vocab_size=8000, docs=sample)))
+    corpus, enc_path = corpus_and_encoding(root, args.mb)
     counts = [int(w) for w in args.workers.split(",")]
     results: dict[tuple[str, int], list[dict]] = {}
     import shutil
