@@ -259,7 +259,7 @@ def apply(request: dict[str, Any], stepper: Stepper, run: RunOwner | NullRunOwne
     """One command; a UserError refuses it with that sentence."""
     cmd = request.get("cmd")
     if cmd == "pause":
-        if p.state == "running":
+        if p.state in ("running", "preparing"):  # (preparing: waiting for the step's data)
             set_state(run, p, "paused", request.get("reason") or "paused by user")
     elif cmd == "resume":
         if p.state == "paused":

@@ -102,7 +102,7 @@ def test_training_starts_before_preparation_ends_and_a_stop_resume_is_exact(tmp_
     prepared beforehand."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TINY_TEXT)
-    overrides = tiny_overrides(corpus, max_iters=24, eval_interval=8, checkpoint_interval=4)
+    overrides = tiny_overrides(corpus, max_iters=60, eval_interval=20, checkpoint_interval=4, lr_decay_iters=60)
     overrides += [f"data.shard_tokens={SHARD}", "data.order=\"shards\""]
     sets = [a for o in overrides for a in ("--set", o)]
 
@@ -115,9 +115,9 @@ def test_training_starts_before_preparation_ends_and_a_stop_resume_is_exact(tmp_
     assert done.returncode == 0, done.stdout + done.stderr
     ref = read_all(ref_home / "runs" / "ref" / "events.jsonl")
 
-    # the same run while its corpus is prepared at 0.3 s a shard, stopped at iter >= 6 and resumed
+    # the same run while its corpus is prepared at 0.4 s a shard, stopped at iter >= 6 and resumed
     home = tmp_path / "live"
-    slow = {"GPT2_COCKPIT_FAKE_PREPARE_SECONDS": "0.3"}
+    slow = {"GPT2_COCKPIT_FAKE_PREPARE_SECONDS": "0.4"}
     proc = _train_cli(home, ["train", "cpu-tiny", *sets, "--name", "live", "--headless"], slow)
     events_path = home / "runs" / "live" / "events.jsonl"
     events = _wait_for(events_path, lambda es: any(e["type"] == "step" and e["iter"] >= 6 for e in es))
@@ -129,11 +129,25 @@ def test_training_starts_before_preparation_ends_and_a_stop_resume_is_exact(tmp_
     events = read_all(events_path)
     assert events[-1]["state"] == "stopped"
     assert not any(e["type"] == "prepare" and e["phase"] == "done" for e in events)  # stopped mid-preparation
-    resumed = subprocess.run(CLI + ["resume", "live", "--headless"], env={**cli_env(home), **slow},
-                             capture_output=True, text=True, timeout=300)
+    # resumed; then the disk fills up (the token cache, the event log, checkpoints): the run
+    # pauses and holds its events until there is room, and goes on when resumed
+    flag = tmp_path / "disk-full"
+    proc = _train_cli(home, ["resume", "live", "--headless"], {**slow, "GPT2_COCKPIT_FAKE_FULL_DISK": str(flag)})
+    stopped_at = max(e["iter"] for e in events if e["type"] == "step")
+    _wait_for(events_path, lambda es: any(e["type"] == "step" and e["iter"] > stopped_at + 2 for e in es))
+    flag.touch()
+    time.sleep(3)
+    refused = subprocess.run(CLI + ["resume", "live"], env=cli_env(home), capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "no space left" in refused.stdout + refused.stderr
+    flag.unlink()
+    resumed = subprocess.run(CLI + ["resume", "live"], env=cli_env(home), capture_output=True, text=True, timeout=60)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
     events = read_all(events_path)
-    assert events[-1]["state"] == "done"  # (24 steps need about 6 of the 20 shards: it ends first)
+    assert events[-1]["state"] == "done"  # (60 steps need about 15 of the 20 shards: it ends first)
+    full = [e for e in events if e["type"] == "error" and "no space left to write" in e["message"]]
+    assert full and any(e["type"] == "state" and e["state"] == "paused" for e in events)
     # it caught up with the preparation at least once and waited, saying why
     waits = [e for e in events if e["type"] == "state" and e["state"] == "preparing" and "shard" in e.get("reason", "")]
     assert waits, [e for e in events if e["type"] == "state"]
@@ -149,7 +163,7 @@ def test_training_starts_before_preparation_ends_and_a_stop_resume_is_exact(tmp_
         return {(e["iter"], split): e[f"{split}_loss"] for e in es if e["type"] == "eval" for split in ("train", "val")}
 
     # equal up to float summation order (a CPU run's thread count follows the other runs on the box)
-    assert losses(events) == pytest.approx(losses(ref), rel=1e-5) and len(losses(ref)) == 24
+    assert losses(events) == pytest.approx(losses(ref), rel=1e-5) and len(losses(ref)) == 60
     assert evals(events) == pytest.approx(evals(ref), rel=1e-5)
 
 
