@@ -161,33 +161,30 @@ class ShardStream:
         return self.eval_tokens(split).take(offsets[:, None] + np.arange(self.block_size + 1))
 
 
-def wait_for_manifest(folder: Path, preparation: "prep.Preparation | None", tokenizer: str,
-                      poll: float = 0.2) -> None:
+def wait_for_manifest(folder: Path, preparation: "prep.Preparation | None", tokenizer: str) -> None:
     """Until the preparation's plan (and, for char, its vocabulary) is in the manifest: the model
     cannot be built before. A preparation that failed raises its error here."""
-    while True:
+
+    def planned() -> bool:
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
-            if manifest.get("version") == prep.MANIFEST_VERSION and (tokenizer != "char" or manifest["chars"]):
-                return
         except (OSError, ValueError):
-            pass
-        if (folder / "meta.json").exists():
-            return
-        if preparation is not None and preparation.finished.is_set():
-            if preparation.error is not None:
-                raise preparation.error
-            if not (folder / "manifest.json").exists():
-                raise UserError(f"the preparation of {folder.name} ended without a plan")
-        time.sleep(poll)
+            return (folder / "meta.json").exists()
+        return manifest.get("version") == prep.MANIFEST_VERSION and (tokenizer != "char" or bool(manifest["chars"]))
+
+    _wait(planned, preparation, f"the preparation of {folder.name} ended without a plan")
 
 
-def wait_for_meta(folder: Path, preparation: "prep.Preparation | None", poll: float = 0.2) -> None:
+def wait_for_meta(folder: Path, preparation: "prep.Preparation | None") -> None:
     """Until the preparation is complete (its meta.json is written last)."""
-    while not (folder / "meta.json").exists():
-        if preparation is not None and preparation.finished.is_set():
-            if preparation.error is not None:
-                raise preparation.error
-            if not (folder / "meta.json").exists():
-                raise UserError(f"the preparation of {folder.name} ended before it was complete")
+    _wait(lambda: (folder / "meta.json").exists(), preparation,
+          f"the preparation of {folder.name} ended before it was complete")
+
+
+def _wait(ready, preparation: "prep.Preparation | None", ended: str, poll: float = 0.2) -> None:
+    """Poll `ready()`; the preparation this process runs, should it end first, raises its error
+    (or `ended`). Another process's preparation is followed through the files alone."""
+    while not ready():
+        if preparation is not None and preparation.finished.is_set() and not ready():
+            raise preparation.error or UserError(ended)
         time.sleep(poll)
