@@ -25,11 +25,17 @@ from gpt2_cockpit.engine.runs import RunDir, list_dirs, resolve, summarize
 
 
 def train(args: argparse.Namespace) -> int:
+    nodes = _nodes(args)
+    if nodes.joins:
+        return _join(args, nodes)
     run = launch.create_run(args.preset, args.overrides, args.name)
-    return _start(run, args, resume=False, gpus=args.gpus)
+    return _start(run, args, resume=False, gpus=args.gpus, nodes=nodes)
 
 
 def resume(args: argparse.Namespace) -> int:
+    nodes = _nodes(args)
+    if nodes.joins:  # the run lives on node 0; this machine only lends its GPUs
+        return _join(args, nodes)
     run = resolve(args.run)
     if run.alive():
         if args.overrides:
@@ -38,17 +44,39 @@ def resume(args: argparse.Namespace) -> int:
         print(f"{run.name}: {_state_after(run, events)}")
         return 0
     launch.prepare_restart(run, args.overrides)
-    return _start(run, args, resume=True, gpus=args.gpus)
+    gpus = args.gpus
+    if gpus is None:  # as before on one machine (the same tokens per step); one per machine otherwise
+        gpus = launch.previous_gpus(run) if nodes.count == 1 else 1
+    return _start(run, args, resume=True, gpus=gpus, nodes=nodes)
 
 
-def _start(run: RunDir, args: argparse.Namespace, resume: bool, gpus: int | None) -> int:
+def _nodes(args: argparse.Namespace) -> launch.Nodes:
+    nodes = launch.Nodes(args.nnodes, args.node_rank, args.master_addr, args.master_port)
+    nodes.check()
+    return nodes
+
+
+def _start(run: RunDir, args: argparse.Namespace, resume: bool, gpus: int | None, nodes: launch.Nodes) -> int:
     if args.headless:
-        return launch.run_foreground(run, resume=resume, gpus=gpus)
-    launch.spawn(run, resume=resume, gpus=gpus)
+        return launch.run_foreground(run, resume=resume, gpus=gpus, nodes=nodes)
+    launch.spawn(run, resume=resume, gpus=gpus, nodes=nodes)
     if args.detach:
         print(run.name)
         return 0
     return _cockpit("run", run=str(run.path))
+
+
+def _join(args: argparse.Namespace, nodes: launch.Nodes) -> int:
+    """A machine other than node 0: join its run (no cockpit here: the run lives on node 0)."""
+    where = f"{nodes.master_addr}:{nodes.master_port or launch.DEFAULT_MASTER_PORT}"
+    print(f"node {nodes.rank} of {nodes.count}: joining the run of node 0 at {where}; the config comes from "
+          f"node 0, and so do its events and checkpoints (watch it there)", flush=True)
+    gpus = args.gpus or 1
+    if args.detach:
+        log = launch.spawn_join(nodes, gpus)
+        print(f"node {nodes.rank} trains in the background; its output goes to {log}")
+        return 0
+    return launch.run_foreground(None, resume=False, gpus=gpus, nodes=nodes)
 
 
 # --------------------------------------------------------------------------- the cockpit

@@ -12,6 +12,7 @@ import sys
 
 from gpt2_cockpit.engine import sampling
 from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.launch import DEFAULT_MASTER_PORT
 from gpt2_cockpit.engine.planner import DEFAULT_MFU, PRICE_ENV
 
 from . import commands, compare
@@ -31,6 +32,21 @@ def _add_mode(p: argparse.ArgumentParser) -> None:
     g.add_argument("--detach", action="store_true", help="run in the background; print the run name and return")
 
 
+def _add_nodes(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "several machines",
+        "Run the same command on every machine, each with its own --node-rank. Node 0 holds the run "
+        "(its directory, config and checkpoints; watch it there); any other node joins it: it creates "
+        "nothing, takes the config from node 0 (a preset or --set given on that machine is not used) "
+        "and trains in the foreground, or in the background with --detach (its output in "
+        "$GPT2_COCKPIT_HOME/nodes).")
+    g.add_argument("--nnodes", type=int, default=1, metavar="N", help="machines training together (default 1)")
+    g.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's rank, 0 to N-1 (default 0)")
+    g.add_argument("--master-addr", metavar="HOST", help="node 0's address, reachable from every machine")
+    g.add_argument("--master-port", type=int, default=None, metavar="P",
+                   help=f"a free TCP port on node 0, the same on every machine (default {DEFAULT_MASTER_PORT})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt2-cockpit",
@@ -44,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--name", help="run name (default: PRESET-DATE-TIME)")
     _add_mode(p)
-    p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs on this machine to train on, through torchrun (DDP)")
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="GPUs on this machine to train on, through torchrun (data parallel)")
+    _add_nodes(p)
 
     p = sub.add_parser("attach", help="open the cockpit attached to a run (default: the newest)")
     p.add_argument("run", nargs="?", help="run name or run directory")
@@ -61,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run name or run directory")
     _add_set(p)
     _add_mode(p)
-    p.add_argument("--gpus", type=int, default=None, metavar="N", help="GPUs for the restarted run (default: as before)")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="GPUs on this machine for the restarted run (default: as before; 1 per machine with --nnodes)")
+    _add_nodes(p)
 
     p = sub.add_parser("sample", help="generate text from a live run's current weights (or its last checkpoint)")
     p.add_argument("run", help="run name or run directory")

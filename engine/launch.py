@@ -2,18 +2,20 @@
 
 Never imports torch and never prints: a run's own process (engine.runner) does the training;
 this module creates its directory, launches it (in the foreground, or detached in its own
-session, or through torchrun for several GPUs) and speaks to it over its control socket. What
-a command did is read back from the run's event log (control.py says why).
+session, or through torchrun for several GPUs or machines) and speaks to it over its control
+socket. What a command did is read back from the run's event log (control.py says why).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from . import control as ctl
 from . import presets, sampling
 from .errors import UserError
 from .events import FINAL_STATES, EventReader
+from .paths import home
 from .runs import RunDir, create, summarize
 
 
@@ -45,13 +48,63 @@ def prepare_restart(run: RunDir, overrides: list[str]) -> None:
         run.write_config(cfgmod.with_overrides(run.config(), overrides))
 
 
-def runner_argv(run: RunDir, resume: bool, gpus: int | None) -> list[str]:
-    args = ["-m", "gpt2_cockpit.engine.runner", str(run.path)] + (["--resume"] if resume else [])
+DEFAULT_MASTER_PORT = 29500  # torchrun's
+
+
+@dataclass
+class Nodes:
+    """The machines a run trains on: how many, this one's rank among them, and where they meet
+    (node 0, the machine that holds the run directory)."""
+
+    count: int = 1
+    rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def joins(self) -> bool:
+        """This machine joins a run whose directory lives on node 0: nothing is created here."""
+        return self.rank > 0
+
+    def check(self) -> None:
+        """One sentence for a shape torchrun could not start."""
+        if self.count < 1:
+            raise UserError(f"--nnodes {self.count}: needs at least 1")
+        if not 0 <= self.rank < self.count:
+            raise UserError(f"--node-rank {self.rank}: with --nnodes {self.count} it must be from 0 to "
+                            f"{self.count - 1}")
+        if self.count == 1 and (self.master_addr or self.master_port is not None):
+            raise UserError("--master-addr and --master-port are for several machines: add --nnodes N (2 or more)")
+        if self.count > 1 and not self.master_addr:
+            raise UserError(f"--nnodes {self.count} needs --master-addr: the address of node 0 (the machine "
+                            f"started with --node-rank 0) that every machine can reach")
+        if self.master_port is not None and not 1 <= self.master_port <= 65535:
+            raise UserError(f"--master-port {self.master_port}: expected a TCP port from 1 to 65535")
+
+    def torchrun_args(self) -> list[str]:
+        """torchrun's static rendezvous at node 0's address (every node gives the same one)."""
+        return [f"--nnodes={self.count}", f"--node_rank={self.rank}", f"--master_addr={self.master_addr}",
+                f"--master_port={self.master_port or DEFAULT_MASTER_PORT}"]
+
+
+def runner_argv(run: RunDir | None, resume: bool, gpus: int | None, nodes: Nodes | None = None,
+                headless: bool = False) -> list[str]:
+    """The command that starts the run's process, or its torchrun group (several GPUs or
+    machines). `run` is None on a machine that joins a run held by node 0."""
+    nodes = nodes or Nodes()
+    args = ["-m", "gpt2_cockpit.engine.runner"] + ([str(run.path)] if run is not None else [])
+    args += (["--resume"] if resume else []) + (["--headless"] if headless else [])
+    if nodes.count > 1:
+        return _torchrun() + nodes.torchrun_args() + [f"--nproc_per_node={gpus or 1}"] + args
     if gpus and gpus > 1:
-        if shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
-            raise UserError("--gpus needs torchrun (it ships with PyTorch); install torch in this environment")
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"] + args
+        return _torchrun() + ["--standalone", f"--nproc_per_node={gpus}"] + args
     return [sys.executable] + args
+
+
+def _torchrun() -> list[str]:
+    if shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
+        raise UserError("--gpus and --nnodes need torchrun (it ships with PyTorch); install torch in this environment")
+    return [sys.executable, "-m", "torch.distributed.run"]
 
 
 def _has_module(name: str) -> bool:
@@ -68,35 +121,82 @@ def _check_gpus(gpus: int | None) -> None:
         raise UserError(f"--gpus {gpus}: needs at least 1")
 
 
-def run_foreground(run: RunDir, resume: bool, gpus: int | None) -> int:
-    """--headless: train in this terminal. One GPU trains in-process; several go through torchrun."""
+def previous_gpus(run: RunDir) -> int:
+    """The processes the run last trained with (its newest `run` event's world_size): a restart
+    that does not say otherwise keeps them, and with them the tokens per step."""
+    runs = [e for e in EventReader(run.events_path).poll() if e.get("type") == "run"]
+    return int(runs[-1].get("world_size") or 1) if runs else 1
+
+
+def run_foreground(run: RunDir | None, resume: bool, gpus: int | None, nodes: Nodes | None = None) -> int:
+    """--headless: train in this terminal. One process trains in-process; several GPUs or
+    machines go through torchrun."""
+    nodes = nodes or Nodes()
     _check_gpus(gpus)
-    if gpus and gpus > 1:
-        proc = subprocess.Popen(runner_argv(run, resume, gpus), stdin=subprocess.DEVNULL)
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGTERM)  # torchrun forwards it; rank 0 checkpoints and stops
-            return proc.wait()
+    nodes.check()
+    if nodes.count > 1 or (gpus and gpus > 1):
+        return _run_group(run, runner_argv(run, resume, gpus, nodes, headless=True))
     from .runner import run_process
 
     return run_process(run.path, resume=resume, headless=True)
 
 
-def spawn(run: RunDir, resume: bool, gpus: int | None, wait: float = 20.0) -> int:
+def _run_group(run: RunDir | None, argv: list[str]) -> int:
+    """A torchrun group in this terminal, in a session of its own, so that Ctrl-C (or SIGTERM, or
+    the terminal closing) reaches this process alone: the first asks rank 0 to finish its step,
+    checkpoint and stop, as `gpt2-cockpit stop` does, and every rank and torchrun exit 0. The next
+    has torchrun end the group (the first does, on a node without the run's control socket),
+    the one after kills it."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    interrupts = 0
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                interrupts += 1
+            if interrupts == 1 and run is not None and _ask_to_stop(run):
+                continue
+            if interrupts <= 2:
+                interrupts = 2
+                proc.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _ask_to_stop(run: RunDir) -> bool:
+    """Ask the run to checkpoint and stop; False when it cannot hear us (not started yet, or
+    gone) or the user interrupts again meanwhile."""
+    try:
+        control(run, {"cmd": "stop", "reason": "Ctrl-C: checkpointed and stopped"})
+    except (UserError, OSError, KeyboardInterrupt):
+        return False
+    return True
+
+
+def spawn(run: RunDir, resume: bool, gpus: int | None, wait: float = 20.0, nodes: Nodes | None = None) -> int:
     """Start the run in its own session (closing the terminal or SSH never stops it); returns its pid.
 
     stdin is /dev/null and stdout/stderr go to stdout.log in the run directory, never a pipe
     to us. Waits until the run has written its pid (or has died, which is reported).
     """
     _check_gpus(gpus)
+    (nodes or Nodes()).check()
     try:
         run.pid_path.unlink()
     except FileNotFoundError:
         pass
     with open(run.stdout_path, "ab") as log:
         proc = subprocess.Popen(
-            runner_argv(run, resume, gpus),
+            runner_argv(run, resume, gpus, nodes),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, cwd=run.path,
         )
@@ -109,6 +209,26 @@ def spawn(run: RunDir, resume: bool, gpus: int | None, wait: float = 20.0) -> in
             raise UserError(f"run {run.name} exited at start (code {proc.returncode}): {tail}")
         time.sleep(0.05)
     return proc.pid
+
+
+def spawn_join(nodes: Nodes, gpus: int | None, wait: float = 3.0) -> Path:
+    """Join node 0's run from this machine in the background (its own session); returns the log
+    file its output goes to. There is no run directory here: the log lives under the home."""
+    _check_gpus(gpus)
+    nodes.check()
+    folder = home() / "nodes"
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"node-{nodes.rank}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(runner_argv(None, False, gpus, nodes), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    try:
+        proc.wait(timeout=wait)  # what fails at once (a bad option, a missing module) is told here
+    except subprocess.TimeoutExpired:
+        return log_path
+    if proc.returncode != 0:
+        raise UserError(f"node {nodes.rank} exited at start (code {proc.returncode}): {_tail(log_path)}")
+    return log_path
 
 
 def _tail(path, lines: int = 1) -> str:

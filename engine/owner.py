@@ -12,11 +12,17 @@ A full disk pauses the run, on every rank at the same step: the owner queues a `
 itself (as a signal queues a `stop`), keeps the events it could not write in memory, writes
 them as soon as there is room again (the heartbeat thread keeps trying), and never leaves a
 partial checkpoint; `gpt2-cockpit resume RUN` goes on once space is freed.
+
+A torchrun group that loses a rank fails: `fail` logs one `error` sentence and the `failed`
+state, once, and no later state event contradicts it. The heartbeat thread also asks a `watch`
+function every second whether the group is whole, so the error is in the log even while the
+training thread is stuck in a collective that will never complete.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
@@ -29,6 +35,7 @@ from .fsutil import disk_full_message, is_disk_full
 from .runs import HEARTBEAT_SECONDS, RunDir
 
 GPU_SAMPLE_SECONDS = 5.0
+WATCH_SECONDS = 1.0  # how often the background thread looks at the group (and at held-back events)
 
 
 class RunOwner:
@@ -42,6 +49,9 @@ class RunOwner:
         self._ids = itertools.count()
         self._stop = threading.Event()
         self._disk_full = False  # a pause for a full disk is queued and not yet resumed from
+        self.failed = False  # `fail` was called: the run's last state is `failed`
+        self._watch: Callable[[], str | None] | None = None
+        self._fail_lock = threading.Lock()
 
     def open(self) -> "RunOwner":
         """pid, heartbeat and control socket first (before torch loads), then the background thread."""
@@ -62,7 +72,24 @@ class RunOwner:
     # ---------------------------------------------------------------- files
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        if type == "state" and self.failed:  # a failed run says so last (e.g. no `stopped` after it)
+            return {"type": type, **fields}
         return self.events.emit(type, **fields)
+
+    def fail(self, message: str, reason: str | None = None) -> None:
+        """Log why the run cannot go on (an `error` event) and the `failed` state (`reason`, else
+        the message); once only, from whichever thread sees it first."""
+        with self._fail_lock:
+            if self.failed:
+                return
+            self.emit("error", message=message)
+            self.emit("state", state="failed", reason=reason or message)
+            self.failed = True
+
+    def watch(self, check: Callable[[], str | None] | None) -> None:
+        """Have the background thread call `check` every WATCH_SECONDS: a sentence it returns
+        fails the run (a rank of the group is gone). None stops watching."""
+        self._watch = check
 
     def write_config(self, cfg: cfgmod.Config) -> None:
         try:
@@ -133,16 +160,18 @@ class RunOwner:
     # ---------------------------------------------------------------- heartbeat and GPU readings
 
     def _background(self) -> None:
-        """Touch `heartbeat` every few seconds and emit `gpu` events, never disturbing training."""
+        """Touch `heartbeat`, emit `gpu` events and watch the group, never disturbing training."""
         try:
             from .gpustats import GpuSampler
 
             sampler = GpuSampler.create()
         except Exception:
             sampler = None
-        last_gpu = 0.0
+        last_gpu, last_beat = 0.0, -math.inf
         while not self._stop.is_set():
-            self.run.heartbeat_path.touch()
+            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                last_beat = time.monotonic()
+                self.run.heartbeat_path.touch()
             if self.events.pending:
                 self.events.flush()  # a full disk held events back: write them once there is room
             now = time.time()
@@ -153,13 +182,26 @@ class RunOwner:
                         self.emit("gpu", **reading)
                 except Exception:
                     pass  # a GPU reading must never disturb training
-            self._stop.wait(min(HEARTBEAT_SECONDS, GPU_SAMPLE_SECONDS))
+            self._check_group()
+            self._stop.wait(min(HEARTBEAT_SECONDS, GPU_SAMPLE_SECONDS, WATCH_SECONDS))
+
+    def _check_group(self) -> None:
+        check = self._watch
+        if check is None or self.failed:
+            return
+        try:
+            message = check()
+        except Exception:
+            return  # a liveness check must never disturb training
+        if message and self._watch is check:  # still watching: the run did not finish meanwhile
+            self.fail(message)
 
 
 class NullRunOwner:
     """Ranks other than 0, benchmarks and checkpoint sampling: same methods, no files, no commands."""
 
     name = "(no run)"
+    failed = False
 
     def __init__(self) -> None:
         self.listeners: list = []
@@ -172,6 +214,12 @@ class NullRunOwner:
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         return {"type": type, **fields}
+
+    def fail(self, message: str, reason: str | None = None) -> None:
+        pass
+
+    def watch(self, check) -> None:
+        pass
 
     def write_config(self, cfg: cfgmod.Config) -> None:
         pass

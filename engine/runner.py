@@ -1,11 +1,13 @@
-"""A run's own process: `python -m gpt2_cockpit.engine.runner RUN_DIR [--resume]`.
+"""A run's own process: `python -m gpt2_cockpit.engine.runner [RUN_DIR] [--resume]`.
 
 Started by `gpt2-cockpit train` (in the foreground with --headless, or detached in its own
-session), or by torchrun for several GPUs. It sets the process up (signals, process group,
-device, workload, checkpoint to resume from) and hands over to the loop in engine/loop.py.
+session), or by torchrun for several GPUs or machines. It sets the process up (signals, process
+group, device, workload, checkpoint to resume from) and hands over to the loop in engine/loop.py.
 Rank 0 speaks for the run through its RunOwner (events, control socket, checkpoints, pid,
-heartbeat, GPU readings); the other ranks get a NullRunOwner. As the process's entry point,
-this module prints its progress to stdout (stdout.log for a detached run).
+heartbeat, GPU readings) and alone reads the run directory; the other ranks get a NullRunOwner
+and receive the config and checkpoint from rank 0 (on a machine that joins a run, there is no
+RUN_DIR). A rank that dies or hangs fails the run with one sentence naming it (LostRank). As the
+process's entry point, this module prints its progress to stdout (stdout.log for a detached run).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from .owner import NullRunOwner, RunOwner
 from .runs import RunDir
 
 
-def build_workload(cfg: cfgmod.Config, progress=None, on_prepare=None):
-    """The engine's workload; `progress` takes one-line messages, `on_prepare` the structured
+def build_workload(cfg: cfgmod.Config, progress=None, on_prepare=None, on_disk_full=None):
+    """The engine's workload; `progress` takes one-line messages, `on_disk_full(path)` a token
+    cache that filled the disk while preparing in the background, `on_prepare` the structured
     progress of tokenizing a pretrain corpus (engine.prepare.PrepareProgress)."""
     if cfg.engine == "finetune":
         from .finetune import FinetuneWorkload
@@ -33,7 +36,7 @@ def build_workload(cfg: cfgmod.Config, progress=None, on_prepare=None):
         return FinetuneWorkload(cfg, progress=progress)
     from .pretrain import PretrainWorkload
 
-    return PretrainWorkload(cfg, progress=progress, on_prepare=on_prepare)
+    return PretrainWorkload(cfg, progress=progress, on_prepare=on_prepare, on_disk_full=on_disk_full)
 
 
 def progress_printer(event: dict) -> None:
@@ -85,16 +88,23 @@ def _print_prepare(event: dict) -> None:
         print(format_progress(p), flush=True)
 
 
-def run_process(path: Path, resume: bool = False, headless: bool = False) -> int:
-    """Train the run in `path` in this process; returns the exit code."""
-    run = RunDir(Path(path))
+def run_process(path: Path | None, resume: bool = False, headless: bool = False) -> int:
+    """Train the run in `path` in this process; returns the exit code.
+
+    Rank 0 alone uses the run directory. `path` is None on the ranks of a machine that joins a
+    run held by another (`train --node-rank 1 ...`): they get everything from rank 0."""
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; rank 0 speaks for the run
+    if main and path is None:
+        print("gpt2-cockpit: rank 0 needs the run directory (it runs on node 0, which holds it)", file=sys.stderr)
+        return 2
+    run = RunDir(Path(path)) if main else None
     owner = RunOwner(run) if main else NullRunOwner()
     if headless:
         owner.listeners.append(progress_printer)
     dist = None
     cpu_share = None
     workload = None
+    lost = None
     signals = {"count": 0, "training": False}
 
     def on_signal(signum, frame):
@@ -118,42 +128,47 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
         owner.emit("state", state="preparing", reason="resuming" if resume else "loading data and model")
         import torch
 
-        from . import checkpoint as ckpt
         from .cpushare import CpuShare
         from .dist import Dist
         from .loop import train
         from .step import Stepper, resolve_device
 
         dist = Dist.from_env()
-        cfg = run.config()
-        dist.init(cuda=cfg.train.device != "cpu" and torch.cuda.is_available())
+        dist.init()
+        lost = LostRank(run, dist)
+        owner.watch(lost.check)  # rank 0: a rank on this machine that dies fails the run at once
+        cfg, state = shared_start(run, dist, resume)
         device = resolve_device(cfg, dist)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
         torch.manual_seed(cfg.train.seed + dist.rank)  # dropout masks differ per rank
         workload = build_workload(cfg, progress=lambda msg: print(msg, flush=True),
-                                  on_prepare=lambda p: owner.emit("prepare", **p.fields()))
-        if cfg != run.config():  # what the engine resolved (finetune: epochs -> max_iters), for runs and resume
+                                  on_prepare=lambda p: owner.emit("prepare", **p.fields()),
+                                  on_disk_full=getattr(owner, "disk_full", None))
+        if run is not None and cfg != run.config():  # what the engine resolved (finetune: epochs -> max_iters)
             owner.write_config(cfg)
         if not device.startswith("cuda"):
             cpu_share = CpuShare(say=lambda message: print(message, flush=True))
-        stepper = Stepper(cfg, workload, device, dist, cpu_share)
-        state = None
-        if resume:
-            path_, state = ckpt.load_latest(run.checkpoints, warn=lambda m: print(m, flush=True))
-            print(f"resuming from {path_.name} (iter {state['iter']})", flush=True)
+        stepper = lost.stepper = Stepper(cfg, workload, device, dist, cpu_share)
         signals["training"] = True
         final = train(stepper, owner, resume=state)
+        owner.watch(None)  # the others may leave as soon as the barrier lets them
+        if not dist.barrier():  # every rank leaves the group together
+            print("gpt2-cockpit: another rank left the group before the end (the run itself had ended)", flush=True)
         return 0 if final in ("done", "stopped") else 1
     except UserError as e:
         print(f"gpt2-cockpit: {e}", file=sys.stderr, flush=True)
-        owner.emit("error", message=str(e))
-        owner.emit("state", state="failed", reason=str(e))
+        owner.fail(str(e))
         return 2
     except Exception as e:
+        message = lost.message(e) if lost is not None else None
+        if message is not None:  # a rank died or hung: say which, and how to go on
+            print(f"gpt2-cockpit: {message}", file=sys.stderr, flush=True)
+            owner.fail(message)
+            return 1
         traceback.print_exc()
-        owner.emit("error", message=f"{e.__class__.__name__}: {e}")
-        owner.emit("state", state="failed", reason=f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        first = str(e).splitlines()[0] if str(e) else ""
+        owner.fail(f"{e.__class__.__name__}: {e}", reason=f"{e.__class__.__name__}: {first}")
         return 1
     finally:
         if workload is not None and hasattr(workload, "close"):
@@ -163,6 +178,55 @@ def run_process(path: Path, resume: bool = False, headless: bool = False) -> int
             cpu_share.close()
         if dist is not None:
             dist.close()
+
+
+def shared_start(run: RunDir | None, dist, resume: bool) -> tuple[cfgmod.Config, dict | None]:
+    """The run's config and the checkpoint to resume from (or None): read by rank 0 and sent to
+    the other ranks, which may run on a machine without the run directory."""
+    raw = state = None
+    if run is not None:
+        raw = cfgmod.to_raw(run.config())
+        if resume:
+            from . import checkpoint as ckpt
+
+            path, state = ckpt.load_latest(run.checkpoints, warn=lambda m: print(m, flush=True))
+            print(f"resuming from {path.name} (iter {state['iter']})", flush=True)
+    raw, state = dist.broadcast((raw, state))
+    return cfgmod.from_dict(raw, origin="the run's config (from rank 0)"), state
+
+
+class LostRank:
+    """Says, in one sentence, that the group lost a rank, where the run stood and how to go on."""
+
+    def __init__(self, run: RunDir | None, dist):
+        self.run = run
+        self.dist = dist
+        self.stepper = None  # set once training can start: it knows the iteration
+
+    def check(self) -> str | None:
+        """For the owner's background thread: a sentence when a rank on this machine is gone."""
+        return self.message(None)
+
+    def message(self, error: BaseException | None) -> str | None:
+        """The sentence for `error` (or for a liveness check), or None when no rank was lost."""
+        what = self.dist.describe_loss(error)
+        if what is None:
+            return None
+        at = self.stepper.iters_done if self.stepper is not None else 0
+        if self.run is None:  # a rank other than 0: rank 0 tells the user how to go on
+            return f"{what} at iter {at}; the run stopped"
+        done = newest_checkpoint_iter(self.run)
+        then = (f"'gpt2-cockpit resume {self.run.name}' continues from the checkpoint at iter {done}"
+                if done is not None else "it had no checkpoint yet: start it again with 'gpt2-cockpit train'")
+        return f"{what} at iter {at}; the run stopped; {then}"
+
+
+def newest_checkpoint_iter(run: RunDir) -> int | None:
+    """The iteration of the newest complete checkpoint in the run directory, if any."""
+    from . import checkpoint as ckpt
+
+    newest = ckpt.listing(run.checkpoints)  # ckpt-ITER.pt, newest first
+    return int(newest[0].stem.split("-")[1]) if newest else None
 
 
 def sample_from_checkpoint(run: RunDir, prompt: str, max_new_tokens: int, temperature: float, top_k: int) -> str:
@@ -183,11 +247,11 @@ def sample_from_checkpoint(run: RunDir, prompt: str, max_new_tokens: int, temper
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gpt2-cockpit-run", description="a run's own process (started by gpt2-cockpit)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?", help="the run directory (none on a machine that joins a run held by another)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--headless", action="store_true")
     args = p.parse_args(argv)
-    return run_process(Path(args.run_dir), resume=args.resume, headless=args.headless)
+    return run_process(Path(args.run_dir) if args.run_dir else None, resume=args.resume, headless=args.headless)
 
 
 if __name__ == "__main__":

@@ -117,10 +117,12 @@ def is_oom(e: BaseException) -> bool:
                                            or "MPS backend out of memory" in msg)
 
 
-def install_fault_injection(model: nn.Module) -> None:
-    """GPT2_COCKPIT_FAKE_OOM_TOKENS=N: any forward over more than N tokens raises a real OutOfMemoryError."""
+def install_fault_injection(model: nn.Module, rank: int = 0) -> None:
+    """GPT2_COCKPIT_FAKE_OOM_TOKENS=N: any forward over more than N tokens raises a real OutOfMemoryError;
+    GPT2_COCKPIT_FAKE_OOM_RANK=R as well: only on rank R of a torchrun group (one rank runs out)."""
     budget = os.environ.get("GPT2_COCKPIT_FAKE_OOM_TOKENS")
-    if not budget:
+    only_rank = os.environ.get("GPT2_COCKPIT_FAKE_OOM_RANK")
+    if not budget or (only_rank and int(only_rank) != rank):
         return
     limit = int(budget)
 
@@ -217,7 +219,8 @@ class Stepper:
         self.autocast = (nullcontext() if self.dtype == torch.float32
                          else torch.autocast(device_type=self.device_type, dtype=self.dtype))
         self.raw_model = workload.model.to(device)
-        install_fault_injection(self.raw_model)
+        self.dist.sync_module(self.raw_model)  # every rank starts from rank 0's weights
+        install_fault_injection(self.raw_model, self.dist.rank)
         groups = param_groups(self.raw_model, t.weight_decay)
         try:
             # fused AdamW: one kernel over all parameters (CUDA, and CPU since torch 2.4: ~3% a step
@@ -233,10 +236,10 @@ class Stepper:
             # dynamic=False: a micro-batch shrunk after an OOM compiles one more static graph;
             # torch.compile caches a few shapes, and an OOM shrinks at most log2(micro_batch) times
             self.model = torch.compile(self.model, dynamic=False)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(self.model, device_ids=[self.dist.local_rank] if self.device_type == "cuda" else None)
+        # several ranks: no DDP wrapper; step() averages the gradients itself once the ranks agree
+        # that none ran out of memory (DDP would all-reduce inside backward, before they can agree)
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.iters_done = 0  # optimizer steps completed (with the checkpoint's when resumed)
         self.peak_tflops = peak_tflops(torch.cuda.get_device_name(device) if self.device_type == "cuda" else None,
                                        t.peak_tflops)
         self.flops_per_token = workload.flops_per_token()
@@ -258,7 +261,12 @@ class Stepper:
     # ---------------------------------------------------------------- one optimizer step
 
     def step(self, k: int, lr: float) -> StepResult:
-        """Optimizer step k at learning rate lr; an OOM halves the micro-batch and redoes step k."""
+        """Optimizer step k at learning rate lr; an OOM halves the micro-batch and redoes step k.
+
+        Several ranks agree after their micro-batches whether any ran out of memory (one small
+        all-reduce that also averages the loss): if one did, all re-split the same way and redo
+        the step; if none did, the gradients are averaged. A rank that alone runs out of memory
+        never leaves the others waiting in an all-reduce it will not join."""
         if self.cpu_share is not None:
             self.cpu_share.apply()
         for group in self.optimizer.param_groups:
@@ -266,17 +274,15 @@ class Stepper:
         x, y = self._local_rows(k)
         resplits = []
         while True:
-            try:
-                loss = self._forward_backward(x, y, k)
+            loss = self._attempt(x, y, k)
+            ran_out = loss is None
+            if self.dist.enabled:
+                ran_out, loss = self.dist.agree(ran_out, torch.zeros((), device=self.device) if ran_out else loss)
+            if not ran_out:
                 break
-            except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not is_oom(e):
-                    raise
-            # recover outside the except block: the exception's traceback holds the failed
-            # micro-batch's activations, and they must be gone before we retry
             resplits.append(self._resplit())
         if self.dist.enabled:
-            torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
+            self.dist.average_gradients(self.params)
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
@@ -289,6 +295,7 @@ class Stepper:
             self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.iters_done = k + 1
         return StepResult(loss_value, norm_value, not skip, bad, resplits, spikes)
 
     def _spikes(self, loss: float, grad_norm: float) -> list[Spike]:
@@ -316,24 +323,33 @@ class Stepper:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
+    def _attempt(self, x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor | None:
+        """_forward_backward, or None when it ran out of memory (the re-split drops its gradients)."""
+        try:
+            return self._forward_backward(x, y, k)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not is_oom(e):
+                raise
+        # returned outside the except block: the exception's traceback holds the failed
+        # micro-batch's activations, and they must be gone before we retry
+        return None
+
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-        """Accumulate gradients over the micro-batches of (x, y); returns the mean loss (a tensor)."""
+        """Accumulate this rank's gradients over the micro-batches of (x, y); returns the mean loss
+        (a tensor). Nothing here talks to other ranks."""
         mb = self.cfg.train.micro_batch
         accum = x.size(0) // mb
         loss_sum = torch.zeros((), device=self.device)
         for i in range(accum):
             xb, yb = self._to_device(x[i * mb:(i + 1) * mb]), self._to_device(y[i * mb:(i + 1) * mb])
-            # DDP: all-reduce gradients once, on the last micro-batch, not after every backward
-            last = i == accum - 1
-            with self.model.no_sync() if self.dist.enabled and not last else nullcontext():
-                with self.autocast:
-                    _, loss = self.model(xb, yb)
-                if self._fake_nan_at == k + 1:
-                    loss = loss * float("nan")
-                if self._fake_spike_at == k + 1:
-                    loss = loss * FAKE_SPIKE_FACTOR
-                loss = loss / accum
-                self.scaler.scale(loss).backward()
+            with self.autocast:
+                _, loss = self.model(xb, yb)
+            if self._fake_nan_at == k + 1:
+                loss = loss * float("nan")
+            if self._fake_spike_at == k + 1:
+                loss = loss * FAKE_SPIKE_FACTOR
+            loss = loss / accum
+            self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
         return loss_sum
 
@@ -431,6 +447,7 @@ class Stepper:
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        self.iters_done = int(state.get("iter", 0))
         # micro_batch/grad_accum come from config.toml, which an OOM re-split rewrote already
         history = state.get("spike_history") or {}
         self.loss_history = SpikeDetector(self.cfg.train.spike_window, history.get("loss"))
