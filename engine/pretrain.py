@@ -21,12 +21,14 @@ def gpt_config(cfg: cfgmod.Config, vocab_size: int) -> GPTConfig:
 
 class PretrainWorkload:
     def __init__(self, cfg: cfgmod.Config, data: TokenData | None = None, progress=None, on_prepare=None,
-                 on_disk_full=None):
+                 on_disk_full=None, prepare_rest: bool = True):
         """progress: one-line messages; on_prepare: structured preparation progress
         (engine.prepare.PrepareProgress), which the run process logs as `prepare` events;
         on_disk_full(path): the background preparation filled the disk (the run pauses, and the
-        preparation starts again once the run is resumed)."""
+        preparation starts again once the run is resumed); prepare_rest=False: a run's shards
+        read in order need not all be prepared (sampling from a checkpoint needs the plan alone)."""
         self.cfg = cfg
+        self.prepare_rest = prepare_rest
         self._prepare_args = (progress, on_prepare, on_disk_full)
         self.data = data  # all the shards, read as random windows (nanoGPT); or
         self.shards: ShardStream | None = None  # the shards in order, while they are prepared (llm.c)
@@ -53,8 +55,9 @@ class PretrainWorkload:
         files, folder = prep.locate(d.source, d.tokenizer, d.val_fraction, d.text_column, d.shard_tokens, progress,
                                     on_prepare)
         self._files = files
-        if not (folder / "meta.json").exists() and _local_rank() == 0:  # one preparer per machine
-            self._start_preparation(folder)
+        planned = (folder / "manifest.json").exists()
+        if not (folder / "meta.json").exists() and _local_rank() == 0 and (self.prepare_rest or not planned):
+            self._start_preparation(folder)  # one preparer per machine
         wait_for_manifest(folder, self.preparation, d.tokenizer)
         stream = ShardStream(folder, self.cfg.model.block_size, self.cfg.train.seed)
         if d.order == "shards" or stream.train_units > 1:
@@ -62,6 +65,8 @@ class PretrainWorkload:
             return
         # "auto" and a single shard of training text (a small corpus): nanoGPT's random windows of
         # the whole corpus, once it is prepared
+        if self.preparation is None and not (folder / "meta.json").exists() and _local_rank() == 0:
+            self._start_preparation(folder)
         wait_for_meta(folder, self.preparation)
         self.data = open_tokens(folder)
         check_long_enough(self.data, d.source, self.cfg.model.block_size)

@@ -26,7 +26,7 @@ from .owner import NullRunOwner, RunOwner
 from .runs import RunDir
 
 
-def build_workload(cfg: cfgmod.Config, progress=None, on_prepare=None, on_disk_full=None):
+def build_workload(cfg: cfgmod.Config, progress=None, on_prepare=None, on_disk_full=None, prepare_rest: bool = True):
     """The engine's workload; `progress` takes one-line messages, `on_disk_full(path)` a token
     cache that filled the disk while preparing in the background, `on_prepare` the structured
     progress of tokenizing a pretrain corpus (engine.prepare.PrepareProgress)."""
@@ -36,7 +36,8 @@ def build_workload(cfg: cfgmod.Config, progress=None, on_prepare=None, on_disk_f
         return FinetuneWorkload(cfg, progress=progress)
     from .pretrain import PretrainWorkload
 
-    return PretrainWorkload(cfg, progress=progress, on_prepare=on_prepare, on_disk_full=on_disk_full)
+    return PretrainWorkload(cfg, progress=progress, on_prepare=on_prepare, on_disk_full=on_disk_full,
+                            prepare_rest=prepare_rest)
 
 
 def progress_printer(event: dict) -> None:
@@ -239,10 +240,15 @@ def sample_from_checkpoint(run: RunDir, prompt: str, max_new_tokens: int, temper
     cfg = run.config()
     _, state = ckpt.load_latest(run.checkpoints, warn=lambda m: print(m, file=sys.stderr))
     cfg.train.compile = False
-    stepper = Stepper(cfg, build_workload(cfg), resolve_device(cfg, Dist()), Dist())
-    stepper.raw_model.load_state_dict(state["model"])
-    return stepper.generate(prompt, max_new_tokens, temperature, top_k,
-                            seed=cfg.train.seed + SAMPLE_SEED_STRIDE + int(state["iter"]))
+    workload = build_workload(cfg, prepare_rest=False)  # the weights need the vocabulary, not every shard
+    try:
+        stepper = Stepper(cfg, workload, resolve_device(cfg, Dist()), Dist())
+        stepper.raw_model.load_state_dict(state["model"])
+        return stepper.generate(prompt, max_new_tokens, temperature, top_k,
+                                seed=cfg.train.seed + SAMPLE_SEED_STRIDE + int(state["iter"]))
+    finally:
+        if hasattr(workload, "close"):
+            workload.close()
 
 
 def main(argv: list[str] | None = None) -> int:

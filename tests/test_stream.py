@@ -129,6 +129,13 @@ def test_training_starts_before_preparation_ends_and_a_stop_resume_is_exact(tmp_
     events = read_all(events_path)
     assert events[-1]["state"] == "stopped"
     assert not any(e["type"] == "prepare" and e["phase"] == "done" for e in events)  # stopped mid-preparation
+    # sampling from the stopped run needs its weights and vocabulary, not the rest of the corpus
+    (cache,) = [f for f in (home / "cache" / "tokens").glob("corpus-txt-char-*") if f.is_dir()]
+    before = sorted(cache.glob("unit-*.json"))
+    sample = subprocess.run(CLI + ["sample", "live", "The", "--max-new-tokens", "20"], env={**cli_env(home), **slow},
+                            capture_output=True, text=True, timeout=120)
+    assert sample.returncode == 0 and sample.stdout.startswith("The"), sample.stdout + sample.stderr
+    assert sorted(cache.glob("unit-*.json")) == before and not (cache / "meta.json").exists()
     # resumed; then the disk fills up (the token cache, the event log, checkpoints): the run
     # pauses and holds its events until there is room, and goes on when resumed
     flag = tmp_path / "disk-full"
