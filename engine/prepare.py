@@ -781,6 +781,8 @@ class _Meter:
 
 def format_progress(p: PrepareProgress) -> str:
     """One line: 'tokenize  42% 420.0/1000.0 MB  12.3 MB/s  eta 47s'."""
+    if p.phase == "done":
+        return f"prepared   {p.done:,.0f} {p.unit}"
     if p.unit == "bytes":
         def amount(n: float) -> str:
             return f"{n / 1e6:,.1f}"

@@ -43,6 +43,10 @@ def build_workload(cfg: cfgmod.Config, progress=None, on_prepare=None, on_disk_f
 def progress_printer(event: dict) -> None:
     """The headless progress line: one per log interval, plus evals and notable events."""
     t = event["type"]
+    if t == "prepare":
+        _prepare_line.show(event)
+        return
+    _prepare_line.end()  # a progress line updated in place gives way to the next line
     if t == "step":
         mfu = f"{event['mfu'] * 100:.1f}%" if event.get("mfu") is not None else "n/a"
         loss = event["loss"]
@@ -69,24 +73,40 @@ def progress_printer(event: dict) -> None:
         print(f"set {event['key']}: {event['old']} -> {event['new']}", flush=True)
     elif t == "error":
         print(f"error: {event['message']}", flush=True)
-    elif t == "prepare":
-        _print_prepare(event)
 
 
-_last_prepare_line = {"time": 0.0, "phase": None}
 PREPARE_LINE_SECONDS = 10.0
 
 
-def _print_prepare(event: dict) -> None:
-    """Preparation progress: a line every PREPARE_LINE_SECONDS and at each phase's end."""
-    from .prepare import PrepareProgress, format_progress
+class _PrepareLine:
+    """Preparation progress in --headless: in a terminal, one line updated in place until another
+    line is printed (training's), then again after PREPARE_LINE_SECONDS; in a file (stdout.log),
+    a line every PREPARE_LINE_SECONDS and at each phase's end."""
 
-    p = PrepareProgress(**{k: event.get(k) for k in ("phase", "done", "total", "unit", "rate", "eta")})
-    last = _last_prepare_line
-    ended = p.total is not None and p.done >= p.total
-    if ended or p.phase != last["phase"] or time.monotonic() - last["time"] >= PREPARE_LINE_SECONDS:
-        last["time"], last["phase"] = time.monotonic(), p.phase
-        print(format_progress(p), flush=True)
+    def __init__(self) -> None:
+        self.time, self.phase, self.open = 0.0, None, False
+
+    def show(self, event: dict) -> None:
+        from .prepare import PrepareProgress, format_progress
+
+        p = PrepareProgress(**{k: event.get(k) for k in ("phase", "done", "total", "unit", "rate", "eta")})
+        ended = p.total is not None and p.done >= p.total
+        if sys.stdout.isatty():
+            if self.open or ended or time.monotonic() - self.time >= PREPARE_LINE_SECONDS:
+                print(f"\r{format_progress(p)}\x1b[K", end="\n" if ended else "", flush=True)
+                self.open = not ended
+        elif ended or p.phase != self.phase or time.monotonic() - self.time >= PREPARE_LINE_SECONDS:
+            self.time, self.phase = time.monotonic(), p.phase
+            print(format_progress(p), flush=True)
+
+    def end(self) -> None:
+        if self.open:
+            print(flush=True)
+            self.open = False
+            self.time = time.monotonic()
+
+
+_prepare_line = _PrepareLine()
 
 
 def run_process(path: Path | None, resume: bool = False, headless: bool = False) -> int:
