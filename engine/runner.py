@@ -280,5 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_process(Path(args.run_dir) if args.run_dir else None, resume=args.resume, headless=args.headless)
 
 
+def exit_process(code: int) -> None:
+    """Leave with `code`. A rank of a torchrun group leaves through os._exit once everything is
+    written and closed: the interpreter's normal shutdown runs C++ static destructors of the
+    process-group machinery, and one of its threads still joinable there aborts the process
+    ("terminate called without an active exception", exit -6) now and then, so torchrun would
+    report a finished run as failed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
