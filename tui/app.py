@@ -18,6 +18,7 @@ from gpt2_cockpit.engine.runs import RunDir
 
 from .screens.home import HomeScreen
 from .screens.run import RunScreen
+from .terminal import quiet_input
 from .widgets.plan import doctor_argv as default_doctor_argv
 
 
@@ -26,7 +27,7 @@ class CockpitApp(App):
     TITLE = "gpt2-cockpit"
 
     def __init__(self, mode: str = "home", run: str | Path | None = None, *, runs: Iterable[str | Path] = (),
-                 poll_interval: float = 0.4, doctor_argv: list[str] | None = None) -> None:
+                 poll_interval: float | None = None, doctor_argv: list[str] | None = None) -> None:
         super().__init__()
         if mode not in ("home", "run", "compare"):
             raise ValueError(f"mode must be 'home', 'run' or 'compare', not {mode!r}")
@@ -37,7 +38,7 @@ class CockpitApp(App):
             raise ValueError("mode 'compare' needs two or more run directories")
         self.mode = mode
         self.run_path = Path(run) if run is not None else None
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval  # None: the run screen's own pace (tui/pace.py); tests fix it
         self.doctor_argv = doctor_argv or default_doctor_argv()
 
     def on_mount(self) -> None:
@@ -88,6 +89,7 @@ def make_app(mode: str = "home", run: str | Path | None = None, **options) -> Co
 
 
 def main(mode: str = "home", run: str | None = None) -> int:
+    quiet_input()  # no ten wakeups a second while nobody types (tui/terminal.py)
     app = make_app(mode, run)
     app.run()
     return app.return_code or 0

@@ -244,11 +244,18 @@ class EventFeed:
         self.blank = blank
         self.polls = 0
 
+    def backlog(self) -> int:
+        """Bytes appended to the log since the last poll (one stat, no read)."""
+        try:
+            return max(os.stat(self.reader.path).st_size - self.reader.offset, 0)
+        except OSError:
+            return 0
+
     def poll(self) -> EventsArrived:
         self.polls += 1
         if self.polls == 1 and self.blank is not None:
             model = self.blank()
             changes = replay(self.reader, model)
             return EventsArrived(self.run.path, [], self.run.alive(), replay=True, model=model, changes=changes)
-        events = self.reader.poll()
+        events = self.reader.poll() if self.polls == 1 or self.backlog() else []
         return EventsArrived(self.run.path, events, self.run.alive(), replay=self.polls == 1)

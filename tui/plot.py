@@ -11,11 +11,14 @@ swapping the plotting library means rewriting this file only.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 from rich.text import Text
 from textual.app import RenderResult
 from textual.color import Color
+from textual.geometry import Region
+from textual.strip import Strip
 from textual_plotext import PlotextPlot
 
 
@@ -84,6 +87,7 @@ class PlotCanvas(PlotextPlot):
         super().__init__(**kwargs)
         self.figure = Figure()
         self.renders = 0  # how many times plotext actually drew (tests check redraws stay rare)
+        self.paint_seconds = 0.0  # CPU time painting the current figure took (plotext, then Textual)
 
     def on_mount(self) -> None:
         # series colours are theme variables: a new theme needs the figure replayed
@@ -91,6 +95,7 @@ class PlotCanvas(PlotextPlot):
 
     def show(self, figure: Figure) -> None:
         self.figure = figure
+        self.paint_seconds = 0.0
         plt = self.plt
         plt.clear_figure()
         y_ticks: list[float] = []
@@ -116,6 +121,13 @@ class PlotCanvas(PlotextPlot):
         if figure.x_ticks is not None:  # [] hides the tick row (a plot under this one shows it)
             plt.xticks(figure.x_ticks, figure.x_tick_labels or ([] if not figure.x_ticks else None))
         self.refresh()
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        started = time.thread_time()
+        try:
+            return super().render_lines(crop)
+        finally:
+            self.paint_seconds += time.thread_time() - started
 
     def _rgb(self, variable: str) -> tuple[int, int, int]:
         value = self.app.theme_variables.get(variable) or "white"

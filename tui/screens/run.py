@@ -24,6 +24,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
@@ -34,13 +35,14 @@ from gpt2_cockpit.engine.runs import RunDir
 
 from ..feed import EventFeed, EventsArrived
 from ..model import Changes, RunModel
+from ..pace import NORMAL, IdleCores, Pace, next_pace
 from ..widgets.dialogs import ConfirmScreen, LiveSettingsScreen
 from ..widgets.log_pane import LogPane
 from ..widgets.loss_plot import LossPane
 from ..widgets.samples import SamplePane
 from ..widgets.status import GpuPane, StatusPane
 
-STATUS_REFRESH = 2.0  # seconds between repaints of ages/ETA when no events arrive
+INLINE_READ_BYTES = 64 << 10  # new log bytes read on the UI thread (~250 step lines); more go to a worker
 CONTROL_TIMEOUT = 120.0  # a command is answered once the current optimizer step has ended
 
 
@@ -51,6 +53,14 @@ class ControlFailed(Message):
         super().__init__()
         self.request = request
         self.error = error
+
+
+class CommandAnswered(Message):
+    """The run accepted a command and has logged what it did."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        super().__init__()
+        self.request = request
 
 
 class GpuProbed(Message):
@@ -90,10 +100,14 @@ class RunScreen(Screen):
     ]
     RUN_ACTIONS = {"toggle_pause", "checkpoint", "stop", "edit_settings"}
 
-    def __init__(self, run: RunDir, poll_interval: float = 0.4) -> None:
+    def __init__(self, run: RunDir, poll_interval: float | None = None) -> None:
+        """`poll_interval`: None follows the machine's CPU (tui/pace.py: normal, or lean while no
+        core is idle); a number fixes the pace at the normal one, polling that often (tests)."""
         super().__init__()
         self.run = run
-        self.poll_interval = poll_interval
+        self.pace = NORMAL if poll_interval is None else Pace(poll_interval, NORMAL.status, NORMAL.plot_share,
+                                                              NORMAL.plot_max)
+        self.idle_cores: IdleCores | None = IdleCores() if poll_interval is None else None
         self.config_error: str | None = None
         try:
             self.cfg: cfgmod.Config | None = run.config()
@@ -104,11 +118,17 @@ class RunScreen(Screen):
                               micro_batch=t.micro_batch if t else None, grad_accum=t.grad_accum if t else None)
         self.feed = EventFeed(run, blank=self.model.blank)
         self._last_status = 0.0
+        self._poll_timer: Timer | None = None
+        self._polling = False  # a thread worker is reading the log
         self._was_live: bool | None = None
+
+    @property
+    def poll_interval(self) -> float:
+        return self.pace.poll
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top"):
-            yield LossPane(self.model, id="loss")
+            yield LossPane(self.model, id="loss", cpu_share=self.pace.plot_share, max_gap=self.pace.plot_max)
             with Vertical(id="side"):
                 yield StatusPane(self.model, id="status")
                 yield GpuPane(self.model, id="gpu")
@@ -142,7 +162,7 @@ class RunScreen(Screen):
         self.sub_title = self.run.name
         if self.config_error:
             self.log_pane.say(self.config_error, "error")
-        self._poll()
+        self._tick()
         self._probe_gpu()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="gpu-probe")
@@ -155,6 +175,30 @@ class RunScreen(Screen):
         self.query_one(GpuPane).nvidia = message.present
 
     # ---------------------------------------------------------------- the feed
+
+    def _tick(self) -> None:
+        """The poll timer. The history's replay and a big catch-up are read in a thread worker;
+        a few new lines (what a live run appends between ticks) or none are read here, which
+        costs a stat and a small read instead of a thread, three worker messages and a
+        message round trip on every tick."""
+        self._poll_timer = None
+        if self.feed.polls == 0 or self.feed.backlog() > INLINE_READ_BYTES:
+            self._polling = True
+            self._poll()
+        else:
+            self.on_events_arrived(self.feed.poll())
+
+    def _arm(self, delay: float) -> None:
+        """The next poll in `delay` seconds (one timer at a time: polls never pile up)."""
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        self._poll_timer = self.set_timer(delay, self._tick)
+
+    def poll_soon(self) -> None:
+        """Read the log now rather than at the next tick (a command of ours was answered: what
+        it did is in the log), unless a read is on its way."""
+        if not self._polling:
+            self._arm(0.01)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="feed")
     def _poll(self) -> None:
@@ -169,12 +213,20 @@ class RunScreen(Screen):
             changes = m.ingest(message.events)
         m.alive = message.alive
         if changes.plot:
-            self.loss.data_changed()
+            self.loss.data_changed()  # one redraw soon; how soon depends on what one costs
         if changes.state:  # what a pause, resume or stop on its way did is now in the log
             self.status.pending = None
         now = time.monotonic()
-        repaint = changes.status or m.live != self._was_live or now - self._last_status > STATUS_REFRESH
-        if repaint:  # also every few seconds, so ages and the ETA stay current while nothing happens
+        if self.idle_cores is not None:
+            self.set_pace(next_pace(self.pace, self.idle_cores.update()))
+        # What the log pane reports too (a state change, an eval, a checkpoint, a `set`, ...), the
+        # run coming or going, and the replay show at once; new steps' figures (iter, loss,
+        # speed) and preparation progress at most every `pace.status` seconds, which also keeps
+        # ages and the ETA current while nothing happens. Each repaint costs the viewer a few ms
+        # of CPU, which a run training on the CPU loses; the panes skip one that changes nothing.
+        urgent = bool(changes.log) or changes.state or m.live != self._was_live or message.model is not None
+        repaint = urgent or now - self._last_status >= self.pace.status - self.pace.poll / 2  # the nearest tick
+        if repaint:
             self._last_status = now
             self.status.show()
         if repaint or changes.gpu:
@@ -196,7 +248,14 @@ class RunScreen(Screen):
             self.refresh_bindings()
         if changes.ooms and not message.replay:  # a new OOM while we watch, not old history
             self.offer_oom_split(changes.ooms[-1])
-        self.set_timer(self.poll_interval, self._poll)  # re-armed only now: polls never pile up
+        self._polling = False
+        self._arm(self.poll_interval)  # re-armed only now: polls never pile up
+
+    def set_pace(self, pace: Pace) -> None:
+        """Read and repaint at this pace from now on (tui/pace.py)."""
+        if pace != self.pace:
+            self.pace = pace
+            self.loss.set_budget(pace.plot_share, pace.plot_max)
 
     def offer_oom_split(self, oom: dict[str, Any]) -> None:
         """After an OOM shrink, offer to keep the split that fits in the user's preset."""
@@ -232,7 +291,8 @@ class RunScreen(Screen):
         error = event.worker.error
         self.log_pane.say(f"{event.worker.group} failed: {error.__class__.__name__}: {error}", "error")
         if event.worker.group == "feed":
-            self.set_timer(max(self.poll_interval, 2.0), self._poll)
+            self._polling = False
+            self._arm(max(self.poll_interval, 2.0))
 
     # ---------------------------------------------------------------- commands
 
@@ -256,11 +316,16 @@ class RunScreen(Screen):
                 launch.control(self.run, msg, timeout=CONTROL_TIMEOUT)
             except (UserError, OSError, ValueError) as e:
                 self.post_message(ControlFailed(msg, str(e) or e.__class__.__name__))
+            else:
+                self.post_message(CommandAnswered(msg))
 
     def _send(self, msg: dict[str, Any], pending: str | None = None) -> None:
         if pending:
             self.status.pending = pending  # until the run's next `state` event
         self._control([msg])
+
+    def on_command_answered(self, message: CommandAnswered) -> None:
+        self.poll_soon()  # show what it did now, not at the next tick
 
     def on_control_failed(self, message: ControlFailed) -> None:
         cmd = message.request.get("cmd", "command")

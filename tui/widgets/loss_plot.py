@@ -2,10 +2,17 @@
 reads out one point, zoom to the recent part, spike markers, and an optional small plot of the
 learning rate and gradient norm.
 
-Redraws are coalesced: new data only marks the pane dirty, and at most one redraw runs every
-REDRAW_INTERVAL seconds. The model's step history is bounded (series.py) and the curves are
-downsampled to about two points per column, so a redraw costs the same for a 200-step run and a
-200,000-step one.
+Redraws are coalesced: new data only schedules one redraw, no sooner than REDRAW_INTERVAL
+after the last, and later still when drawing is expensive: new data redraws the plot only as
+often as keeps its drawing (the figures, plotext and Textual's rendering of it, measured on the
+UI thread) under a share of one core (`cpu_share`), but at least every `max_gap` seconds. A
+viewer's CPU is taken from the run it watches when that run keeps the cores busy (training on
+the CPU), and ten viewers of one run must cost it under 2% (tests/benchmarks/viewers.py); the
+run screen sets the budget (tui/pace.py). A plot at 120x40 costs ~20-30 ms to draw on a slow
+core: about one redraw in 5-7 s at 0.4% of a core. What the user asks for (smoothing, zoom, the
+cursor, ...) redraws at once. The model's step history is bounded (series.py) and the
+curves are downsampled to about two points per column, so a redraw costs the same for a
+200-step run and a 200,000-step one.
 
 `curves()` is shared with the compare screen, so one run's line looks the same in both.
 """
@@ -31,7 +38,8 @@ from ..plot import Figure, PlotCanvas, Series, nice_ticks
 SMOOTHING_STEPS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99)
 X_AXES = ("iter", "tokens", "time")  # time: the run's active wall time, as `compare` counts it
 ZOOMS = (1.0, 0.5, 0.1)  # the share of the run's iterations shown, the newest end
-REDRAW_INTERVAL = 0.3  # seconds; at most ~3 redraws a second however fast steps arrive
+REDRAW_INTERVAL = 1.0  # seconds: the least time between redraws for new data
+RESIZE_DELAY = 0.1  # a resize redraws (for the new width) once the size has settled
 SPIKE_MARKER = "x"
 
 
@@ -159,13 +167,17 @@ class LossPane(Vertical):
     cursor: reactive[int | None] = reactive(None, init=False)  # the iteration under the cursor, or hidden
     show_aux: reactive[bool] = reactive(False, init=False)  # the lr / grad norm plot
 
-    def __init__(self, model: RunModel, **kwargs) -> None:
+    def __init__(self, model: RunModel, cpu_share: float = 0.004, max_gap: float = 15.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
+        self.cpu_share = cpu_share  # of one core: what redraws for new data may cost at most
+        self.max_gap = max_gap  # seconds: the longest new data waits for a redraw
         self.redraws = 0
         self._timer: Timer | None = None
+        self._due = 0.0  # when the scheduled redraw runs (time.monotonic())
         self._last_redraw = 0.0
         self._smoothed: list[float | None] = []  # the train curve per bucket, as last drawn
+        self._figure_seconds = 0.0  # CPU time the last redraw spent on its figures
 
     def compose(self) -> ComposeResult:
         yield PlotCanvas(id="loss-canvas")
@@ -191,7 +203,7 @@ class LossPane(Vertical):
         self._update_subtitle()
 
     def on_resize(self) -> None:
-        self.data_changed()
+        self._schedule(RESIZE_DELAY)
 
     # ---------------------------------------------------------------- user settings
 
@@ -264,17 +276,45 @@ class LossPane(Vertical):
 
     # ---------------------------------------------------------------- drawing
 
+    def redraw_cost(self) -> float:
+        """CPU seconds the last redraw took on the UI thread: its figures, and painting them
+        (plotext's drawing and Textual's rendering of it)."""
+        cost = self._figure_seconds + self.canvas.paint_seconds
+        if self.show_aux:
+            cost += self.aux_canvas.paint_seconds
+        return cost
+
+    def redraw_gap(self) -> float:
+        """The least time between two redraws for new data (see the module's docstring)."""
+        return min(self.max_gap, max(REDRAW_INTERVAL, self.redraw_cost() / self.cpu_share))
+
+    def set_budget(self, cpu_share: float, max_gap: float) -> None:
+        """A new CPU budget for redraws with new data; one already scheduled keeps its time."""
+        self.cpu_share, self.max_gap = cpu_share, max_gap
+
     def data_changed(self) -> None:
-        """New points arrived: schedule one redraw, no sooner than REDRAW_INTERVAL after the last."""
+        """New points arrived: schedule one redraw, no sooner than `redraw_gap()` after the last
+        (the first points at once)."""
+        if not self.canvas.figure.points:
+            self._schedule(0)
+        else:
+            self._schedule(self._last_redraw + self.redraw_gap() - time.monotonic())
+
+    def _schedule(self, delay: float) -> None:
+        """One redraw in `delay` seconds, or sooner if one is scheduled already."""
+        delay = max(0.02, delay)  # 0 would not be a timer
         if self._timer is not None:
-            return
-        delay = max(0.02, self._last_redraw + REDRAW_INTERVAL - time.monotonic())  # 0 would not be a timer
+            if self._due <= time.monotonic() + delay:
+                return
+            self._timer.stop()
+        self._due = time.monotonic() + delay
         self._timer = self.set_timer(delay, self.redraw)
 
     def redraw(self) -> None:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+        started = time.thread_time()
         self._last_redraw = time.monotonic()
         self.redraws += 1
         width = self.canvas.size.width or 100
@@ -283,6 +323,7 @@ class LossPane(Vertical):
             self.aux_canvas.show(self.build_aux_figure(max_points=2 * width, ticks=max(3, width // 12)))
         if self.cursor is not None:
             self.readout.update(self.readout_text())
+        self._figure_seconds = time.thread_time() - started
 
     def build_figure(self, max_points: int, ticks: int = 5) -> Figure:
         m = self.model

@@ -34,6 +34,8 @@ class StatusPane(Static):
     def __init__(self, model: RunModel, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
+        self._shown: list[tuple[str, str]] | None = None  # the parts on screen
+        self.repaints = 0
 
     def on_mount(self) -> None:
         self.border_title = "status"
@@ -53,7 +55,15 @@ class StatusPane(Static):
             style = STATE_STYLES.get(state, "bold") if label == "state" else ""
             parts.append((("\n" if n else "") + label.ljust(width) + " ", "$text-muted"))
             parts.append((value, style))
-        self.update(Content.assemble(*parts))
+        if parts == self._shown:  # nothing to repaint (a repaint costs a few ms of CPU)
+            return
+        # one line per row: the pane's height changes only with the number of rows (values
+        # are cut with an ellipsis, never wrapped), so a new figure needs no new layout
+        same_height = self._shown is not None and len(self._shown) == len(parts) \
+            and "\n" not in "".join(text for text, _ in parts[1::2])
+        self._shown = parts
+        self.repaints += 1
+        self.update(Content.assemble(*parts), layout=not same_height)
 
 
 class GpuPane(TextPane):
@@ -71,6 +81,7 @@ class GpuPane(TextPane):
     def __init__(self, model: RunModel, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
+        self._shown: object = None  # the body on screen
 
     def on_mount(self) -> None:
         self.border_title = "GPU"
@@ -92,7 +103,7 @@ class GpuPane(TextPane):
                 text = "no GPU readings in this run's log"
             else:
                 text = "waiting for GPU readings…"
-            self.set_body(Content.styled(text, "$text-muted"))
+            self._set_body([(text, "$text-muted")])
             return
         lines_per_gpu = max(1, (self.size.height or 8) // len(m.gpus))
         width = max((self.size.width or 40) - 16, 4)
@@ -118,7 +129,13 @@ class GpuPane(TextPane):
         newest = max((r.time or 0) for r in m.gpus.values())
         if newest and time.time() - newest > self.STALE_AFTER:
             parts.append((f"\n(last reading {time.time() - newest:.0f}s ago)", "$text-muted"))
-        self.set_body(Content.assemble(*parts))
+        self._set_body(parts)
+
+    def _set_body(self, parts: list[tuple[str, str]]) -> None:
+        if parts != self._shown:  # unchanged: no repaint
+            self._shown = parts
+            self.set_body(Content.assemble(*parts))
 
     def on_resize(self) -> None:
+        self._shown = None
         self.show()
