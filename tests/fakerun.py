@@ -18,6 +18,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.control import ControlServer
@@ -202,3 +204,20 @@ def status_text(app) -> str:
     from gpt2_cockpit.tui.widgets.status import StatusPane
 
     return text_of(app.screen.query_one(StatusPane))
+
+
+@pytest.fixture
+def fake():
+    """start(steps, step_every, **make_run kwargs) -> a started FakeRun with `steps` logged
+    steps of history; every run started is closed after the test."""
+    runs = []
+
+    def start(steps: int = 20, step_every: float | None = None, **kw) -> FakeRun:
+        f = FakeRun(make_run(**kw), step_every=step_every)
+        f.history(steps)
+        runs.append(f.start())
+        return f
+
+    yield start
+    for f in runs:
+        f.close()

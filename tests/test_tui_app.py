@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from fakerun import FakeRun, grad_norm_at, loss_at, lr_at, make_run, run_app, status_text, text_of, wait_for
+from fakerun import FakeRun, fake, grad_norm_at, loss_at, lr_at, make_run, run_app, status_text, text_of, wait_for
 
 from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.events import EventWriter
@@ -31,21 +31,6 @@ POLL = 0.05
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_COCKPIT_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-@pytest.fixture
-def fake():
-    runs = []
-
-    def start(steps: int = 20, step_every: float | None = None, **kw) -> FakeRun:
-        f = FakeRun(make_run(**kw), step_every=step_every)
-        f.history(steps)
-        runs.append(f.start())
-        return f
-
-    yield start
-    for f in runs:
-        f.close()
 
 
 def fake_doctor(checks) -> list[str]:

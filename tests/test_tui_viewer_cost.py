@@ -10,7 +10,7 @@ import selectors
 import time
 
 import pytest
-from fakerun import FakeRun, make_run, run_app, status_text, wait_for
+from fakerun import FakeRun, fake, make_run, run_app, status_text, wait_for
 
 from gpt2_cockpit.tui import pace as pacemod
 from gpt2_cockpit.tui import terminal
@@ -21,21 +21,6 @@ from gpt2_cockpit.tui.widgets.loss_plot import LossPane
 from gpt2_cockpit.tui.widgets.status import StatusPane
 
 POLL = 0.05
-
-
-@pytest.fixture
-def fake():
-    runs = []
-
-    def start(steps: int = 20, step_every: float | None = None, **kw) -> FakeRun:
-        f = FakeRun(make_run(**kw), step_every=step_every)
-        f.history(steps)
-        runs.append(f.start())
-        return f
-
-    yield start
-    for f in runs:
-        f.close()
 
 
 # --------------------------------------------------------------------------- the pace
