@@ -34,19 +34,20 @@ class PretrainWorkload:
         self.shards: ShardStream | None = None  # the shards in order, while they are prepared (llm.c)
         self.preparation = None  # the background preparation this process runs, if any
         if data is None:
-            self._open_data(progress, on_prepare)
+            self._open_data()
         meta = self.shards.meta if self.shards is not None else self.data.meta
         vocab_size = self.shards.vocab_size if self.shards is not None else self.data.vocab_size
         self.tokenizer = tokenizer_from_meta(meta)
         self.model = GPT(gpt_config(cfg, vocab_size))
 
-    def _open_data(self, progress, on_prepare) -> None:
+    def _open_data(self) -> None:
         """data.order "random": prepare the whole corpus, then read random windows of it.
         "shards" (and "auto" with more than one shard): prepare in the background and read the
         shards in order as they become ready (engine/stream.py); the model needs only the plan."""
         from . import prepare as prep
 
         d = self.cfg.data
+        progress, on_prepare, _ = self._prepare_args
         if d.order == "random":
             self.data = prepare(d.source, d.tokenizer, d.val_fraction, self.cfg.model.block_size, d.text_column,
                                 progress=progress, workers=d.workers or None, shard_tokens=d.shard_tokens,
