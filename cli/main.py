@@ -12,6 +12,7 @@ import sys
 
 from gpt2_cockpit.engine import sampling
 from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.fsutil import quiet_broken_pipe
 from gpt2_cockpit.engine.launch import DEFAULT_MASTER_PORT
 from gpt2_cockpit.engine.planner import DEFAULT_MFU, PRICE_ENV
 
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizing processes (default: CPU cores - 1)")
 
     p = sub.add_parser("compare", help="runs side by side: state, iters, tokens, best val, speed, config keys that differ")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run names or run directories")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="two or more run names or run directories (default: the two newest runs)")
     p.add_argument("--json", action="store_true", help='print one object: {"runs": [...], "differ": {key: {run: value}}, "best": name}')
 
     p = sub.add_parser("metrics", help="per-step and eval rows of a run (a table; --csv or --json for scripts)")
@@ -188,12 +190,16 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args) or 0
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # a reader gone meets us here, not in the interpreter's last flush
+        return code
     except UserError as e:
         print(f"gpt2-cockpit: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`gpt2-cockpit runs | head -1`): end quietly
+        return quiet_broken_pipe()
 
 
 if __name__ == "__main__":

@@ -64,3 +64,70 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class _SurvivingStream:
+    """A text stream (stdout or stderr) whose failures never reach the code that prints.
+
+    A write or flush that fails (a reader gone from a pipe, a closed terminal, a full disk under
+    stdout.log) points the file descriptor at /dev/null, so this stream, C-level writers and child
+    processes all go on quietly; what the failed write held is lost, the event log keeps the record.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.lost = False  # True once output goes nowhere
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed under us
+            self._lose()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._lose()
+
+    def _lose(self) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+            self._stream.flush()  # what it still buffers now goes to /dev/null
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ... as the real stream
+        return getattr(self._stream, name)
+
+
+def survive_lost_output() -> None:
+    """From now on, printing can never fail this process: see _SurvivingStream. For a run's own
+    process, whose output is a courtesy (its event log is the record)."""
+    import sys
+
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _SurvivingStream):
+            setattr(sys, name, _SurvivingStream(stream))
+
+
+def quiet_broken_pipe(exit_code: int = 141) -> int:
+    """After a BrokenPipeError on stdout (`gpt2-cockpit runs | head -1`): point stdout at
+    /dev/null so the interpreter's last flush stays silent, and give the exit code of a process
+    ended by SIGPIPE, as `git log | head` ends."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return exit_code

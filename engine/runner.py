@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import config as cfgmod
 from .errors import UserError
+from .fsutil import survive_lost_output
 from .owner import NullRunOwner, RunOwner
 from .runs import RunDir
 
@@ -114,6 +115,7 @@ def run_process(path: Path | None, resume: bool = False, headless: bool = False)
 
     Rank 0 alone uses the run directory. `path` is None on the ranks of a machine that joins a
     run held by another (`train --node-rank 1 ...`): they get everything from rank 0."""
+    survive_lost_output()  # a closed pipe, terminal or full disk under our output never fails the run
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; rank 0 speaks for the run
     if main and path is None:
         print("gpt2-cockpit: rank 0 needs the run directory (it runs on node 0, which holds it)", file=sys.stderr)
