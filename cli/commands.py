@@ -250,6 +250,10 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
+    if args.suite:
+        return _suite(args)
+    if args.only or args.nanogpt:
+        raise UserError("--only and --nanogpt belong to --suite")
     from gpt2_cockpit.engine import bench as benchmark  # imports torch
 
     cfg = presets.load(args.preset or presets.default_name(), args.overrides)
@@ -257,6 +261,26 @@ def bench(args: argparse.Namespace) -> int:
                                log=(lambda line: None) if args.json else print)
     print(json.dumps(result) if args.json else benchmark.format_result(result))
     return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    """bench --suite: a progress line per section, the summary, where the report is; exit 1 when a
+    section failed."""
+    if args.preset or args.overrides or args.real_data or args.json:
+        raise UserError("--suite runs its own presets and writes its report to --out DIR: "
+                        "leave out PRESET, --set, --real-data and --json")
+    from gpt2_cockpit.engine import suite  # imports torch
+
+    only = suite.parse_only(args.only)
+    out = Path(args.out).expanduser()
+    command = "gpt2-cockpit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "gpt2-cockpit bench --suite"
+    report = suite.run_suite(out, only=only, nanogpt=Path(args.nanogpt) if args.nanogpt else None,
+                             command=command, log=lambda line: print(line, flush=True))
+    print()
+    print(table([("SECTION", "STATUS", "SECONDS", "REASON")]
+                + [(s.name, s.status, f"{s.seconds:.1f}", s.reason[:70]) for s in report.sections]))
+    print(f"\n{report.header['seconds']:.0f} s; the report: {out / 'report.md'} and {out / 'report.json'}")
+    return 1 if any(s.status == "failed" for s in report.sections) else 0
 
 
 def export(args: argparse.Namespace) -> int:

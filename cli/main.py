@@ -16,7 +16,7 @@ from gpt2_cockpit.engine.fsutil import quiet_broken_pipe
 from gpt2_cockpit.engine.launch import DEFAULT_MASTER_PORT
 from gpt2_cockpit.engine.planner import DEFAULT_MFU, PRICE_ENV
 
-from . import commands, compare
+from . import commands, compare, evaluate
 
 EPILOG = "Runs live under $GPT2_COCKPIT_HOME/runs (default ~/.local/share/gpt2-cockpit/runs)."
 
@@ -125,8 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator; default 3)")
     p.add_argument("--real-data", action="store_true", help="read batches from the preset's corpus instead of random ids")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    g = p.add_argument_group(
+        "the GPU suite",
+        "--suite measures every GPU path in one run (about 6 minutes on one H100; tiny shapes in about 3 on "
+        "a CPU): env, nvml, throughput, nanogpt, levers, memory, oom, sampling, resume, finetune, ddp. "
+        "DIR/report.json and DIR/report.md are rewritten after every section.")
+    g.add_argument("--suite", action="store_true", help="run the suite instead of timing one preset")
+    g.add_argument("--out", metavar="DIR", default="gpt2-cockpit-suite",
+                   help="where the report goes (default ./gpt2-cockpit-suite)")
+    g.add_argument("--only", metavar="NAME,...", help="run these sections only (the report keeps the others)")
+    g.add_argument("--nanogpt", metavar="DIR", help="a checkout of karpathy/nanoGPT to compare with (section nanogpt)")
 
     sub.add_parser("presets", help="list presets (shipped and your own)")
+
+    p = sub.add_parser("eval", help="HellaSwag acc and acc_norm of a run, a model folder or a hub name, beside GPT-2's")
+    p.add_argument("target", metavar="TARGET",
+                   help="a run (its newest checkpoint), a checkpoint file, a Hugging Face model folder (what "
+                        "export writes) or a hub name such as gpt2 or gpt2-medium (needs the network once)")
+    p.add_argument("--hellaswag", metavar="FILE",
+                   help="a .jsonl in HellaSwag's format (default: its validation set, 10,042 items, downloaded once)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="score the first N items only")
+    p.add_argument("--best", action="store_true", help="a run's best checkpoint by val loss, not its newest")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (acc, acc_norm, n, items_per_sec, reference, ...)")
 
     p = sub.add_parser("export", help="turn a pretrain checkpoint into a Hugging Face GPT-2 folder")
     p.add_argument("run", help="run name or run directory")
@@ -145,21 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="runs side by side: state, iters, tokens, best val, speed, config keys that differ")
     p.add_argument("runs", nargs="*", metavar="RUN",
                    help="two or more run names or run directories (default: the two newest runs)")
-    p.add_argument("--json", action="store_true", help='print one object: {"runs": [...], "differ": {key: {run: value}}, "best": name}')
+    p.add_argument("--json", action="store_true",
+                   help='print one object: {"runs": [...], "differ": {key: {run: value}}, "best": name, '
+                        '"best_hellaswag": name}')
 
     p = sub.add_parser("metrics", help="per-step and eval rows of a run (a table; --csv or --json for scripts)")
     p.add_argument("run", help="run name or run directory")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--csv", action="store_true",
-                   help="one CSV, step rows then eval rows, told apart by a 'kind' column (step/eval)")
-    g.add_argument("--json", action="store_true", help='print {"steps": [...], "evals": [...]}')
+                   help="one CSV, step rows, eval rows then HellaSwag rows, told apart by a 'kind' column "
+                        "(step/eval/hellaswag)")
+    g.add_argument("--json", action="store_true", help='print {"steps": [...], "evals": [...], "hellaswag": [...]}')
 
-    p = sub.add_parser("plot", help="loss curves of one or more runs as a PNG or SVG file")
+    p = sub.add_parser("plot", help="loss (or HellaSwag) curves of one or more runs as a PNG or SVG file")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run names or run directories")
     p.add_argument("--to", required=True, metavar="FILE", help="the image to write: FILE.png or FILE.svg")
     p.add_argument("--x", choices=("iter", "tokens", "time"), default="iter",
                    help="x axis: iterations, tokens trained, or active time (pauses left out); default iter")
     p.add_argument("--log", action="store_true", help="log-scale loss axis")
+    p.add_argument("--metric", choices=("loss", "hellaswag"), default="loss",
+                   help="loss (train and val), or hellaswag: acc_norm per evaluation with the GPT-2 "
+                        "reference as a dashed line; default loss")
     return parser
 
 
@@ -179,6 +206,7 @@ COMMANDS = {
     "plan": commands.plan,
     "bench": commands.bench,
     "presets": commands.list_presets,
+    "eval": evaluate.evaluate,
     "export": commands.export,
     "prepare": commands.prepare,
     "compare": compare.compare,

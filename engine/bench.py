@@ -14,10 +14,13 @@ import time
 from . import config as cfgmod
 
 
-class _RandomWorkload:
-    """Our GPT on random ids (the pretrain workload without a corpus)."""
+class SyntheticWorkload:
+    """Our GPT on random token ids: the pretrain workload without a corpus or a tokenizer, so
+    nothing is downloaded (throughput does not depend on the text). A batch depends on the
+    generator alone, so on (seed, step) as the real workloads' do: OOM re-splits and exact
+    resume behave as in a real run. Decoded text is one printable character per id."""
 
-    def __init__(self, cfg: cfgmod.Config):
+    def __init__(self, cfg: cfgmod.Config, vocab: int | None = None):
         import torch
 
         from .data import GPT2_VOCAB_PADDED
@@ -25,13 +28,28 @@ class _RandomWorkload:
         from .pretrain import gpt_config
 
         self.cfg = cfg
-        self.vocab = GPT2_VOCAB_PADDED if cfg.data.tokenizer == "gpt2" else 256
+        self.vocab = vocab or (GPT2_VOCAB_PADDED if cfg.data.tokenizer == "gpt2" else 256)
         self.model = GPT(gpt_config(cfg, self.vocab))
         self._torch = torch
+
+    @property
+    def context_window(self) -> int:
+        return self.cfg.model.block_size
 
     def sample_batch(self, split, n, gen, step):
         rows = self._torch.randint(self.vocab, (n, self.cfg.model.block_size + 1), generator=gen)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return [b % self.vocab for b in prompt.encode()] or [0]
+
+    def stream(self, ids, max_new_tokens, temperature, top_k, gen):
+        idx = self._torch.tensor([ids], dtype=self._torch.long, device=next(self.model.parameters()).device)
+        for token in self.model.generate_stream(idx, max_new_tokens, temperature, top_k or None, gen):
+            yield int(token)
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(33 + i % 94) for i in ids)
 
     def generate(self, *a, **k):
         return ""
@@ -62,30 +80,34 @@ def measure(cfg: cfgmod.Config, steps: int, warmup: int, real_data: bool = False
         raise UserError("--steps must be at least 1 and --warmup not negative")
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg, Dist())
-    workload = build_workload(cfg) if real_data or cfg.engine == "finetune" else _RandomWorkload(cfg)
+    workload = build_workload(cfg) if real_data or cfg.engine == "finetune" else SyntheticWorkload(cfg)
     try:
-        return _measure(cfg, Stepper(cfg, workload, device, Dist()), steps, warmup, log)
+        return measure_stepper(cfg, Stepper(cfg, workload, device, Dist()), steps, warmup, log)
     finally:
         if hasattr(workload, "close"):
             workload.close()  # a preparation still going on in the background
 
 
-def _measure(cfg: cfgmod.Config, stepper, steps: int, warmup: int, log) -> dict:
+def measure_stepper(cfg: cfgmod.Config, stepper, steps: int, warmup: int, log=lambda s: None) -> dict:
+    """Median ms/iter of `steps` optimizer steps after `warmup` untimed ones (compile, allocator)."""
     import torch
 
     from .step import lr_at
 
     device = stepper.device
     sync = torch.cuda.synchronize if stepper.device_type == "cuda" else (lambda: None)
-    times = []
+    times, first = [], None
     for i in range(warmup + steps):
         sync()
         t0 = time.perf_counter()
         stepper.step(i, lr_at(i, cfg.train))
         sync()
         dt = time.perf_counter() - t0
+        first = dt if first is None else first  # torch.compile compiles in the first step
         if i >= warmup:
             times.append(dt)
+        elif i == warmup - 1 and stepper.device_type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # the timed steps' peak, not compile's
         log(f"step {i + 1}/{warmup + steps}: {dt * 1000:.1f} ms{' (warm-up)' if i < warmup else ''}")
     ms = statistics.median(times) * 1000
     tps = stepper.tokens_per_step / (ms / 1000)
@@ -98,7 +120,7 @@ def _measure(cfg: cfgmod.Config, stepper, steps: int, warmup: int, log) -> dict:
         "micro_batch": cfg.train.micro_batch, "grad_accum": cfg.train.grad_accum,
         "tokens_per_step": stepper.tokens_per_step,
         "ms_per_iter": round(ms, 2), "ms_min": round(min(times) * 1000, 2), "tokens_per_sec": round(tps, 1),
-        "mfu": mfu, "peak_tflops": stepper.peak_tflops, "steps": steps,
+        "mfu": mfu, "peak_tflops": stepper.peak_tflops, "steps": steps, "first_step_seconds": round(first, 3),
     }
     if stepper.device_type == "cuda":
         out["max_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

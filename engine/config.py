@@ -52,11 +52,25 @@ class TrainConfig:
     learning_rate: float = 1e-3  # peak learning rate, reached after warm-up
     min_lr: float = 1e-4  # floor of the cosine decay (~learning_rate/10, per Chinchilla)
     warmup_iters: int = 100  # linear warm-up steps
-    lr_decay_iters: int = 2000  # cosine decays to min_lr by this step (~max_iters)
+    # cosine decays to min_lr by this step, then stays there; "auto": at max_iters, so the decay
+    # follows the run (a shorter --set train.max_iters, a live `set train.max_iters` too)
+    lr_decay_iters: int | str = "auto"
     weight_decay: float = 0.1  # AdamW decay, applied to 2-D weights only
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip the global gradient norm; 0 disables
+    # "adamw": AdamW for every parameter; "muon": Muon (torch.optim.Muon) for the blocks' attention
+    # and MLP matrices, AdamW for embeddings, biases and LayerNorm gains (engine/optim.py);
+    # "adamw8bit": bitsandbytes' 8-bit AdamW (CUDA only; pip install "gpt2-cockpit[8bit]"):
+    # its moments take ~2 B per parameter instead of 8
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02  # Muon's peak lr; it follows the schedule at muon_lr / learning_rate times AdamW's
+    muon_momentum: float = 0.95  # Muon's momentum (the speedrun records' 0.95)
+    muon_nesterov: bool = True  # Nesterov momentum, as torch's Muon and the records
+    muon_weight_decay: float = 0.0  # Muon's decoupled decay, per step x Muon's lr (the records: none)
+    # how Muon scales its lr by a matrix's shape: "original" sqrt(max(1, out/in)) (Keller Jordan's) or
+    # "match_rms_adamw" 0.2 sqrt(max(out, in)) (Moonshot's: then muon_lr is on AdamW's scale)
+    muon_adjust_lr: str = "original"
     eval_interval: int = 250  # steps between train/val loss estimates
     eval_iters: int = 20  # batches per loss estimate
     log_interval: int = 10  # steps between `step` events / progress lines
@@ -66,12 +80,46 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bf16 where the GPU has it, else fp16 on CUDA, float32 on CPU
     compile: str | bool = "auto"  # torch.compile; auto: on for CUDA, off on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # GPU memory this process may use, in GB (GiB), e.g. 12 to rehearse a 12 GB card on a bigger one;
+    # 0 = all of it. Through torch.cuda.set_per_process_memory_fraction; a CPU run ignores it
+    memory_limit_gb: float = 0.0
     epochs: float = 0.0  # finetune: when > 0, max_iters is derived from this many passes
+    # finetune: LoRA adapters (peft) of this rank on lora_targets, the model itself frozen; 0 = full fine-tune
+    lora_r: int = 0
+    lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_r
+    lora_dropout: float = 0.05  # dropout on the adapters' input
+    lora_targets: str = "c_attn,c_proj,c_fc"  # module names, comma-separated (GPT-2's attention and MLP)
+    # finetune: keep only each block's input in forward and recompute the block in backward
+    # (Hugging Face's gradient_checkpointing_enable): activations shrink ~10x for ~1/3 more compute
+    gradient_checkpointing: bool = False
     peak_tflops: float = 0.0  # override the GPU peak used for MFU; 0 = from the built-in table
     max_bad_steps: int = 5  # consecutive non-finite steps (each skipped) before the run pauses
     spike_zscore: float = 6.0  # a loss or grad norm this many std devs above its recent mean is a spike; 0 off
     spike_window: int = 128  # steps of history the spike z-score is measured against (as llm.c)
     skip_spikes: bool = False  # skip the optimizer update of a spike step (it is always logged)
+    # HellaSwag acc and acc_norm (engine/hellaswag.py) every this many steps; 0 = off
+    hellaswag_interval: int = 0
+    # its items: HellaSwag's validation set (downloaded once), or a local .jsonl in its format
+    hellaswag_source: str = "builtin:hellaswag-val"
+    hellaswag_limit: int = 0  # the first N items only, the same ones every time; 0 = all 10,042
+
+    @property
+    def decay_end(self) -> int:
+        """The step where the cosine reaches min_lr: lr_decay_iters, or max_iters when it is "auto"."""
+        return self.max_iters if self.lr_decay_iters == "auto" else self.lr_decay_iters
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to learning_rate, cosine decay to min_lr at decay_end, then flat.
+
+        Torch-free, so the planner states the same schedule the run follows.
+        """
+        if step < self.warmup_iters:
+            return self.learning_rate * (step + 1) / (self.warmup_iters + 1)
+        end = self.decay_end
+        if step >= end:
+            return self.min_lr
+        ratio = (step - self.warmup_iters) / max(1, end - self.warmup_iters)
+        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (self.learning_rate - self.min_lr)
 
 
 @dataclass
@@ -116,7 +164,9 @@ LIVE_KEYS = (
 # Keys that only mean something for one engine.
 PRETRAIN_ONLY = {"model.n_layer", "model.n_head", "model.n_embd", "model.dropout", "model.bias", "data.tokenizer",
                  "data.workers", "data.shard_tokens", "data.order"}
-FINETUNE_ONLY = {"model.pretrained", "train.epochs"}
+FINETUNE_ONLY = {"model.pretrained", "train.epochs", "train.lora_r", "train.lora_alpha", "train.lora_dropout",
+                 "train.lora_targets", "train.gradient_checkpointing"}
+OPTIMIZERS = ("adamw", "muon", "adamw8bit")
 
 
 def _split_key(key: str, origin: str = "") -> tuple[str, str]:
@@ -137,6 +187,10 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check one value against its declared type; ints are accepted for floats."""
+    if tp == (int | str):  # a count of steps or "auto" (train.lr_decay_iters)
+        if value == "auto" or isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected an integer or \"auto\", got {value!r}")
     if tp == (str | bool):
         if isinstance(value, bool) or value == "auto":
             return value
@@ -164,18 +218,29 @@ def _check_ranges(cfg: Config, origin: str) -> None:
         if cfg.get(key) < 1:
             raise bad(key, "must be at least 1")
     for key in ("train.warmup_iters", "train.lr_decay_iters", "train.eval_interval", "train.sample_interval",
-                "train.checkpoint_interval", "train.seed", "data.workers"):
-        if cfg.get(key) < 0:
+                "train.checkpoint_interval", "train.seed", "data.workers", "train.hellaswag_interval",
+                "train.hellaswag_limit"):
+        if cfg.get(key) != "auto" and cfg.get(key) < 0:
             raise bad(key, "must not be negative")
     for key in ("train.learning_rate",):
         if not cfg.get(key) > 0:
             raise bad(key, "must be greater than 0")
     for key in ("train.min_lr", "train.weight_decay", "train.grad_clip", "train.epochs", "train.peak_tflops",
-                "train.spike_zscore"):
+                "train.spike_zscore", "train.memory_limit_gb"):
         if cfg.get(key) < 0:
             raise bad(key, "must not be negative")
     if t.min_lr > t.learning_rate:
         raise bad("train.min_lr", f"must not exceed train.learning_rate ({t.learning_rate})")
+    if t.optimizer not in OPTIMIZERS:
+        raise bad("train.optimizer", "must be \"adamw\", \"muon\" or \"adamw8bit\"")
+    if not t.muon_lr > 0:
+        raise bad("train.muon_lr", "must be greater than 0")
+    if not 0 <= t.muon_momentum < 1:
+        raise bad("train.muon_momentum", "must be in [0, 1)")
+    if t.muon_weight_decay < 0:
+        raise bad("train.muon_weight_decay", "must not be negative")
+    if t.muon_adjust_lr not in ("original", "match_rms_adamw"):
+        raise bad("train.muon_adjust_lr", "must be \"original\" or \"match_rms_adamw\"")
     for key in ("train.beta1", "train.beta2"):
         if not 0 <= cfg.get(key) < 1:
             raise bad(key, "must be in [0, 1)")
@@ -193,10 +258,31 @@ def _check_ranges(cfg: Config, origin: str) -> None:
         raise bad("train.dtype", "must be \"auto\", \"float32\", \"bfloat16\" or \"float16\"")
     if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
         raise bad("train.device", "must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")
+    if not t.hellaswag_source.strip():
+        raise bad("train.hellaswag_source", "must name HellaSwag's items (\"builtin:hellaswag-val\" or a .jsonl file)")
     if not d.source.strip():
         raise bad("data.source", "must name a corpus")
+    _check_lora(t, bad)
     if cfg.engine == "finetune" and not m.pretrained:
         raise UserError(f"{origin}: a finetune preset needs model.pretrained (\"gpt2\" or a local model folder)")
+
+
+def lora_targets(t: TrainConfig) -> list[str]:
+    """train.lora_targets as a list of module names."""
+    return [name.strip() for name in t.lora_targets.split(",") if name.strip()]
+
+
+def _check_lora(t: TrainConfig, bad) -> None:
+    if t.lora_r < 0:
+        raise bad("train.lora_r", "must not be negative (0: a full fine-tune)")
+    if not t.lora_alpha > 0:
+        raise bad("train.lora_alpha", "must be greater than 0")
+    if not 0 <= t.lora_dropout < 1:
+        raise bad("train.lora_dropout", "must be in [0, 1)")
+    names = lora_targets(t)
+    if not names or not all(n.replace(".", "").replace("_", "").isalnum() for n in names):
+        raise bad("train.lora_targets", "must name modules, comma-separated (GPT-2's: c_attn, c_proj, c_fc; "
+                                        "attn.c_proj or mlp.c_proj for one of the two c_proj)")
 
 
 @functools.cache

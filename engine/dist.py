@@ -114,6 +114,18 @@ class Dist:
         tdist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the ranks (the counts of an evaluation each rank did a share
+        of). A CPU tensor, so gloo carries it whatever the training device; float64 keeps counts exact."""
+        if not self.enabled:
+            return list(values)
+        import torch
+        import torch.distributed as tdist
+
+        total = torch.tensor(values, dtype=torch.float64)
+        tdist.all_reduce(total)
+        return total.tolist()
+
     # ---------------------------------------------------------------- one optimizer step
 
     def agree(self, failed: bool, loss):

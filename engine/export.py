@@ -1,6 +1,8 @@
 """A run as a Hugging Face GPT-2 folder (save_pretrained), for `gpt2-cockpit export RUN --to DIR`.
 
-A finetune run already keeps one (runs/<name>/model/, or model-best/ with --best): it is copied.
+A finetune run already keeps one (runs/<name>/model/, or model-best/ with --best): it is copied;
+a LoRA run's is an adapter folder: its base model is loaded, the adapter merged in, and the
+result written as a plain model folder.
 A pretrain run's newest checkpoint (best.pt with --best) becomes a GPT2LMHeadModel:
 
 - weights map one to one (our module names are GPT-2's); our nn.Linear weights are (out, in)
@@ -28,6 +30,7 @@ import shutil
 from pathlib import Path
 
 from . import config as cfgmod
+from . import lora
 from .data import GPT2_VOCAB
 from .errors import NetworkUnavailable, UserError
 from .paths import cache_dir
@@ -61,8 +64,21 @@ def _staging(dest: Path) -> Path:
     return tmp
 
 
+def as_plain_files(folder: Path) -> None:
+    """Give every file the mode a plain write gives (0644 under the usual umask 022).
+
+    safetensors writes model.safetensors through a private temp file (mode 0600), so without
+    this the weights, alone of the folder, could not be read by the group or other users."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o666 & ~mask)
+
+
 def install(tmp: Path, dest: Path) -> None:
     """Move the staged folder's files into dest (a new folder: one rename)."""
+    as_plain_files(tmp)
     if not dest.exists():
         os.rename(tmp, dest)
         return
@@ -85,6 +101,8 @@ def export_finetune(run_dir, dest: Path, best: bool) -> str:
     from .finetune import BEST_DIR
 
     src = run_dir.path / BEST_DIR if best else run_dir.model_dir
+    if lora.is_adapter_folder(src):
+        return export_merged(src, dest)
     if not (src / "config.json").is_file():
         raise UserError(f"run {run_dir.name} has no {src.name}/ folder yet (a finetune run writes it at each "
                         f"checkpoint{' that improves val loss' if best else ''}); export it after one")
@@ -92,6 +110,24 @@ def export_finetune(run_dir, dest: Path, best: bool) -> str:
     shutil.copytree(src, tmp)
     install(tmp, dest)
     return f"finetune, {src.name}/"
+
+
+def export_merged(src: Path, dest: Path) -> str:
+    """A LoRA run's adapter folder: its base model with the adapter merged in, as a plain model
+    folder (transformers.pipeline loads it without peft)."""
+    from .finetune import _quiet_transformers, load_pretrained
+
+    model, tokenizer = load_pretrained(str(src))  # the base, from the cache or the Hub, merged
+    _quiet_transformers()
+    tmp = _staging(dest)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        install(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return f"finetune (LoRA), {src.name}/ merged into {lora.base_of(src)}"
 
 
 # --------------------------------------------------------------------------- pretrain runs
@@ -241,7 +277,9 @@ def gpt2_tokenizer():
     from .data import GPT2Tokenizer as TiktokenGPT2, _hub_reachable
 
     try:
-        return GPT2Tokenizer.from_pretrained("gpt2", local_files_only=True)
+        cached = GPT2Tokenizer.from_pretrained("gpt2", local_files_only=True)
+        if len(cached) > 1:  # transformers 5 builds an empty tokenizer, not an error, when nothing is cached
+            return cached
     except (OSError, ValueError):
         pass
     try:

@@ -19,13 +19,15 @@ checkpoints, OOM recovery and exact resume are the pretrain engine's; this modul
   batch of n rows holds rows k*n .. k*n+n-1) is block perm_e[r % n_blocks] of epoch
   e = r // n_blocks, perm_e drawn from (seed, e) alone: stateless, so exact resume needs nothing
   but the step index, every block is seen once per epoch, and train.epochs means what it says.
-- train.epochs > 0: max_iters = ceil(epochs * blocks / rows per step), and lr_decay_iters with it
-  (the schedule decays over the whole run, as the HF Trainer's does). epochs is then set to 0 in
+- train.epochs > 0: max_iters = ceil(epochs * blocks / rows per step); the schedule decays over
+  the whole run, as the HF Trainer's does (lr_decay_iters "auto" follows max_iters; a number,
+  written before the run's length was known, is replaced by it). epochs is then set to 0 in
   the config, so the resolved max_iters is what config.toml keeps and a later `set` or
   `resume --set train.max_iters=...` is not undone by deriving it again.
 - runs/<name>/model/ holds the latest model and tokenizer (save_pretrained, written to a temp
   folder and swapped in at every checkpoint); runs/<name>/model-best/ the best by val loss.
-  Either loads with transformers.pipeline("text-generation", model=...).
+  Either loads with transformers.pipeline("text-generation", model=...). With train.lora_r > 0
+  (engine/lora.py) they are PEFT adapter folders, and `export` writes the merged model.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import config as cfgmod
+from . import lora
 from .data import _goes_to_val, build_atomically, _hf_documents, _hub_reachable, read_documents, source_identity
 from .errors import NetworkUnavailable, UserError
 from .hardware import flops_per_token
@@ -72,11 +75,14 @@ def load_pretrained(name: str, progress=lambda msg: None):
     _quiet_transformers()
     local = Path(name).expanduser()
     if local.is_dir():
+        if lora.is_adapter_folder(local):
+            return _load_adapter(local, progress)
         if not (local / "config.json").is_file():
             raise UserError(f"model.pretrained {name} is a folder without a config.json (point it at a folder "
                             f"written by save_pretrained, e.g. a finetune run's model/ folder)")
         progress(f"loading {name}")
-        return _load(str(local), local_files_only=True)
+        # by its absolute path: a LoRA run's adapter folder names its base model this way
+        return _load(str(local.resolve()), local_files_only=True)
     if local.exists():
         raise UserError(f"model.pretrained {name} is a file; it needs a model folder written by save_pretrained")
     if name.startswith((".", "/", "~")):
@@ -98,6 +104,24 @@ def load_pretrained(name: str, progress=lambda msg: None):
     except _NotCached as e:
         raise UserError(f"model.pretrained {name!r} could not be loaded from the Hugging Face Hub "
                         f"({e.detail})") from None
+
+
+def _load_adapter(folder: Path, progress):
+    """A PEFT adapter folder (a LoRA run's model/): its base model with the adapter merged in, and
+    the tokenizer saved beside the adapter (else the base model's)."""
+    base = lora.base_of(folder)
+    progress(f"{folder} is a LoRA adapter of {base}: loading {base} and merging the adapter into it")
+    model, tokenizer = load_pretrained(base, progress)
+    model = lora.merge(model, folder)
+    try:
+        from transformers import AutoTokenizer
+
+        own = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        if len(own) >= 2:
+            tokenizer = own
+    except (OSError, ValueError):
+        pass  # no tokenizer files beside the adapter: the base model's
+    return model, tokenizer
 
 
 class _NotCached(Exception):
@@ -174,7 +198,7 @@ class CausalLMAdapter(nn.Module):
 
 
 def position_embedding(hf_model: nn.Module) -> nn.Module | None:
-    base = getattr(hf_model, "base_model", hf_model)
+    base = getattr(lora.plain(hf_model), "base_model", hf_model)
     wpe = getattr(base, "wpe", None)
     return wpe if isinstance(wpe, nn.Embedding) else None
 
@@ -397,8 +421,14 @@ class FinetuneWorkload:
         if cfg.model.block_size > self.n_positions:
             raise UserError(f"model.block_size = {cfg.model.block_size} is longer than {cfg.model.pretrained} "
                             f"can attend to ({self.n_positions} positions); use at most {self.n_positions}")
+        model = lora.apply(model, cfg.train, cfg.model.pretrained)  # LoRA adapters, gradient checkpointing
         model.train()  # from_pretrained returns eval mode; training (dropout) must not wait for the first eval
         self.model = CausalLMAdapter(model)
+        if cfg.train.lora_r:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in model.parameters())
+            progress(f"LoRA r={cfg.train.lora_r} on {', '.join(cfgmod.lora_targets(cfg.train))}: {trainable:,} "
+                     f"trainable parameters of {total:,} ({trainable / total:.2%}); the rest is frozen")
         self.data = prepare(cfg.data.source, tokenizer, cfg.data.val_fraction, cfg.model.block_size,
                             cfg.data.text_column, progress)
         self.train_blocks = self.data.num_blocks("train", cfg.model.block_size)
@@ -412,7 +442,9 @@ class FinetuneWorkload:
         iters = iters_for_epochs(t.epochs, self.train_blocks, rows)
         progress(f"train.epochs = {t.epochs:g}: max_iters = {iters:,} ({self.train_blocks:,} blocks of "
                  f"{self.cfg.model.block_size} tokens per epoch, {rows} per step)")
-        t.max_iters = t.lr_decay_iters = iters
+        t.max_iters = iters
+        if t.lr_decay_iters != "auto":  # a number was written before the run's length was known
+            t.lr_decay_iters = iters
         t.epochs = 0.0
 
     # ------------------------------------------------------------------ batches
@@ -493,19 +525,33 @@ class FinetuneWorkload:
     # ------------------------------------------------------------------ the rest of the protocol
 
     def flops_per_token(self) -> float:
+        """6N + attention, less the weight gradients a frozen parameter does not need (2 per token)."""
         c = self.model.hf.config
-        return flops_per_token(self.model.num_params(), c.num_hidden_layers, c.hidden_size, self.cfg.model.block_size)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        wpe = position_embedding(self.model.hf)
+        if wpe is not None and not wpe.weight.requires_grad:
+            frozen -= wpe.weight.numel()  # a lookup: not in N to begin with
+        return (flops_per_token(self.model.num_params(), c.num_hidden_layers, c.hidden_size, self.cfg.model.block_size)
+                - 2.0 * frozen)
 
     def tokenizer_state(self) -> None:
         return None  # the tokenizer is saved beside the model (on_checkpoint), not in the checkpoint
 
     def on_checkpoint(self, run_dir, iter: int, best: bool) -> None:
-        """runs/<name>/model/ (and model-best/ when best): save_pretrained, swapped in whole."""
+        """runs/<name>/model/ (and model-best/ when best): save_pretrained, swapped in whole. A LoRA
+        run's is the adapter folder (PeftModel.save_pretrained), a full fine-tune's the whole model."""
+        from .export import as_plain_files
+
         root = Path(run_dir.path)
         tmp = root / f".model.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.hf.save_pretrained(tmp)
+        if lora.is_adapter(self.model.hf):
+            # the embeddings are neither adapted nor resized; "auto" would ask the Hub at every checkpoint
+            self.model.hf.save_pretrained(tmp, save_embedding_layers=False)
+        else:
+            self.model.hf.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
+        as_plain_files(tmp)  # safetensors writes its file 0600; the rest of the folder is 0644
         if best:
             best_tmp = root / f".{BEST_DIR}.tmp{os.getpid()}"
             shutil.rmtree(best_tmp, ignore_errors=True)

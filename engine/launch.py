@@ -42,8 +42,20 @@ def create_run(preset: str | None, overrides: list[str], name: str | None) -> Ru
     return create(cfg, name)
 
 
+def check_resumable(run: RunDir) -> None:
+    """One sentence, before any process starts, for a run that has nothing to resume from (a
+    restart would only fail in its own process, and say so on every road its output takes)."""
+    folder = run.checkpoints  # checkpoint.py's names, matched here without loading torch
+    if not (folder.is_dir() and any(p.name == "best.pt" or p.name.startswith("ckpt-") and p.suffix == ".pt"
+                                    for p in folder.iterdir())):
+        raise UserError(f"run {run.name} has no checkpoint to resume from (it stopped before writing one); "
+                        f"start it again with 'gpt2-cockpit train'")
+
+
 def prepare_restart(run: RunDir, overrides: list[str]) -> None:
-    """Before restarting a stopped/crashed run: apply --set overrides to its config.toml."""
+    """Before restarting a stopped/crashed run: check it has a checkpoint, and apply --set
+    overrides to its config.toml."""
+    check_resumable(run)
     if overrides:
         run.write_config(cfgmod.with_overrides(run.config(), overrides))
 
@@ -209,6 +221,16 @@ def spawn(run: RunDir, resume: bool, gpus: int | None, wait: float = 20.0, nodes
             raise UserError(f"run {run.name} exited at start (code {proc.returncode}): {tail}")
         time.sleep(0.05)
     return proc.pid
+
+
+def restart(run: RunDir, gpus: int | None = None) -> int:
+    """Restart a stopped, failed or crashed run from its last complete checkpoint in the
+    background, on as many GPUs as before unless told (`gpt2-cockpit resume RUN --detach` on one
+    machine); returns its pid."""
+    if run.alive():
+        raise UserError(f"run {run.name} is still running; its process has not exited")
+    check_resumable(run)
+    return spawn(run, resume=True, gpus=gpus or previous_gpus(run))
 
 
 def spawn_join(nodes: Nodes, gpus: int | None, wait: float = 3.0) -> Path:

@@ -1,7 +1,7 @@
 """The training loop: one function, `train`, read top to bottom.
 
     prepare (started by the caller) -> resume -> per step: commands (and a slice of any sample
-    in progress), wait for the step's data, lr, step, log, eval, checkpoint, sample -> finish
+    in progress), wait for the step's data, lr, step, log, eval, HellaSwag, checkpoint, sample -> finish
 
 The maths lives in the Stepper (engine/step.py); every file the run writes goes through the
 RunOwner (engine/owner.py), a null one on ranks other than 0, so nothing here asks which rank
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import config as cfgmod
-from . import sampling
+from . import hellaswag, sampling
 from .errors import UserError
 from .owner import NullRunOwner, RunOwner
 from .step import Generation, Stepper, lr_at
@@ -49,6 +49,7 @@ class Progress:
     state: str = "preparing"
     stop_reason: str | None = None
     last_eval: int = -1
+    last_hellaswag: int = -1
     last_checkpoint: int = -1
     samples: int = 0
     step_seconds: float = 0.0  # the last optimizer step's time
@@ -63,15 +64,22 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
         stepper.load_state_dict(resume)
         p.iter, p.best_val = int(resume["iter"]), float(resume["best_val_loss"])
         p.bad_steps = int(resume.get("bad_steps", 0))
-        p.last_eval = p.last_checkpoint = p.iter
+        p.last_eval = p.last_checkpoint = p.last_hellaswag = p.iter
     cfg = stepper.cfg
     run.emit("run", name=run.name, preset=cfg.name, engine=cfg.engine, config=cfgmod.to_raw(cfg),
              device=stepper.device, world_size=stepper.dist.world_size,
-             resumed_from=p.iter if resume is not None else None)
+             resumed_from=p.iter if resume is not None else None,
+             params_trainable=sum(w.numel() for w in stepper.params),  # LoRA: the adapters alone
+             params_total=sum(w.numel() for w in stepper.raw_model.parameters()))
     set_state(run, p, "running", f"resumed from iter {p.iter}" if resume is not None else "")
+    # HellaSwag every train.hellaswag_interval steps; None when that is 0, or when its items cannot
+    # be had offline (then a `notice` says so once and the run trains without it)
+    hellaswag_eval = hellaswag.RunEval.start(stepper, lambda message: run.emit("notice", message=message))
     wait_for_data(stepper, run, p)
     if resume is None and cfg.train.eval_interval and p.stop_reason is None:
         evaluate(stepper, run, p, track_best=False)  # the loss before any training: the plot's baseline
+    if resume is None and hellaswag_eval is not None and p.stop_reason is None:
+        score_hellaswag(hellaswag_eval, run, p)  # and HellaSwag's (chance is 0.25)
 
     step_ms: list[float] = []  # optimizer-step times since the last `step` event
     while True:
@@ -118,6 +126,8 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
                      micro_batch=t.micro_batch, grad_accum=t.grad_accum, grad_norm=result.grad_norm)
         if due(p.iter, t.eval_interval):
             evaluate(stepper, run, p, track_best=True, checkpoint_best=p.bad_steps == 0)
+        if hellaswag_eval is not None and due(p.iter, t.hellaswag_interval):
+            score_hellaswag(hellaswag_eval, run, p)
         if due(p.iter, t.checkpoint_interval) and p.bad_steps == 0:
             checkpoint(stepper, run, p)
         if due(p.iter, t.sample_interval):
@@ -130,6 +140,8 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
         set_state(run, p, "stopping", reason)
         if p.last_eval != p.iter and stepper.cfg.train.eval_interval:
             evaluate(stepper, run, p, track_best=True, checkpoint_best=p.bad_steps == 0)
+        if hellaswag_eval is not None and p.last_hellaswag != p.iter:
+            score_hellaswag(hellaswag_eval, run, p)
     if p.bad_steps == 0:
         checkpoint(stepper, run, p)
     while p.sampling:  # samples in progress: finished at the end of the run, dropped at a stop
@@ -175,6 +187,8 @@ def wait_for_data(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress) -
         handle_commands(stepper, run, p)
         if p.stop_reason is not None:
             return
+        if stepper.cpu_share is not None:
+            stepper.cpu_share.idle()  # waiting for data takes no share of the cores either
         time.sleep(DATA_POLL)
     if p.state == "preparing":
         set_state(run, p, "running", "the data for the next step is prepared")
@@ -193,6 +207,16 @@ def evaluate(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, track_
         p.best_val = losses["val"]
         if checkpoint_best:
             checkpoint(stepper, run, p, best=True)
+
+
+def score_hellaswag(hellaswag_eval: hellaswag.RunEval, run: RunOwner | NullRunOwner, p: Progress) -> None:
+    """HellaSwag acc and acc_norm of the weights as they are (each rank scores its share), with
+    the GPT-2 size nearest the model for the cockpit's reference line."""
+    r = hellaswag_eval.score()
+    p.last_hellaswag = p.iter
+    ref = hellaswag_eval.reference
+    run.emit("hellaswag", iter=p.iter, acc=r.acc, acc_norm=r.acc_norm, n=r.n, seconds=round(r.seconds, 3),
+             reference=ref.name, reference_acc_norm=ref.acc_norm)
 
 
 def checkpoint(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, best: bool = False,
@@ -251,6 +275,8 @@ def handle_commands(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress)
                            else max(MIN_SAMPLE_SLICE, SAMPLE_SLICE_FRACTION * p.step_seconds))
         if not paused:
             return
+        if stepper.cpu_share is not None:
+            stepper.cpu_share.idle()  # a paused run takes no share of the cores (its next step takes it back)
         if not p.sampling:
             time.sleep(0.1)
 
@@ -288,9 +314,17 @@ def apply(request: dict[str, Any], stepper: Stepper, run: RunOwner | NullRunOwne
         key = request.get("key")
         if key not in cfgmod.LIVE_KEYS:
             raise UserError(f"{key} cannot change during a run (live keys: {', '.join(cfgmod.LIVE_KEYS)})")
-        old = stepper.cfg.get(key)
-        stepper.cfg = cfgmod.with_overrides(stepper.cfg, {key: request.get("value")}, origin=f"set {key}")
+        before = stepper.cfg
+        changes = {key: request.get("value")}
+        stepper.cfg = cfgmod.with_overrides(before, changes, origin=f"set {key}")
+        if key == "train.learning_rate" and stepper.cfg.train.optimizer == "muon":
+            # Muon's lr is the same curve at muon_lr / learning_rate times AdamW's (engine/optim.py):
+            # a new learning rate moves muon_lr with it, so the two keep their ratio (and a resume too)
+            scale = stepper.cfg.train.learning_rate / before.train.learning_rate
+            changes["train.muon_lr"] = before.train.muon_lr * scale
+            stepper.cfg = cfgmod.with_overrides(before, changes, origin=f"set {key}")
         run.write_config(stepper.cfg)
-        run.emit("set", key=key, old=old, new=stepper.cfg.get(key))
+        for changed in changes:  # from the next step on
+            run.emit("set", key=changed, old=before.get(changed), new=stepper.cfg.get(changed), iter=p.iter)
     else:
         raise UserError(f"unknown command {cmd!r}")

@@ -3,15 +3,15 @@
 Pure Python (no torch, no numpy, no printing), so the command line and the cockpit's compare
 screen share one reading of the log:
 
-    m = metrics.load(resolve("my-run"))       # RunMetrics: .stats, .steps, .evals
+    m = metrics.load(resolve("my-run"))       # RunMetrics: .stats, .steps, .evals, .hellaswag
     m.stats.best_val_loss, m.stats.wall_seconds, m.steps[-1].loss
     metrics.config_diff({m.stats.name: m.stats.config for m in several})
 
 The history is the run's *current* one: a run restarted from the checkpoint at iter K logs a
 `run` event with `resumed_from = K`, and what it logged after K before that restart is superseded
-(the restart trains those iterations again). Steps and evals are dropped the way the cockpit's
-RunModel drops them (tui/model.py `_truncate`): on such a `run` event, and on a step whose iter
-is not past the last one kept.
+(the restart trains those iterations again). Steps, evals and HellaSwag points are dropped the
+way the cockpit's RunModel drops them (tui/model.py `_truncate`): on such a `run` event, and on a
+step whose iter is not past the last one kept.
 """
 
 from __future__ import annotations
@@ -88,8 +88,27 @@ class EvalRow:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class HellaSwagRow:
+    """One `hellaswag` event: HellaSwag acc and acc_norm of the weights at `iter` (engine/hellaswag.py).
+    `tokens` is interpolated from the step rows, as for evals."""
+
+    iter: int
+    acc: float | None = None
+    acc_norm: float | None = None
+    n: int | None = None  # items scored
+    seconds: float | None = None  # what scoring them took
+    tokens: int | None = None
+    time: float | None = None
+    elapsed: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 STEP_FIELDS = tuple(f.name for f in dataclasses.fields(StepRow))
 EVAL_FIELDS = tuple(f.name for f in dataclasses.fields(EvalRow))
+HELLASWAG_FIELDS = tuple(f.name for f in dataclasses.fields(HellaSwagRow))
 
 
 # --------------------------------------------------------------------------- wall time
@@ -154,11 +173,14 @@ def _elapsed_at(spans: list[tuple[float, float]], t: float | None) -> float | No
 class History:
     steps: list[StepRow] = field(default_factory=list)
     evals: list[EvalRow] = field(default_factory=list)
+    hellaswag: list[HellaSwagRow] = field(default_factory=list)
+    reference: tuple[str, float] | None = None  # the GPT-2 size the newest hellaswag event compares with
     resumed_from: int | None = None  # the newest restart's checkpoint iter, if any
 
 
 def history(events: Iterable[dict[str, Any]], now: float | None = None) -> History:
-    """The run's current step and eval rows, a restart's superseded tail dropped (module docstring)."""
+    """The run's current step, eval and HellaSwag rows, a restart's superseded tail dropped
+    (module docstring)."""
     events = list(events)
     spans = running_spans(events, now)
     h = History()
@@ -168,6 +190,8 @@ def history(events: Iterable[dict[str, Any]], now: float | None = None) -> Histo
             h.steps.pop()
         while h.evals and h.evals[-1].iter > last_iter:
             h.evals.pop()
+        while h.hellaswag and h.hellaswag[-1].iter > last_iter:
+            h.hellaswag.pop()
 
     for e in events:
         kind = e.get("type")
@@ -199,7 +223,20 @@ def history(events: Iterable[dict[str, Any]], now: float | None = None) -> Histo
             h.evals.append(EvalRow(iter=it, train_loss=_finite(e.get("train_loss")),
                                    val_loss=_finite(e.get("val_loss")), val_ppl=_finite(e.get("val_ppl")),
                                    time=t, elapsed=_elapsed_at(spans, t)))
-    for row in h.evals:
+        elif kind == "hellaswag":
+            it = _int(e.get("iter"))
+            if it is None:
+                continue
+            while h.hellaswag and h.hellaswag[-1].iter >= it:  # scored again after a restart
+                h.hellaswag.pop()
+            t = _finite(e.get("time"))
+            h.hellaswag.append(HellaSwagRow(iter=it, acc=_finite(e.get("acc")), acc_norm=_finite(e.get("acc_norm")),
+                                            n=_int(e.get("n")), seconds=_finite(e.get("seconds")),
+                                            time=t, elapsed=_elapsed_at(spans, t)))
+            ref, ref_acc = e.get("reference"), _finite(e.get("reference_acc_norm"))
+            if isinstance(ref, str) and ref_acc is not None:
+                h.reference = (ref, ref_acc)
+    for row in h.evals + h.hellaswag:
         row.tokens = tokens_at(h.steps, row.iter)
     return h
 
@@ -218,6 +255,93 @@ def tokens_at(steps: list[StepRow], it: int) -> int | None:
     else:
         (i0, t0), (i1, t1) = points[i - 1], points[i]
     return round(t0 + (t1 - t0) * (it - i0) / (i1 - i0))
+
+
+# --------------------------------------------------------------------------- config changes
+
+
+@dataclass
+class ConfigChange:
+    """A config key whose value changed while the run went on."""
+
+    key: str  # dotted, e.g. "train.learning_rate"
+    old: Any
+    new: Any
+    iter: int | None  # steps done when the new value took over (None: before any step was logged)
+    how: str  # "set" (live), "oom" (an out-of-memory split), "resume" (a restart with other settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_changes(events: Iterable[dict[str, Any]]) -> list[ConfigChange]:
+    """Every change of a config key during the run, in log order: live `set` events, the
+    micro_batch / grad_accum splits of `oom` events, and the keys a restart's `run` event logs
+    with another value than the run had (`resume --set`).
+
+    A `set` event carries no iteration in older logs; it then took effect after the newest step
+    event before it (so at most log_interval steps late). A restart from the checkpoint at K
+    supersedes what came after K: a change logged there took effect at K, as config.toml kept it.
+    """
+    changes: list[ConfigChange] = []
+    current: dict[str, Any] | None = None  # the run's config as it stands, flattened
+    last_iter: int | None = None
+    for e in events:
+        kind = e.get("type")
+        if kind == "step":
+            last_iter = _int(e.get("iter"))
+        elif kind == "run" and isinstance(e.get("config"), Mapping):
+            logged = flatten(e["config"])
+            resumed = _int(e.get("resumed_from"))
+            if current is not None:
+                at = resumed if resumed is not None else 0
+                for c in changes:
+                    if c.iter is not None and c.iter > at:
+                        c.iter = at
+                changes += [ConfigChange(key, current[key], value, at, "resume") for key, value in logged.items()
+                            if key not in DIFF_IGNORED and key in current and current[key] != value]
+            current = logged
+            last_iter = resumed if resumed is not None else last_iter
+        elif kind == "set" and isinstance(e.get("key"), str):
+            it = _int(e.get("iter"))
+            changes.append(ConfigChange(e["key"], e.get("old"), e.get("new"), it if it is not None else last_iter, "set"))
+            if current is not None:
+                current[e["key"]] = e.get("new")
+        elif kind == "oom":
+            it, before, after = _int(e.get("iter")), _int(e.get("micro_batch_before")), _int(e.get("micro_batch_after"))
+            accum = _int(e.get("grad_accum_after"))
+            if before is not None and after is not None and before != after:
+                changes.append(ConfigChange("train.micro_batch", before, after, it, "oom"))
+            old_accum = (current or {}).get("train.grad_accum")
+            if accum is not None and accum != old_accum:
+                changes.append(ConfigChange("train.grad_accum", old_accum, accum, it, "oom"))
+            if current is not None:
+                current.update({k: v for k, v in (("train.micro_batch", after), ("train.grad_accum", accum))
+                                if v is not None})
+    return changes
+
+
+def spell(value: Any) -> str:
+    """A config value as a preset spells it (true/false, numbers, bare strings); '-' if absent."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def value_history(value: Any, changes: Iterable[ConfigChange], key: str) -> str:
+    """A key's value in one run, with how it got there: "0.001 → 0.0003 @70" for a learning rate
+    set live after 70 steps ("(oom)", "(resume)" mark the other ways); just the value if it never
+    changed."""
+    mine = [c for c in changes if c.key == key]
+    if not mine:
+        return spell(value)
+    parts = [spell(mine[0].old)]
+    for c in mine:
+        at = f" @{c.iter}" if c.iter is not None else ""
+        parts.append(f"{spell(c.new)}{at}" + (f" ({c.how})" if c.how != "set" else ""))
+    return " → ".join(parts)
 
 
 # --------------------------------------------------------------------------- the run
@@ -241,6 +365,13 @@ class RunStats:
     wall_seconds: float = 0.0  # active time, across restarts (running_spans)
     path: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config, TOML-shaped (config.to_raw)
+    changes: list[ConfigChange] = field(default_factory=list)  # keys changed during the run (config_changes)
+    # HellaSwag (`hellaswag` events): the highest acc_norm, the iter of its (first) evaluation, and
+    # the GPT-2 size it compares with (engine/hellaswag.py REFERENCES); None before any evaluation
+    best_acc_norm: float | None = None
+    best_acc_norm_iter: int | None = None
+    hellaswag_reference: str | None = None  # e.g. "GPT-2 124M"
+    hellaswag_reference_acc_norm: float | None = None  # e.g. 0.2955
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -251,6 +382,8 @@ class RunMetrics:
     stats: RunStats
     steps: list[StepRow]
     evals: list[EvalRow]
+    hellaswag: list[HellaSwagRow] = field(default_factory=list)
+    reference: tuple[str, float] | None = None  # (name, acc_norm) of the GPT-2 the run compares with
 
 
 def load(run: RunDir, events: list[dict[str, Any]] | None = None, now: float | None = None) -> RunMetrics:
@@ -275,7 +408,11 @@ def load(run: RunDir, events: list[dict[str, Any]] | None = None, now: float | N
     s.iter = max(s.iter, h.resumed_from or 0)  # restarted, no step logged since: the checkpoint's iter
     s.best_val_loss, s.best_val_iter = best_val(h.evals)
     s.wall_seconds = wall_seconds(events, now)
-    return RunMetrics(s, h.steps, h.evals)
+    s.changes = config_changes(events)
+    s.best_acc_norm, s.best_acc_norm_iter = best_acc_norm(h.hellaswag)
+    if h.reference is not None:
+        s.hellaswag_reference, s.hellaswag_reference_acc_norm = h.reference
+    return RunMetrics(s, h.steps, h.evals, h.hellaswag, h.reference)
 
 
 def best_val(evals: list[EvalRow]) -> tuple[float | None, int | None]:
@@ -285,6 +422,21 @@ def best_val(evals: list[EvalRow]) -> tuple[float | None, int | None]:
         return None, None
     best = min(scored, key=lambda r: r.val_loss)
     return best.val_loss, best.iter
+
+
+def best_acc_norm(rows: list[HellaSwagRow]) -> tuple[float | None, int | None]:
+    """The highest HellaSwag acc_norm and the iter of its (first) evaluation; (None, None) before any."""
+    scored = [r for r in rows if r.acc_norm is not None]
+    if not scored:
+        return None, None
+    best = max(scored, key=lambda r: r.acc_norm)  # max keeps the first of equals
+    return best.acc_norm, best.iter
+
+
+def best_hellaswag_run(stats: Iterable[RunStats]) -> RunStats | None:
+    """The run with the highest best acc_norm (the first of equals); None when none has a HellaSwag point."""
+    scored = [s for s in stats if s.best_acc_norm is not None]
+    return max(scored, key=lambda s: s.best_acc_norm) if scored else None
 
 
 def best_run(stats: Iterable[RunStats]) -> RunStats | None:
@@ -324,12 +476,17 @@ def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 _MISSING = object()
 
 
-def config_diff(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def config_diff(configs: Mapping[str, Mapping[str, Any]],
+                changes: Mapping[str, Iterable[ConfigChange]] | None = None) -> dict[str, dict[str, Any]]:
     """The config keys whose values differ between runs: {dotted key: {run name: value}}.
 
     `configs` maps each run's name to its TOML-shaped config (RunStats.config). Keys come in the
     order config.toml lists them. A key one run lacks (e.g. model.pretrained when a finetune is
     compared with a pretrain run) differs, and that run's value is None.
+
+    `changes` maps run names to their config changes (RunStats.changes): a key that changed
+    during a run differs too unless every run has the same history of it, so a learning rate
+    lowered live never passes for one the run always had (value_history spells it).
 
     `name` is compared like any key: it is the preset's name, so it shows exactly when the runs
     come from different presets, which is worth knowing. `description` is left out: it is the
@@ -346,7 +503,10 @@ def config_diff(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
         for v in values.values():
             if v not in distinct:
                 distinct.append(v)
-        if len(distinct) > 1:
+        histories = {run: [(c.old, c.new, c.iter, c.how) for c in (changes or {}).get(run, ()) if c.key == key]
+                     for run in flat}
+        changed = any(histories.values()) and len({repr(h) for h in histories.values()}) > 1
+        if len(distinct) > 1 or changed:
             diff[key] = {run: (None if v is _MISSING else v) for run, v in values.items()}
     return diff
 

@@ -165,7 +165,9 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: KVCache | None = None, every_position: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, loss). Without targets, the last position's logits only (generation), unless
+        every_position (scoring: engine/hellaswag.py)."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
         assert start + T <= self.config.block_size, f"sequence of {start + T} exceeds block_size {self.config.block_size}"
@@ -176,7 +178,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:
             # inference: only the last position's logits are needed
-            return self.lm_head(x[:, [-1], :]), None
+            return self.lm_head(x if every_position else x[:, [-1], :]), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss

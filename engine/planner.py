@@ -7,7 +7,8 @@
 Parameters are counted from the model's shape, tokens from the batch arithmetic, FLOPs as
 6·N + 12·L·T·d per token (hardware.flops_per_token), VRAM from a per-tensor account of what
 training keeps on the GPU (estimate_vram, below), time from an assumed MFU on the GPU's peak
-(or from a measured ms/iter), energy at the GPU's power limit.
+(or from a measured ms/iter), HellaSwag evaluations included (hellaswag_cost), energy at the
+GPU's power limit.
 
 The cockpit imports this module, and the cockpit never loads torch: keep it that way. data.py
 (torch-free, but it brings numpy) is imported only inside the functions that need it, so the
@@ -48,6 +49,10 @@ HF_GPT2 = {
     "distilgpt2": (6, 12, 768),
 }
 CHAR_VOCAB_GUESS = 256  # char-level before the corpus is tokenized: the corpus decides
+# A HellaSwag validation row (context + " " + one ending) is ~85 GPT-2 tokens on average; a
+# char-level model reads ~4 characters per GPT-2 token of English. Rows are cut to the context window.
+HELLASWAG_ROW_TOKENS = 85
+CHARS_PER_TOKEN = 4
 
 
 # --------------------------------------------------------------------------- the model's shape
@@ -88,6 +93,13 @@ def _hf_shape(cfg: cfgmod.Config) -> ModelShape:
         return ModelShape(n_layer, n_head, n_embd, 1024, cfg.model.block_size, GPT2_VOCAB, True, 0.1,
                           f"GPT-2 BPE, {GPT2_VOCAB:,} ({key})", hf=True)
     path = Path(name).expanduser() / "config.json"
+    adapter = Path(name).expanduser() / "adapter_config.json"
+    if not path.is_file() and adapter.is_file():  # a LoRA run's model/: the shape of the model it adapts
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{adapter}: no base_model_name_or_path ({e.__class__.__name__}: {e})") from None
+        return _hf_shape(cfgmod.with_overrides(cfg, {"model.pretrained": str(base)}))
     if not path.is_file():
         sizes = ", ".join(HF_GPT2)
         raise UserError(f"model.pretrained = {name!r}: the planner knows the hub GPT-2 sizes ({sizes}) "
@@ -186,13 +198,42 @@ class GpuSpec:
 # --------------------------------------------------------------------------- VRAM
 
 
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters as the finetune engine adds them (engine/lora.py): rank r on GPT-2 modules."""
+
+    r: int
+    targets: tuple[str, ...]  # train.lora_targets: c_attn, c_proj (both), c_fc, attn.c_proj, mlp.c_proj
+    dropout: float
+
+    @classmethod
+    def of(cls, cfg: cfgmod.Config) -> "LoraSpec | None":
+        t = cfg.train
+        if cfg.engine != "finetune" or not t.lora_r:
+            return None
+        return cls(t.lora_r, tuple(cfgmod.lora_targets(t)), t.lora_dropout)
+
+    def modules(self, d: int) -> list[tuple[int, int]]:
+        """(in, out) of each adapted module of one GPT-2 block (names GPT-2 lacks match nothing)."""
+        block = {"attn.c_attn": (d, 3 * d), "attn.c_proj": (d, d), "mlp.c_fc": (d, 4 * d), "mlp.c_proj": (4 * d, d)}
+        return [dims for name, dims in block.items()
+                if any(name == t or name.endswith("." + t) for t in self.targets)]
+
+    def params(self, s: ModelShape) -> int:
+        """A (r x in) and B (out x r) per adapted module and layer."""
+        return s.n_layer * sum(self.r * (i + o) for i, o in self.modules(s.n_embd))
+
+
 def estimate_vram(shape: ModelShape, micro_batch: int, dtype: str, compiled: bool, on_gpu: bool = True,
-                  world_size: int = 1, fused_attention: bool = True) -> dict[str, float]:
+                  world_size: int = 1, fused_attention: bool = True, optimizer: str = "adamw",
+                  lora: LoraSpec | None = None, checkpointing: bool = False) -> dict[str, float]:
     """Bytes on one GPU at the peak of a training step (the start of backward), by part.
 
     P = all parameters. AdamW training keeps, per parameter:
       weights 4 B (fp32 master copy; autocast adds a 2 B bf16/fp16 copy, cached for the step),
       grads 4 B (fp32; DDP adds 4 B of bucket copies), AdamW m and v 8 B.  -> 16-18 B/param
+      (optimizer "muon": Muon keeps one 4 B momentum buffer for each weight of the blocks' matrices,
+      12·d² a layer; the rest stays with AdamW's 8 B)
     Activations saved for backward, per token per layer, with e = 2 B (autocast) or 4 B (fp32),
     d = n_embd, for engine/model.py's block:
       two LayerNorm inputs (the residual stream, fp32 even under autocast)      8d
@@ -209,6 +250,21 @@ def estimate_vram(shape: ModelShape, micro_batch: int, dtype: str, compiled: boo
       (4 + 4): 14 B/token/vocab under autocast, 16 in fp32. torch.compile fuses the loss and keeps
       about e + 4 + e (8 B).
     Plus CUDA context and allocator slack, ~0.5 GiB.
+
+    Fine-tuning techniques (the finetune engine; checked against MemTracker on fake CPU tensors,
+    engine/memtrack.py, within 15% for gpt2-medium-finetune, gpt2-large-finetune-12gb,
+    gpt2-xl-lora-12gb and a full gpt2-xl fine-tune: tests/benchmarks/finetune_memory.py):
+      LoRA (lora): the model is frozen in its dtype as loaded (float32: 4 B/param); gradients
+        and optimizer state for the adapters alone, r·(in + out) per adapted module and layer.
+        Autocast caches its 2 B copy only of weights that train; a frozen weight's copy is made
+        at each use and kept for backward (the input's gradient needs it), so every frozen
+        matrix's copy is there at the peak, or one block's when blocks are recomputed. Each
+        adapted module also keeps its input's copy for A (e·in), A's output (e·r) and, with
+        lora_dropout, a 1-byte mask (in).
+      Gradient checkpointing (checkpointing): each block keeps only its input, 4d bytes per
+        token (the fp32 residual stream), and one block at a time is recomputed in backward
+        with all its activations.
+      8-bit AdamW (optimizer "adamw8bit", bitsandbytes): m and v in 8 bits, ~2 B/param.
 
     Accuracy. The saved-for-backward part is measured, not guessed: counting the storages that
     autograd saves (torch.autograd.graph.saved_tensors_hooks) for engine/model.GPT on the CPU
@@ -230,20 +286,38 @@ def estimate_vram(shape: ModelShape, micro_batch: int, dtype: str, compiled: boo
     e = 2 if mixed else 4
     P = _param_counts(s)["params_total"]
     tokens = micro_batch * T
+    P_lora = lora.params(s) if lora else 0
+    trained = P_lora if lora else P
 
-    weights = 4 * P + (2 * P if mixed else 0)
-    grads = 4 * P + (4 * P if world_size > 1 else 0)
-    optimizer = 8 * P
+    weights = 4 * (P + P_lora)
+    if mixed and lora:  # adapters' copies cached; frozen matrices' (blocks, output layer) kept for backward
+        frozen_matrices = (1 if checkpointing else s.n_layer) * 12 * d * d + V * d
+        weights += 2 * P_lora + 2 * frozen_matrices
+    elif mixed:
+        weights += 2 * P
+    grads = 4 * trained + (4 * trained if world_size > 1 else 0)
+    if lora:
+        muon_params = P_lora if optimizer == "muon" else 0  # every adapter matrix is 2-D
+    else:
+        muon_params = s.n_layer * 12 * d * d if optimizer == "muon" else 0  # attention and MLP matrices
+    state_bytes = 2 if optimizer == "adamw8bit" else 8  # AdamW's m and v: 8 bits or 32 each
+    optimizer = state_bytes * (trained - muon_params) + 4 * muon_params
 
     per_layer = 8 * d + 14 * e * d
     if s.dropout > 0:
         per_layer += 2 * d  # residual dropout masks (attention dropout inside fused SDPA keeps none)
     if s.hf:
         per_layer += 12 * e * d  # gelu_new is built from elementwise ops that each save a tensor
+        per_layer += e * d  # the heads put back side by side: a copy (c_proj's input)
     if not fused_attention:
         per_layer += s.n_head * T * (4 + (e if mixed else 0) + (1 + e if s.dropout > 0 else 0))
+    if lora:
+        per_layer += sum(e * i + e * lora.r + (i if lora.dropout > 0 else 0) for i, _ in lora.modules(d))
     head = 4 * d + e * d  # final LayerNorm input, lm_head input
-    activations = tokens * (s.n_layer * per_layer + head)
+    if checkpointing:  # every block's input, and one block recomputed
+        activations = tokens * (s.n_layer * 4 * d + per_layer + head)
+    else:
+        activations = tokens * (s.n_layer * per_layer + head)
 
     logit_bytes = (e + 4 + (e if mixed else 0)) if compiled else (e + 4 + 4 + 4)
     logits = tokens * V * logit_bytes
@@ -251,6 +325,15 @@ def estimate_vram(shape: ModelShape, micro_batch: int, dtype: str, compiled: boo
     overhead = CUDA_CONTEXT_GIB * GIB if on_gpu else 0.0
     return {"weights": float(weights), "grads": float(grads), "optimizer": float(optimizer),
             "activations": float(activations), "logits": float(logits), "overhead": float(overhead)}
+
+
+def planned_peak(cfg: cfgmod.Config, dtype: str, compiled: bool) -> float:
+    """estimate_vram's bytes for cfg on a GPU in `dtype`, with its fine-tuning techniques and
+    optimizer, less the CUDA context (what a memory tracker or max_memory_allocated counts)."""
+    parts = estimate_vram(model_shape(cfg), cfg.train.micro_batch, dtype, compiled, on_gpu=True,
+                          optimizer=cfg.train.optimizer, lora=LoraSpec.of(cfg),
+                          checkpointing=cfg.engine == "finetune" and cfg.train.gradient_checkpointing)
+    return sum(parts.values()) - parts["overhead"]
 
 
 # --------------------------------------------------------------------------- the plan
@@ -292,6 +375,18 @@ class Plan:
     price_per_kwh: float | None
     cost: float | None
     cost_measured: float | None
+    # HellaSwag during the run (train.hellaswag_interval): evaluations, items each, their forward
+    # FLOPs, and their share of `hours` (None where hours are)
+    hellaswag_evals: int = 0
+    hellaswag_items: int = 0
+    hellaswag_flops: float = 0.0
+    hellaswag_hours: float | None = None
+    # what trains and how (train.lora_r, gradient_checkpointing, optimizer), and what would fit
+    params_trainable: int = 0
+    lora: LoraSpec | None = None
+    checkpointing: bool = False
+    optimizer: str = "adamw"
+    fit_with: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,6 +399,10 @@ class Plan:
             "params": self.params,  # without position embeddings (nanoGPT's count)
             "params_total": self.params_total,
             "params_non_embedding": self.params_non_embedding,  # Kaplan's N: no token or position embedding
+            "params_trainable": self.params_trainable,  # LoRA: the adapters; otherwise params_total
+            "lora_r": self.lora.r if self.lora else 0,
+            "gradient_checkpointing": self.checkpointing,
+            "optimizer": self.optimizer,
             "micro_batch": self.micro_batch,
             "grad_accum": self.grad_accum,
             "world_size": self.world_size,
@@ -324,6 +423,7 @@ class Plan:
             "gpu_peak_tflops": g.peak_tflops if g else None,
             "gpu_power_w": g.power_limit_w if g else None,
             "fits": self.fits,
+            "fit_with": self.fit_with,  # when it does not fit: settings that would make it ({"set", "vram_gb", ...})
             "max_micro_batch": self.max_micro_batch,
             "mfu": self.mfu,
             "hours": self.hours,
@@ -336,6 +436,10 @@ class Plan:
             "price_per_kwh": self.price_per_kwh,
             "cost": self.cost,
             "cost_measured": self.cost_measured,
+            "hellaswag_evals": self.hellaswag_evals,  # hours and hours_measured include their time
+            "hellaswag_items": self.hellaswag_items,
+            "hellaswag_flops": self.hellaswag_flops,
+            "hellaswag_hours": self.hellaswag_hours,
             "notes": self.notes,
         }
 
@@ -353,11 +457,19 @@ class Plan:
             ("total tokens", f"{fmt_si(self.total_tokens)} in {self.max_iters:,} iters"),
             ("tokens/param", f"{_num(self.tokens_per_param)} (compute-optimal ~{TOKENS_PER_PARAM_OPTIMAL}: "
                              f"{fmt_si(TOKENS_PER_PARAM_OPTIMAL * self.params)} tokens)"),
-            ("FLOPs/token", f"{fmt_si(self.flops_per_token)} = 6N {fmt_si(self.flops_per_token - self.flops_attention_per_token)}"
+            ("FLOPs/token", f"{fmt_si(self.flops_per_token)} = {'4N + 6 x adapters' if self.lora else '6N'} "
+                            f"{fmt_si(self.flops_per_token - self.flops_attention_per_token)}"
                             f" + attention {fmt_si(self.flops_attention_per_token)}"),
             ("FLOPs total", f"{self.flops_total:.3g} ({fmt_si(self.flops_total, 'FLOP')})".replace("e+", "e")),
             ("precision", f"{_DTYPE_LABEL[self.dtype]}{', torch.compile' if self.compiled else ''}"),
         ]
+        if self.lora:
+            rows.insert(5, ("trainable", f"{fmt_si(self.params_trainable)}: LoRA r={self.lora.r} on "
+                                         f"{', '.join(self.lora.targets)} (the model itself is frozen)"))
+        savers = [label for on, label in ((self.checkpointing, "gradient checkpointing (~1/3 more compute)"),
+                                          (self.optimizer == "adamw8bit", "8-bit AdamW (bitsandbytes)")) if on]
+        if savers:
+            rows.append(("memory savers", ", ".join(savers)))
         b = self.vram_breakdown
         if g:
             where = f"of {g.mem_total_gb:.1f} GiB" if g.mem_total_gb else "(GPU memory unknown)"
@@ -368,11 +480,13 @@ class Plan:
             rows.append(("VRAM estimate", f"{self.vram_gb:.1f} GiB {where}{verdict}"))
         else:
             rows.append(("memory estimate", f"{self.vram_gb:.2f} GiB of RAM (no GPU: on the CPU)"))
-        rows.append(("", f"weights+grads+AdamW {b['weights'] + b['grads'] + b['optimizer']:.2f}, "
+        rows.append(("", f"weights+grads+optimizer {b['weights'] + b['grads'] + b['optimizer']:.2f}, "
                          f"activations {b['activations']:.2f}, logits {b['logits']:.2f}"
                          + (f", CUDA {b['overhead']:.1f}" if b["overhead"] else "")))
         if self.max_micro_batch is not None:
-            if self.max_micro_batch < 1:
+            if self.max_micro_batch < 1 and self.fit_with:
+                rows.append(("", "even micro_batch 1 does not fit as set; the note below says what would"))
+            elif self.max_micro_batch < 1:
                 rows.append(("", "even micro_batch 1 does not fit: a smaller model or a bigger GPU"))
             elif not self.fits:
                 rows.append(("", f"micro_batch {self.max_micro_batch} would fit (raise grad_accum to keep "
@@ -394,6 +508,9 @@ class Plan:
             source = f" ({self.measured_from})" if self.measured_from else ""
             rows.append(("time measured", f"{fmt_hours(self.hours_measured)} at "
                                           f"{fmt_ms(self.ms_per_iter_measured)}/iter{source}"))
+        if self.hellaswag_evals:
+            share = f": {fmt_hours(self.hellaswag_hours)} of the time" if self.hellaswag_hours is not None else ""
+            rows.append(("HellaSwag", f"{self.hellaswag_evals:,} evals x {self.hellaswag_items:,} items{share}"))
         if self.kwh is not None or self.kwh_measured is not None:
             parts = []
             if self.kwh is not None:
@@ -432,6 +549,38 @@ def _price(price: float | None) -> float | None:
     return value
 
 
+def hellaswag_cost(cfg: cfgmod.Config, shape: ModelShape, params: int) -> tuple[int, int, float]:
+    """(evaluations, items each, forward FLOPs of them all) of a run's HellaSwag
+    (train.hellaswag_interval; (0, 0, 0.0) when off).
+
+    A fresh run scores before its first step, then every interval, and once more at its end when
+    max_iters is not a multiple of the interval (engine/loop.py). Each item is four rows (its four
+    endings) of ~HELLASWAG_ROW_TOKENS tokens, cut to the context window, at 2·N FLOPs a token (one
+    forward pass; the attention over such short rows is small beside it).
+    """
+    t = cfg.train
+    if not t.hellaswag_interval or t.max_iters <= 0:
+        return 0, 0, 0.0
+    evals = 1 + t.max_iters // t.hellaswag_interval + (1 if t.max_iters % t.hellaswag_interval else 0)
+    items = _hellaswag_items(t.hellaswag_source, t.hellaswag_limit)
+    row = HELLASWAG_ROW_TOKENS * (CHARS_PER_TOKEN if cfg.engine == "pretrain" and cfg.data.tokenizer == "char" else 1)
+    return evals, items, float(evals * items * 4 * min(row, shape.block_size) * 2 * params)
+
+
+def _hellaswag_items(source: str, limit: int) -> int:
+    """Items per evaluation: the validation set's 10,042 or a local file's lines, at most `limit` (0: all)."""
+    from .hellaswag import DEFAULT_SOURCE, VAL_ITEMS  # torch-free at import
+
+    items = VAL_ITEMS
+    if source != DEFAULT_SOURCE:
+        try:
+            with open(Path(source).expanduser(), "rb") as f:
+                items = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) or VAL_ITEMS
+        except OSError:
+            pass  # a missing file stops the run at its start; plan as for the validation set
+    return min(items, limit) if limit > 0 else items
+
+
 def make_plan(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_size: int = 1,
               mfu: float = DEFAULT_MFU, ms_per_iter: float | None = None,
               price_per_kwh: float | None = None, measured_from: str | None = None) -> Plan:
@@ -459,9 +608,17 @@ def make_plan(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_si
     t = cfg.train
     tokens_per_step = t.micro_batch * t.grad_accum * shape.block_size * world_size
     total_tokens = tokens_per_step * t.max_iters
+    lora = LoraSpec.of(cfg)
+    checkpointing = cfg.engine == "finetune" and t.gradient_checkpointing
+    trainable = lora.params(shape) if lora else counts["params_total"]
     fpt = _flops_per_token(counts["params"], shape.n_layer, shape.n_embd, shape.block_size)
+    if lora:  # a frozen weight needs no gradient of its own: 2 FLOPs a token less, adapters 6 more
+        fpt += 6.0 * trainable - 2.0 * counts["params"]
     attention = 12.0 * shape.n_layer * shape.block_size * shape.n_embd
     flops_total = fpt * total_tokens
+    # checkpointing recomputes each block's forward in backward: work the MFU convention leaves
+    # out of the model's FLOPs but the clock does not
+    work = (fpt + 2.0 * counts["params"] + attention / 3) / fpt if checkpointing else 1.0
 
     on_gpu = gpu is not None
     dtype = t.dtype if t.dtype != "auto" else ("float32" if not on_gpu else "bfloat16" if gpu.bf16 else "float16")
@@ -469,26 +626,35 @@ def make_plan(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_si
     notes = []
     if t.dtype == "bfloat16" and on_gpu and not gpu.bf16:
         notes.append(f"{_short_gpu(gpu.name)} has no bf16: use train.dtype=float16")
-    breakdown = estimate_vram(shape, t.micro_batch, dtype, compiled, on_gpu, world_size)
+    breakdown = estimate_vram(shape, t.micro_batch, dtype, compiled, on_gpu, world_size, optimizer=t.optimizer,
+                              lora=lora, checkpointing=checkpointing)
     vram = sum(breakdown.values())
 
     fits = max_mb = None
+    fit_with: list[dict[str, Any]] = []
     if on_gpu and gpu.mem_total_gb:
         budget = gpu.mem_total_gb * GIB * FIT_FRACTION
         fits = vram <= budget
-        # activations and logits scale with the micro-batch; the rest does not
-        per_sample = (breakdown["activations"] + breakdown["logits"]) / t.micro_batch
-        fixed = vram - per_sample * t.micro_batch
-        max_mb = int((budget - fixed) // per_sample)
+        max_mb = _max_micro_batch(breakdown, t.micro_batch, budget)
+        if not fits:
+            fit_with = fit_options(cfg, shape, dtype, compiled, world_size, budget)
 
-    hours = ms_est = kwh = None
+    # HellaSwag's evaluations run at the pace training does (the same FLOP rate), so they add
+    # their FLOPs' share to the estimated hours and to the measured ones
+    hs_evals, hs_items, hs_flops = hellaswag_cost(cfg, shape, counts["params"])
+    hours = ms_est = kwh = hs_hours = None
     if on_gpu and gpu.peak_tflops:
-        seconds = flops_total / (world_size * gpu.peak_tflops * 1e12 * mfu)
-        hours = seconds / 3600
-        ms_est = seconds * 1000 / t.max_iters
+        seconds = flops_total * work / (world_size * gpu.peak_tflops * 1e12 * mfu)
+        hs_hours = hs_flops / (world_size * gpu.peak_tflops * 1e12 * mfu) / 3600
+        hours = seconds / 3600 + hs_hours
+        ms_est = seconds * 1000 / t.max_iters  # a training step's
     hours_m = kwh_m = None
     if ms_per_iter is not None:
-        hours_m = ms_per_iter * t.max_iters / 3.6e6
+        train_seconds = ms_per_iter * t.max_iters / 1000
+        measured_hs_hours = hs_flops / (flops_total / train_seconds) / 3600 if flops_total > 0 else 0.0
+        hours_m = train_seconds / 3600 + measured_hs_hours
+        if hs_hours is None:
+            hs_hours = measured_hs_hours
     watts = gpu.power_limit_w if on_gpu else None
     if watts:
         kwh = watts * world_size * hours / 1000 if hours is not None else None
@@ -500,7 +666,15 @@ def make_plan(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_si
         notes.append(f"train.epochs = {t.epochs:g}: the run derives max_iters from the data; "
                      f"this plan uses {t.max_iters:,}")
     if fits is False:
+        if fit_with:
+            notes.append("it would fit with " + "; or ".join(_fit_text(o, t.micro_batch) for o in fit_with))
         notes.append("on OOM the run shrinks micro_batch and raises grad_accum (same tokens/step)")
+    if t.decay_end > t.max_iters and not (cfg.engine == "finetune" and t.epochs > 0):
+        last_lr = t.lr_at(t.max_iters - 1)  # the lr of the run's last step
+        notes.append(f"the lr schedule does not end within the run: train.lr_decay_iters = {t.lr_decay_iters:,} "
+                     f"is past max_iters = {t.max_iters:,}, so the last step trains at {last_lr:.3g} "
+                     f"({last_lr / t.learning_rate:.0%} of the peak), not min_lr = {t.min_lr:g}; "
+                     f"train.lr_decay_iters=auto decays over the run")
 
     return Plan(
         preset=cfg.name, engine=cfg.engine, shape=shape, params=counts["params"],
@@ -513,8 +687,67 @@ def make_plan(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_si
         max_micro_batch=max_mb, mfu=mfu, hours=hours, ms_per_iter_estimate=ms_est,
         ms_per_iter_measured=ms_per_iter, measured_from=measured_from if ms_per_iter is not None else None,
         hours_measured=hours_m, kwh=kwh, kwh_measured=kwh_m, price_per_kwh=price, cost=cost, cost_measured=cost_m,
-        notes=notes,
+        hellaswag_evals=hs_evals, hellaswag_items=hs_items, hellaswag_flops=hs_flops, hellaswag_hours=hs_hours,
+        params_trainable=trainable, lora=lora, checkpointing=checkpointing, optimizer=t.optimizer,
+        fit_with=fit_with, notes=notes,
     )
+
+
+def _max_micro_batch(breakdown: dict[str, float], micro_batch: int, budget: float) -> int:
+    """The largest micro-batch within `budget` bytes: activations and logits scale with it, the rest does not."""
+    per_sample = (breakdown["activations"] + breakdown["logits"]) / micro_batch
+    fixed = sum(breakdown.values()) - per_sample * micro_batch
+    return int((budget - fixed) // per_sample)
+
+
+# What makes a fine-tune fit, the mildest first: recomputing activations costs ~1/3 more time;
+# 8-bit AdamW state needs bitsandbytes and CUDA; LoRA trains adapters instead of the model.
+FIT_CHANGES: tuple[dict[str, Any], ...] = (
+    {"train.gradient_checkpointing": True},
+    {"train.optimizer": "adamw8bit"},
+    {"train.gradient_checkpointing": True, "train.optimizer": "adamw8bit"},
+    {"train.lora_r": 16},
+    {"train.lora_r": 16, "train.gradient_checkpointing": True},
+)
+MAX_FIT_OPTIONS = 3
+
+
+def fit_options(cfg: cfgmod.Config, shape: ModelShape, dtype: str, compiled: bool, world_size: int,
+                budget: float) -> list[dict[str, Any]]:
+    """Settings that would make `cfg` fit `budget` bytes, at most MAX_FIT_OPTIONS, the mildest
+    first: {"set": {key: value}, "vram_gb": ..., "micro_batch": ...}. A change that fits only
+    with a smaller micro-batch says so (grad_accum rises to keep tokens per step)."""
+    t = cfg.train
+    out = []
+    for change in FIT_CHANGES:
+        if cfg.engine != "finetune" and set(change) != {"train.optimizer"}:
+            continue  # gradient checkpointing and LoRA are the finetune engine's
+        if any(cfg.get(k) == v or (k == "train.lora_r" and t.lora_r) for k, v in change.items()):
+            continue  # in effect already
+        if any(o["set"].items() <= change.items() for o in out):
+            continue  # part of it fits already
+        if change.get("train.optimizer") and t.optimizer != "adamw":
+            continue  # Muon's state is its own choice
+        trial = cfgmod.with_overrides(cfg, change)
+        parts = estimate_vram(shape, t.micro_batch, dtype, compiled, True, world_size, optimizer=trial.train.optimizer,
+                              lora=LoraSpec.of(trial), checkpointing=cfg.engine == "finetune"
+                              and trial.train.gradient_checkpointing)
+        micro_batch = min(t.micro_batch, _max_micro_batch(parts, t.micro_batch, budget))
+        if micro_batch < 1:
+            continue
+        per_sample = (parts["activations"] + parts["logits"]) / t.micro_batch
+        vram = sum(parts.values()) - per_sample * (t.micro_batch - micro_batch)
+        out.append({"set": dict(change), "vram_gb": round(vram / GIB, 2), "micro_batch": micro_batch})
+        if len(out) == MAX_FIT_OPTIONS:
+            break
+    return out
+
+
+def _fit_text(option: dict[str, Any], micro_batch: int) -> str:
+    """'--set train.gradient_checkpointing=true (10.2 GiB)', and the micro-batch where it is smaller."""
+    sets = " ".join(f"--set {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in option["set"].items())
+    where = f" at micro_batch {option['micro_batch']}" if option["micro_batch"] < micro_batch else ""
+    return f"{sets} ({option['vram_gb']:.1f} GiB{where})"
 
 
 # --------------------------------------------------------------------------- measured pace
@@ -526,7 +759,8 @@ def _same_workload(a: cfgmod.Config, b: cfgmod.Config) -> bool:
     keys = ("block_size",) + (("pretrained",) if a.engine == "finetune" else ("n_layer", "n_head", "n_embd", "bias"))
     return (a.engine == b.engine and all(getattr(ma, k) == getattr(mb, k) for k in keys)
             and a.tokens_per_step == b.tokens_per_step and a.data.tokenizer == b.data.tokenizer
-            and a.train.dtype == b.train.dtype and a.train.compile == b.train.compile)
+            and a.train.dtype == b.train.dtype and a.train.compile == b.train.compile
+            and a.train.lora_r == b.train.lora_r and a.train.gradient_checkpointing == b.train.gradient_checkpointing)
 
 
 def measured_ms_per_iter(cfg: cfgmod.Config, world_size: int = 1, last: int = 20) -> tuple[float, str] | None:

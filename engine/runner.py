@@ -57,12 +57,19 @@ def progress_printer(event: dict) -> None:
               flush=True)
     elif t == "eval":
         print(f"eval iter {event['iter']}: train {event['train_loss']:.4f}, val {event['val_loss']:.4f}", flush=True)
+    elif t == "hellaswag":
+        print(f"hellaswag iter {event['iter']}: acc_norm {event['acc_norm']:.4f}, acc {event['acc']:.4f} "
+              f"({event['n']:,} items, {event['seconds']:.1f} s; {event.get('reference')} "
+              f"{event.get('reference_acc_norm')})", flush=True)
+    elif t == "notice":
+        print(event["message"], flush=True)
     elif t == "checkpoint":
         print(f"checkpoint iter {event['iter']}{' (best)' if event.get('best') else ''}: {event['path']}", flush=True)
     elif t == "sample":
         print(f"--- sample at iter {event['iter']} ---\n{event['text']}\n---", flush=True)
-    elif t == "state":
-        print(f"[{event['state']}] {event.get('reason') or ''}".rstrip(), flush=True)
+    elif t == "state":  # a failed state's reason is the `error` line just before it
+        reason = "" if event["state"] == "failed" else event.get("reason") or ""
+        print(f"[{event['state']}] {reason}".rstrip(), flush=True)
     elif t == "oom":
         print(f"out of memory at iter {event['iter']}: micro_batch {event['micro_batch_before']} -> "
               f"{event['micro_batch_after']}, grad_accum -> {event['grad_accum_after']} (tokens per step "
@@ -149,9 +156,17 @@ def run_process(path: Path | None, resume: bool = False, headless: bool = False)
         # cockpit see the run at once
         owner.open()
         owner.emit("state", state="preparing", reason="resuming" if resume else "loading data and model")
+        from .cpushare import CpuShare
+
+        def say_cpu(message: str) -> None:  # what the CPU share did: in the event log and stdout.log
+            owner.emit("notice", message=message)
+            if not (headless and main):  # (there the progress printer prints notices)
+                print(message, flush=True)
+
+        # how busy the CPU is, measured from now on: the first look comes before the first eval
+        cpu_share = CpuShare(say=say_cpu)
         import torch
 
-        from .cpushare import CpuShare
         from .dist import Dist
         from .loop import train
         from .step import Stepper, resolve_device
@@ -170,9 +185,11 @@ def run_process(path: Path | None, resume: bool = False, headless: bool = False)
                                   on_disk_full=getattr(owner, "disk_full", None))
         if run is not None and cfg != run.config():  # what the engine resolved (finetune: epochs -> max_iters)
             owner.write_config(cfg)
-        if not device.startswith("cuda"):
-            cpu_share = CpuShare(say=lambda message: print(message, flush=True))
+        if device.startswith("cuda"):
+            cpu_share = None  # a GPU run takes no share of the CPU (it never registered)
         stepper = lost.stepper = Stepper(cfg, workload, device, dist, cpu_share)
+        if stepper.memory_note:  # train.memory_limit_gb: what it did (or that a CPU run ignores it)
+            print(stepper.memory_note, flush=True)
         signals["training"] = True
         final = train(stepper, owner, resume=state)
         owner.watch(None)  # the others may leave as soon as the barrier lets them
@@ -181,12 +198,16 @@ def run_process(path: Path | None, resume: bool = False, headless: bool = False)
         return 0 if final in ("done", "stopped") else 1
     except UserError as e:
         print(f"gpt2-cockpit: {e}", file=sys.stderr, flush=True)
+        if progress_printer in owner.listeners:  # said once: the headless printer need not echo it
+            owner.listeners.remove(progress_printer)
         owner.fail(str(e))
         return 2
     except Exception as e:
         message = lost.message(e) if lost is not None else None
         if message is not None:  # a rank died or hung: say which, and how to go on
             print(f"gpt2-cockpit: {message}", file=sys.stderr, flush=True)
+            if progress_printer in owner.listeners:  # said once: the headless printer need not echo it
+                owner.listeners.remove(progress_printer)
             owner.fail(message)
             return 1
         traceback.print_exc()
@@ -262,10 +283,11 @@ def sample_from_checkpoint(run: RunDir, prompt: str, max_new_tokens: int, temper
     cfg = run.config()
     _, state = ckpt.load_latest(run.checkpoints, warn=lambda m: print(m, file=sys.stderr))
     cfg.train.compile = False
+    cfg.train.optimizer = "adamw"  # never stepped here: no need for bitsandbytes or Muon to sample
     workload = build_workload(cfg, prepare_rest=False)  # the weights need the vocabulary, not every shard
     try:
         stepper = Stepper(cfg, workload, resolve_device(cfg, Dist()), Dist())
-        stepper.raw_model.load_state_dict(state["model"])
+        stepper.load_weights(state)
         return stepper.generate(prompt, max_new_tokens, temperature, top_k,
                                 seed=cfg.train.seed + SAMPLE_SEED_STRIDE + int(state["iter"]))
     finally:

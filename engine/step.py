@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 
 from . import config as cfgmod
+from . import optim
 from .cpushare import CpuShare
 from .dist import Dist
 from .errors import UserError
 from .hardware import peak_tflops
-from .model import param_groups
 
 EVAL_SEED_OFFSET = 7919  # eval batches come from their own generator: the same ones every time
 
@@ -92,13 +92,26 @@ def resolve_dtype(cfg: cfgmod.Config, device: str) -> torch.dtype:
 
 
 def lr_at(step: int, t: cfgmod.TrainConfig) -> float:
-    """Linear warm-up to learning_rate, cosine decay to min_lr at lr_decay_iters, then flat."""
-    if step < t.warmup_iters:
-        return t.learning_rate * (step + 1) / (t.warmup_iters + 1)
-    if step >= t.lr_decay_iters:
-        return t.min_lr
-    ratio = (step - t.warmup_iters) / max(1, t.lr_decay_iters - t.warmup_iters)
-    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.learning_rate - t.min_lr)
+    """Linear warm-up to learning_rate, cosine decay to min_lr at lr_decay_iters (max_iters when
+    "auto", read at every step so a live `set train.max_iters` moves the end), then flat."""
+    return t.lr_at(step)
+
+
+def apply_memory_limit(cfg: cfgmod.Config, device: str) -> str | None:
+    """train.memory_limit_gb: cap this process's share of its GPU, to rehearse a smaller card on a
+    bigger one (an allocation past the cap is a real CUDA OOM). Returns the sentence for the run's
+    log, or None when no limit is set."""
+    limit = cfg.train.memory_limit_gb
+    if not limit:
+        return None
+    if not device.startswith("cuda"):
+        return f"train.memory_limit_gb = {limit:g} applies to GPUs; this run trains on the {device}, without a limit"
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index  # "cuda": the current one
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(1.0, limit * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return f"GPU memory limited to {limit:g} GiB of {total / 2**30:.1f} GiB (train.memory_limit_gb)"
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -212,22 +225,18 @@ class Stepper:
         self.device = device
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
         self.dist = dist or Dist()
-        self.cpu_share = cpu_share  # on a CPU: this run's fair share of the cores, looked at between steps
+        self.cpu_share = cpu_share  # on a CPU: this run's fair share of the cores, looked at now and between steps
         t = cfg.train
 
         self.dtype = resolve_dtype(cfg, device)
+        self.memory_note = apply_memory_limit(cfg, device)  # before the model takes any GPU memory
         self.autocast = (nullcontext() if self.dtype == torch.float32
                          else torch.autocast(device_type=self.device_type, dtype=self.dtype))
         self.raw_model = workload.model.to(device)
         self.dist.sync_module(self.raw_model)  # every rank starts from rank 0's weights
         install_fault_injection(self.raw_model, self.dist.rank)
-        groups = param_groups(self.raw_model, t.weight_decay)
-        try:
-            # fused AdamW: one kernel over all parameters (CUDA, and CPU since torch 2.4: ~3% a step
-            # for the CPU baby GPT)
-            self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=True)
-        except (RuntimeError, TypeError, ValueError):  # a device or dtype without a fused kernel
-            self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2))
+        # AdamW, or Muon for the blocks' matrices beside AdamW for the rest (train.optimizer)
+        self.optimizer = optim.build(self.raw_model, t)
         # a GradScaler only for float16: bf16 has float32's range and needs no loss scaling
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
         self.model = self.raw_model
@@ -247,6 +256,8 @@ class Stepper:
         self.grad_history = SpikeDetector(t.spike_window)
         self._fake_nan_at = _fake_iter("GPT2_COCKPIT_FAKE_NAN_AT_ITER")
         self._fake_spike_at = _fake_iter("GPT2_COCKPIT_FAKE_SPIKE_AT_ITER")
+        if self.cpu_share is not None:
+            self.cpu_share.apply()  # the first look: the first eval already runs on this run's share
 
     @property
     def tokens_per_step(self) -> int:
@@ -269,8 +280,7 @@ class Stepper:
         never leaves the others waiting in an all-reduce it will not join."""
         if self.cpu_share is not None:
             self.cpu_share.apply()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        optim.set_lr(self.optimizer, lr, self.cfg.train)  # Muon's groups: the same curve at muon_lr's scale
         x, y = self._local_rows(k)
         resplits = []
         while True:
@@ -429,7 +439,8 @@ class Stepper:
     def state_dict(self) -> dict[str, Any]:
         """Weights, optimizer, scaler, RNG, split and config: with the loop's counters, a checkpoint."""
         return {
-            "model": self.raw_model.state_dict(),
+            "model": self.weights(),
+            "trainable_only": self.frozen_params > 0,  # LoRA: the adapters; the frozen rest is model.pretrained
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "micro_batch": self.cfg.train.micro_batch,
@@ -443,9 +454,39 @@ class Stepper:
             "spike_history": {"loss": list(self.loss_history.history), "grad_norm": list(self.grad_history.history)},
         }
 
+    @property
+    def frozen_params(self) -> int:
+        """Parameters that do not train (LoRA's frozen model); tied ones counted once."""
+        return sum(p.numel() for p in self.raw_model.parameters() if not p.requires_grad)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the model: every tensor, or with frozen parameters (LoRA) the
+        trainable ones alone (the adapters: megabytes, not the gigabytes of the model they adapt)."""
+        state = self.raw_model.state_dict()
+        if not self.frozen_params:
+            return state
+        trainable = {name for name, p in self.raw_model.named_parameters() if p.requires_grad}
+        return {k: v for k, v in state.items() if k in trainable}
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """A checkpoint's weights into the model; adapters alone (trainable_only) into the adapters."""
+        partial = bool(state.get("trainable_only"))
+        try:
+            missing, unexpected = self.raw_model.load_state_dict(state["model"], strict=not partial)
+            if partial:  # the frozen rest is model.pretrained's, loaded already
+                trainable = {name for name, p in self.raw_model.named_parameters() if p.requires_grad}
+                missing = [k for k in missing if k in trainable]
+        except RuntimeError as e:  # missing or unexpected names, other shapes
+            missing, unexpected = [" ".join(str(e).split())[:200]], []
+        if missing or unexpected:
+            keys = ("model.pretrained, train.lora_r and train.lora_targets" if self.cfg.engine == "finetune"
+                    else "the model's shape (model.n_layer, n_head, n_embd, bias)")
+            raise UserError(f"the checkpoint's weights do not fit this run's model ({(missing or unexpected)[0]}): "
+                            f"{keys} must stay as they were when it was written")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_weights(state)
+        optim.load_state(self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.iters_done = int(state.get("iter", 0))
         # micro_batch/grad_accum come from config.toml, which an OOM re-split rewrote already

@@ -43,17 +43,18 @@ def test_ctrl_c_on_a_headless_run_piped_into_tee_checkpoints_and_resumes(corpus,
         argv += ["--set", item]
     run_proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=cli_env(cockpit_home), process_group=0)
-    tee = subprocess.Popen(["tee", str(log)], stdin=run_proc.stdout, stdout=subprocess.DEVNULL,
-                           preexec_fn=_dies_on_sigint_in_group(run_proc.pid))
-    run_proc.stdout.close()  # tee alone reads the pipe now
+    tee = None
     try:
+        tee = subprocess.Popen(["tee", str(log)], stdin=run_proc.stdout, stdout=subprocess.DEVNULL,
+                               preexec_fn=_dies_on_sigint_in_group(run_proc.pid))
+        run_proc.stdout.close()  # tee alone reads the pipe now
         _wait_for(lambda: log.exists() and log.read_text().count("iter ") >= 3, 120, "training steps")
         os.killpg(run_proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
         assert tee.wait(timeout=10) == -signal.SIGINT  # the reader is gone before the run speaks
         assert run_proc.wait(timeout=120) == 0
     finally:
         for p in (run_proc, tee):
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.kill()
     run = resolve("piped")
     events = read_all(run.events_path)

@@ -221,7 +221,7 @@ def test_metrics_json_and_table(capsys):
     finished_run("a")
     code, out, _ = cli(capsys, "metrics", "a", "--json")
     data = json.loads(out)
-    assert code == 0 and set(data) == {"steps", "evals"}
+    assert code == 0 and set(data) == {"steps", "evals", "hellaswag"} and data["hellaswag"] == []
     assert [s["iter"] for s in data["steps"]] == [10, 20, 30, 40]
     assert data["steps"][-1] == {"iter": 40, "tokens": 5120, "loss": 2.3, "lr": 1e-3, "grad_norm": 0.9, "ms": 12.5,
                                  "tokens_per_sec": 300.0, "mfu": None, "micro_batch": 4, "grad_accum": 2,

@@ -85,8 +85,12 @@ def test_plan_command_40m_json():
                 "tokens_per_param", "vram_gb", "vram_breakdown", "gpu_name", "gpu_mem_gb", "fits", "hours", "kwh",
                 "cost"):
         assert key in p
-    # hours at 35% MFU of the 4070 Ti's 80.2 TFLOP/s; energy at its 285 W limit
-    hours = fpt * total / (80.2e12 * 0.35) / 3600
+    # hours at 35% MFU of the 4070 Ti's 80.2 TFLOP/s, HellaSwag's forward passes included (the preset
+    # scores at iter 0 and every 500: 41 times 10,042 items x 4 endings x ~85 tokens at 2N FLOPs each);
+    # energy at its 285 W limit
+    hellaswag = 41 * 10_042 * 4 * 85 * 2 * params
+    assert (p["hellaswag_evals"], p["hellaswag_items"], p["hellaswag_flops"]) == (41, 10_042, hellaswag)
+    hours = (fpt * total + hellaswag) / (80.2e12 * 0.35) / 3600
     assert p["hours"] == pytest.approx(hours, rel=1e-3) and 30 < p["hours"] < 32
     assert p["kwh"] == pytest.approx(285 * hours / 1000, rel=1e-3)
     assert p["fits"] is True and 8 < p["vram_gb"] < 12
@@ -235,16 +239,19 @@ def test_more_gpus_same_hours_more_tokens_more_energy():
     one = make_plan(cfg, gpu=GpuSpec.named("A100"))
     eight = make_plan(cfg, gpu=GpuSpec.named("A100"), world_size=8)
     assert eight.tokens_per_step == 8 * one.tokens_per_step
-    assert eight.hours == pytest.approx(one.hours)
-    assert eight.kwh == pytest.approx(8 * one.kwh)
+    # training takes as long (8x the tokens on 8x the GPUs); HellaSwag's items are shared by the ranks
+    assert eight.hours - eight.hellaswag_hours == pytest.approx(one.hours - one.hellaswag_hours)
+    assert eight.hellaswag_hours == pytest.approx(one.hellaswag_hours / 8) and one.hellaswag_hours > 0
+    assert eight.kwh == pytest.approx(8 * 400 * eight.hours / 1000)
     assert one.kwh == pytest.approx(400 * one.hours / 1000)
 
 
 def test_mfu_and_measured_pace():
     cfg = presets.load("gpt2-40m-12gb")
     p = make_plan(cfg, gpu=RTX_4070_TI, mfu=0.5, ms_per_iter=4000.0, price_per_kwh=0.3)
-    assert p.hours == pytest.approx(p.flops_total / (80.2e12 * 0.5) / 3600)
-    assert p.hours_measured == pytest.approx(4.0 * 20_000 / 3600)
+    assert p.hours == pytest.approx((p.flops_total + p.hellaswag_flops) / (80.2e12 * 0.5) / 3600)
+    # measured: HellaSwag at the FLOP rate the measured steps reached
+    assert p.hours_measured == pytest.approx(4.0 * 20_000 / 3600 * (1 + p.hellaswag_flops / p.flops_total))
     assert p.kwh_measured == pytest.approx(285 * p.hours_measured / 1000)
     assert p.cost == pytest.approx(p.kwh * 0.3) and p.cost_measured == pytest.approx(p.kwh_measured * 0.3)
     labels = [label for label, _ in p.rows()]
@@ -382,8 +389,9 @@ def test_plan_rows_for_the_4070_ti():
     assert rows["tokens/step"].startswith("524,288")
     assert rows["total tokens"].startswith("10.49B")
     assert "3.15 EFLOP" in rows["FLOPs total"]
-    assert "fits" in rows["VRAM estimate"] and rows["time"].startswith("31.1 h at 35% MFU")
-    assert rows["energy"].startswith("at most 8.87 kWh")
+    assert "fits" in rows["VRAM estimate"] and rows["time"].startswith("31.2 h at 35% MFU")  # 31.1 h + HellaSwag
+    assert rows["HellaSwag"] == "41 evals x 10,042 items: 7 min of the time"
+    assert rows["energy"].startswith("at most 8.90 kWh")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -419,6 +419,8 @@ def test_enter_on_a_preset_starts_it_and_opens_the_run_screen(home, monkeypatch)
         @run_app(app)
         async def _(pilot):
             await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="what would start")
+            await pilot.press("y")
             await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
             assert app.screen.run.path == started[0].run.path
             assert started[0].cfg.name == "cpu-tiny"

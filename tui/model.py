@@ -123,6 +123,10 @@ def _ms_of(line: bytes) -> float | None:
     return ms if ms > 0 and math.isfinite(ms) else None
 
 
+def _finite_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 def _short_path(path: Any) -> str:
     """checkpoints/ckpt.pt rather than the whole absolute path (the run's folder is known)."""
     parts = str(path).split("/")
@@ -152,6 +156,7 @@ class Sample:
     request_id: str | None
     time: float | None = None
     cancelled: bool = False  # stopped by the user: `text` is what was generated until then
+    from_checkpoint: bool = False  # generated from a stopped run's newest checkpoint, not its live weights
 
     @property
     def periodic(self) -> bool:
@@ -216,6 +221,9 @@ class RunModel:
         self.step_ms: deque[float] = deque(maxlen=STEP_TIMES)
         # eval history: (iter, train_loss, val_loss, val_ppl)
         self.evals: list[tuple[int, float | None, float | None, float | None]] = []
+        # HellaSwag history: (iter, acc, acc_norm), and the GPT-2 (name, acc_norm) it compares with
+        self.hellaswag: list[tuple[int, float | None, float | None]] = []
+        self.hellaswag_reference: tuple[str, float] | None = None
         self.anomalies: list[Anomaly] = []
         self.last_checkpoint: dict[str, Any] | None = None
         self.gpus: dict[int, GpuReading] = {}
@@ -225,6 +233,8 @@ class RunModel:
         self.settings: dict[str, Any] = {}  # key -> value from `set` events (the run's live changes)
         self.last_event_time: float | None = None
         self.prepare: dict[str, Any] | None = None  # the newest `prepare` progress (shown while preparing)
+        self.run_time: float | None = None  # when the newest `run` event (this process's start) was logged
+        self.resumed_from: int | None = None  # the checkpoint's iteration this process restarted from
         # active time (as `gpt2-cockpit compare` counts it): closed spans plus the open one
         self._active_seconds = 0.0
         self._active_since: float | None = None
@@ -304,6 +314,8 @@ class RunModel:
         if isinstance(train.get("max_iters"), int):
             self.max_iters = train["max_iters"]
         resumed = e.get("resumed_from")
+        self.run_time = e.get("time") if isinstance(e.get("time"), (int, float)) else self.run_time
+        self.resumed_from = resumed if isinstance(resumed, int) else None
         where = f"on {self.device}" + (f" × {self.world_size}" if self.world_size > 1 else "")
         if resumed is not None:
             self._log(ch, e, f"resumed from iter {resumed} {where}")
@@ -393,6 +405,34 @@ class RunModel:
         self._log(ch, e, f"eval @{it}: train {fmt_float(e.get('train_loss'))}, val {fmt_float(e.get('val_loss'))}{ppl}")
         ch.plot = ch.status = True
 
+    def _on_hellaswag(self, e: dict, ch: Changes) -> None:
+        it = e.get("iter")
+        if not isinstance(it, int):
+            return
+        acc, acc_norm = _finite_or_none(e.get("acc")), _finite_or_none(e.get("acc_norm"))
+        while self.hellaswag and self.hellaswag[-1][0] >= it:  # scored again after a restart
+            self.hellaswag.pop()
+        self.hellaswag.append((it, acc, acc_norm))
+        if len(self.hellaswag) > MAX_EVALS:  # thin the old ones; the newest half stays whole
+            half = len(self.hellaswag) // 2
+            self.hellaswag[:half] = self.hellaswag[:half:2]
+        ref, ref_acc = e.get("reference"), _finite_or_none(e.get("reference_acc_norm"))
+        if isinstance(ref, str) and ref_acc is not None:
+            self.hellaswag_reference = (ref, ref_acc)
+        n, seconds = e.get("n"), _finite_or_none(e.get("seconds"))
+        what = ([f"{n:,} items"] if isinstance(n, int) else []) + ([f"{seconds:.1f} s"] if seconds is not None else [])
+        text = f"HellaSwag @{it}: acc_norm {fmt_float(acc_norm)}, acc {fmt_float(acc)}"
+        if what:
+            text += f" ({', '.join(what)})"
+        if self.hellaswag_reference:
+            text += f" · {self.hellaswag_reference[0]} {self.hellaswag_reference[1]:.4f}"
+        self._log(ch, e, text)
+        ch.plot = ch.status = True
+
+    def _on_notice(self, e: dict, ch: Changes) -> None:
+        """Something the run tells the user (it trains without HellaSwag offline, its share of the CPU)."""
+        self._log(ch, e, str(e.get("message") or ""))
+
     def _on_sample(self, e: dict, ch: Changes) -> None:
         s = Sample(e.get("iter"), e.get("prompt") or "", e.get("text") or "", e.get("request_id"), e.get("time"),
                    bool(e.get("cancelled")))
@@ -457,10 +497,13 @@ class RunModel:
         self._log(ch, e, f"error: {e.get('message')}", "error")
 
     def _truncate(self, last_iter: int) -> None:
-        """Forget steps, evals and anomalies after `last_iter` (the run restarted from an earlier checkpoint)."""
+        """Forget steps, evals, HellaSwag points and anomalies after `last_iter` (the run restarted
+        from an earlier checkpoint)."""
         self.steps.truncate(last_iter)
         while self.evals and self.evals[-1][0] > last_iter:
             self.evals.pop()
+        while self.hellaswag and self.hellaswag[-1][0] > last_iter:
+            self.hellaswag.pop()
         while self.anomalies and self.anomalies[-1].iter > last_iter:
             self.anomalies.pop()
 
@@ -480,12 +523,27 @@ class RunModel:
         """The logged state, or "crashed" when the process died without logging a final one."""
         return effective_state(self.state, self.alive)
 
+    @property
+    def resumable(self) -> bool:
+        """Can the run be restarted from its last checkpoint? (stopped, failed, or its process died;
+        a finished run needs a larger max_iters first)"""
+        return self.alive is False and self.display_state in ("stopped", "failed", "crashed")
+
+    def reached_iter(self) -> int | None:
+        """The newest iteration the run reached: its last logged step, or a checkpoint this process
+        wrote past it (a stop checkpoints between two logged steps), or the one it restarted from."""
+        reached = [self.iter, self.resumed_from]
+        ck = self.last_checkpoint
+        if ck and isinstance(ck.get("iter"), int) and (ck.get("time") or 0) >= (self.run_time or 0):
+            reached.append(ck["iter"])
+        return max((it for it in reached if it is not None), default=None)
+
     def ms_per_iter(self) -> float | None:
         return statistics.median(self.step_ms) if self.step_ms else None
 
     def eta_seconds(self) -> float | None:
         """Remaining iterations times the median of recent measured step times."""
-        ms, it = self.ms_per_iter(), self.iter
+        ms, it = self.ms_per_iter(), self.reached_iter()
         if ms is None or it is None or not self.max_iters:
             return None
         return max(self.max_iters - it, 0) * ms / 1000.0
@@ -525,6 +583,16 @@ class RunModel:
         s = self.steps
         return s.last[k] if s.last[k] is not None else s.hi[k]
 
+    def hellaswag_text(self) -> str | None:
+        """The newest HellaSwag acc_norm and the GPT-2 it compares with ("0.271 · GPT-2 124M 0.2955");
+        None before the run's first evaluation."""
+        if not self.hellaswag:
+            return None
+        text = f"{self.hellaswag[-1][2]:.3f}" if self.hellaswag[-1][2] is not None else NA
+        if self.hellaswag_reference:
+            text += f" · {self.hellaswag_reference[0]} {self.hellaswag_reference[1]:.4f}"
+        return text
+
     def status_rows(self, pending: str | None = None) -> list[tuple[str, str]]:
         """(label, value) rows for the status pane; N/A where the run has not reported a figure."""
         s = self.last_step
@@ -533,7 +601,7 @@ class RunModel:
             state += f" ({self.reason})"  # why it paused, stopped or failed
         if pending:
             state += f" → {pending}…"
-        it = self.iter
+        it = self.reached_iter()
         iters = f"{it if it is not None else '-'}/{self.max_iters or NA}"
         if it is not None and self.max_iters:
             iters += f"  {100 * it / self.max_iters:.0f}%"
@@ -543,6 +611,8 @@ class RunModel:
         eta = fmt_duration(self.eta_seconds())
         if ms is not None:
             eta += f" · {ms:.0f} ms/it"
+        if self.display_state in (*FINAL_STATES, "crashed"):
+            eta = "-"  # not training: nothing left to estimate
         if self.state == "preparing" and self.prepare:  # tokenizing the corpus: its progress instead
             iters, eta = prepare_progress(self.prepare)
         ck = self.last_checkpoint
@@ -552,10 +622,12 @@ class RunModel:
             if isinstance(ck.get("time"), (int, float)):
                 ckpt += f" {fmt_duration(time.time() - ck['time'])} ago"
             ckpt += " best" if ck.get("best") else ""
+        hella = self.hellaswag_text()
         return [
             ("state", state),
             ("iter", iters),
             ("loss", f"{fmt_float(s.get('loss'))} val {fmt_float(val)}"),
+            *((("hella", hella),) if hella is not None else ()),  # HellaSwag acc_norm (llm.c's label)
             ("lr", fmt_lr(s.get("lr"))),
             ("speed", f"{fmt_count(s.get('tokens_per_sec'))} tok/s · MFU {fmt_mfu(s.get('mfu'))}"),
             ("batch", f"{batch} · {fmt_count(s.get('tokens'))} tok"),

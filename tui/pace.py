@@ -38,7 +38,11 @@ class Pace:
     plot_max: float  # seconds: the longest a plot waits for a redraw with new data
 
 
-NORMAL = Pace(poll=1.0, status=2.0, plot_share=0.004, plot_max=15.0)
+# At the normal pace the plot redraws with the status (plot_max is the status's period): a plot
+# costing 20-30 ms to draw, paced by its share alone (one redraw in 5-7 s), trailed the status of a
+# fast CPU run by ~100 iterations; drawing it every 2 s costs ~1% of a core, which a machine with an
+# idle core does not miss. At the lean pace the share holds it back.
+NORMAL = Pace(poll=1.0, status=2.0, plot_share=0.004, plot_max=2.0)
 LEAN = Pace(poll=4.0, status=4.0, plot_share=0.001, plot_max=30.0)
 
 LEAN_BELOW = 0.5  # idle cores: fewer than this, lean...

@@ -39,6 +39,7 @@ class Figure:
     x_label: str = ""
     x_ticks: list[float] | None = None  # None: plotext's own; []: none
     x_tick_labels: list[str] | None = None
+    x_lim: tuple[float, float] | None = None  # None: the data's range (a plot under another takes its range)
     y_ticks: list[float] | None = None  # linear axes only (a log axis picks its own)
     y_tick_labels: list[str] | None = None
     v_lines: list[tuple[float, str]] = field(default_factory=list)  # (x, theme variable): the cursor
@@ -118,6 +119,8 @@ class PlotCanvas(PlotextPlot):
             plt.yticks(figure.y_ticks, figure.y_tick_labels)
         if figure.x_label:
             plt.xlabel(figure.x_label)
+        if figure.x_lim is not None and figure.x_lim[1] > figure.x_lim[0]:
+            plt.xlim(*figure.x_lim)
         if figure.x_ticks is not None:  # [] hides the tick row (a plot under this one shows it)
             plt.xticks(figure.x_ticks, figure.x_tick_labels or ([] if not figure.x_ticks else None))
         self.refresh()

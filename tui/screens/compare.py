@@ -1,8 +1,8 @@
 """The compare screen: several runs' loss curves overlaid, one colour per run, and a table of
-their figures and the config keys that differ, with one line naming the run with the best val
-loss. The figures are engine/metrics.py's (the same as `gpt2-cockpit compare`); the curves are
-each run's RunModel, replayed from its log as the run screen does (bounded, so a week-long log
-costs what a short one does).
+their figures (HellaSwag's best acc_norm too, where a run scored it) and the config keys that
+differ, with one line naming the run with the best val loss. The figures are engine/metrics.py's
+(the same as `gpt2-cockpit compare`); the curves are each run's RunModel, replayed from its log
+as the run screen does (bounded, so a week-long log costs what a short one does).
 
 Data flow: a thread worker reads each log (`load_run`) and posts `CompareLoaded`; later looks
 (every few seconds while a run is live) read only what the logs gained and post
@@ -72,6 +72,10 @@ def keep_for_metrics(events: list[dict[str, Any]], items: list[Any]) -> None:
     for item in items:
         if isinstance(item, StepLines):
             events.extend(StepLines(item.lines[-KEEP_STEPS:], []).decoded())
+        elif item.get("type") == "set" and "iter" not in item:  # the step before it may be dropped below:
+            last = next((e.get("iter") if e["type"] == "step" else e.get("resumed_from")  # keep its iter
+                         for e in reversed(events) if e.get("type") in ("step", "run")), None)
+            events.append({**item, "iter": last})
         elif item.get("type") not in ("gpu", "prepare"):
             events.append(item)
     steps = [k for k, e in enumerate(events) if e.get("type") == "step"]
@@ -134,6 +138,7 @@ class CompareScreen(Screen):
         self.runs: list[Compared] = []
         self.differ: dict[str, dict[str, Any]] = {}
         self.best: metrics.RunStats | None = None
+        self.best_hellaswag: metrics.RunStats | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="compare-plot"):  # the legend is its border title
@@ -199,8 +204,9 @@ class CompareScreen(Screen):
 
     def _figures_changed(self) -> None:
         stats = [c.stats for c in self.runs if c.stats is not None]
-        self.differ = metrics.config_diff({s.name: s.config for s in stats})
+        self.differ = metrics.config_diff({s.name: s.config for s in stats}, {s.name: s.changes for s in stats})
         self.best = metrics.best_run(stats)
+        self.best_hellaswag = metrics.best_hellaswag_run(stats)
         self.show_table()
         self.show_best()
         self.show_legend()
@@ -225,13 +231,15 @@ class CompareScreen(Screen):
             ("state · iters", each(lambda s: f"{s.state} {s.iter}/{s.max_iters}")),
             ("best val @iter", each(lambda s: f"{fmt_float(s.best_val_loss)} @{s.best_val_iter}"
                                     if s.best_val_loss is not None else NA)),
+            *((("best acc_norm @iter", each(lambda s: f"{fmt_float(s.best_acc_norm)} @{s.best_acc_norm_iter}"
+                                             if s.best_acc_norm is not None else NA)),)
+              if self.best_hellaswag else ()),  # HellaSwag, where a run scored it
             ("last train loss", each(lambda s: fmt_float(s.last_train_loss))),
             ("tokens · tok/s", each(lambda s: f"{fmt_count(s.tokens)} · {fmt_count(s.tokens_per_sec)}")),
             ("wall time", each(lambda s: fmt_duration(s.wall_seconds))),
         ]
-        for key, values in self.differ.items():
-            rows.append((key, [("-" if values.get(s.name) is None else value_text(values[s.name])) if s else NA
-                               for s in runs]))
+        for key, values in self.differ.items():  # "0.001 → 0.0003 @70" where a run changed it on the way
+            rows.append((key, [metrics.value_history(values.get(s.name), s.changes, key) if s else NA for s in runs]))
         return rows
 
     def show_table(self) -> None:
@@ -248,6 +256,8 @@ class CompareScreen(Screen):
             for c, cell in zip(self.runs, cells):
                 style = ""
                 if label == "best val @iter" and c.run.name == best:
+                    style = "bold"
+                elif label == "best acc_norm @iter" and self.best_hellaswag and c.run.name == self.best_hellaswag.name:
                     style = "bold"
                 elif is_key:
                     style = self._rgb(c.color)

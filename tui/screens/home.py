@@ -1,5 +1,6 @@
 """The home screen: diagnostics summary, presets (shipped and the user's), runs, and the plan
-of the highlighted preset. Enter on a preset starts it; Enter on a run attaches to it."""
+of the highlighted preset. Enter on a preset says what would start (the preset, its plan in one
+line, the device) and asks once; Enter on a run attaches to it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from gpt2_cockpit.engine.fmt import fmt_age
 from gpt2_cockpit.engine.runs import RunDir, RunSummary, list_dirs, summarize
 
 from ..feed import LogReader, StepLines
+from ..widgets.dialogs import ConfirmScreen
 from ..widgets.plan import DiagnosticsPane, PlanPane, PlanResult, compute_plan, run_doctor
 
 RUNS_REFRESH = 3.0  # seconds between looks at the runs folder while home is showing
@@ -55,13 +57,23 @@ class RunIndex:
 
 
 class PresetList(OptionList):
+    """The presets; the highlight stops at the first and the last (it does not wrap around)."""
+
     BINDINGS = [
-        Binding("enter", "select", "Start", tooltip="Start a run of the highlighted preset"),
+        Binding("enter", "select", "Start", tooltip="Start a run of the highlighted preset (asks first)"),
         Binding("e", "edit", "Edit preset", tooltip="Edit the preset in a form and save it as your own"),
     ]
 
     def action_edit(self) -> None:
         self.screen.action_edit_preset()
+
+    def action_cursor_up(self) -> None:
+        if self.highlighted is None or self.highlighted > 0:
+            super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        if self.highlighted is None or self.highlighted < self.option_count - 1:
+            super().action_cursor_down()
 
 
 class RunsTable(DataTable):
@@ -82,6 +94,7 @@ class HomeScreen(Screen):
         Binding("m", "compare", "Compare", tooltip="Compare the runs marked with space: loss curves, figures, "
                                                  "the config keys that differ"),
         Binding("q", "quit_app", "Quit", tooltip="Leave the cockpit; runs go on"),
+        Binding("m", "why('compare')", show=False),  # m while dimmed says why
     ]
 
     class PlanReady(Message):
@@ -112,6 +125,8 @@ class HomeScreen(Screen):
         self.preset_infos: list[presets.PresetInfo] = []
         self.summaries: list[RunSummary] = []
         self.marked: list[str] = []  # run directories marked to compare, in marking order
+        self.plans: dict[str, PlanResult] = {}  # preset -> its plan, as shown
+        self._start_when_planned: str | None = None  # Enter came before the plan: ask once it is here
 
     def compose(self) -> ComposeResult:
         yield DiagnosticsPane(id="diagnostics")
@@ -136,6 +151,7 @@ class HomeScreen(Screen):
 
     def load_presets(self, select: str | None = None) -> None:
         self.preset_infos = presets.available()
+        self.plans.clear()  # a preset may have changed
         lst = self.query_one(PresetList)
         current = select or self.selected_preset_name()
         lst.clear_options()
@@ -157,7 +173,8 @@ class HomeScreen(Screen):
         try:
             cfg = presets.load(name)
         except UserError as e:
-            self.query_one(PlanPane).show(name, "", PlanResult([], error=str(e)))
+            self.plans[name] = PlanResult([], error=str(e))
+            self.query_one(PlanPane).show(name, "", self.plans[name])
             return
         self.query_one(PlanPane).show(name, cfg.description, None)
         self._plan(name, cfg)
@@ -167,6 +184,10 @@ class HomeScreen(Screen):
         self.post_message(self.PlanReady(name, compute_plan(cfg)))
 
     def on_home_screen_plan_ready(self, message: PlanReady) -> None:
+        self.plans[message.preset] = message.result
+        if self._start_when_planned == message.preset:
+            self._start_when_planned = None
+            self._confirm_start(message.preset)
         if message.preset != self.selected_preset_name():
             return
         try:
@@ -179,8 +200,24 @@ class HomeScreen(Screen):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         name = event.option.id
-        self.notify(f"starting {name}…", title="train")
-        self._launch(name, [])
+        if name in self.plans:
+            self._confirm_start(name)
+        else:  # its plan is on its way (Enter selects the highlighted preset, which is being planned)
+            self._start_when_planned = name
+
+    def _confirm_start(self, name: str) -> None:
+        """Say what would start, and start it on yes."""
+        plan = self.plans[name]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.notify(f"starting {name}…", title="train")
+                self._launch(name, [])
+
+        where = f"\non {plan.device}" if plan.device else ""
+        self.app.push_screen(ConfirmScreen(
+            f"Start a run of {name}?\n\n{plan.summary()}{where}\n\n"
+            f"It trains in the background; leaving the cockpit leaves it running.", yes="Start"), answered)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def _launch(self, preset: str, overrides: list[str]) -> None:
@@ -260,7 +297,12 @@ class HomeScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "compare" and len(self.marked) < 2:
             return None  # dimmed in the Footer until two runs are marked
+        if action == "why":
+            return self.check_action(str(parameters[0]), ()) is None
         return True
+
+    def action_why(self, action: str) -> None:
+        self.notify("mark two or more runs with space first", title="compare", severity="warning")
 
     def action_compare(self) -> None:
         if len(self.marked) < 2:

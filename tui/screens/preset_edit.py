@@ -1,9 +1,13 @@
 """The preset editor: every model/data/train field of a preset in a form, validated as you type
-by the engine's own config rules, with the plan beside it updating live; saved as a user preset."""
+by the engine's own config rules, with the plan beside it updating live; saved as a user preset.
+
+The save-as name starts as one no preset has yet (`cpu-tiny-mine`, then `cpu-tiny-mine-2`, ...);
+saving over a preset of yours, or shadowing a shipped one, asks first."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from functools import partial
 from typing import Any, get_type_hints
 
@@ -20,7 +24,7 @@ from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 
 from ..validation import Checked, failures
-from ..widgets.dialogs import value_text
+from ..widgets.dialogs import ConfirmScreen, value_text
 from ..widgets.plan import PlanPane, PlanResult, compute_plan
 
 
@@ -49,6 +53,17 @@ def parse_field(key: str, text: str) -> Any:
 
 def field_id(key: str) -> str:
     return "field-" + key.replace(".", "-").replace("_", "-")
+
+
+def new_preset_name(base: str) -> str:
+    """A name for the edited copy of preset `base` that no preset has yet: base-mine, base-mine-2, ..."""
+    taken = {i.name for i in presets.available()}
+    stem = re.sub(r"-mine(-\d+)?$", "", base) + "-mine"  # editing cpu-tiny-mine offers cpu-tiny-mine-2
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name
 
 
 class PresetEditScreen(Screen[str | None]):
@@ -93,7 +108,7 @@ class PresetEditScreen(Screen[str | None]):
                 yield Static("", id="edit-error", classes="form-error", markup=False)
                 with Horizontal(id="save-row"):
                     yield Label("save as", classes="form-label")
-                    yield Input(f"{self.preset_name}-mine", id="save-name", compact=True)
+                    yield Input(new_preset_name(self.preset_name), id="save-name", compact=True)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -164,6 +179,24 @@ class PresetEditScreen(Screen[str | None]):
             self.notify("fix the highlighted fields first", severity="error")
             return
         name = self.query_one("#save-name", Input).value.strip()
+        existing = {i.name: i for i in presets.available()}.get(name)
+        if existing is None:
+            self._save(cfg, name)
+            return
+        if existing.origin == "user":
+            question = f"Your preset '{name}' exists ({existing.path}).\n\nReplace it with these settings?"
+        else:
+            question = (f"'{name}' is a shipped preset.\n\nSave these settings as your own '{name}', used "
+                        f"instead of the shipped one from now on?")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._save(cfg, name)
+
+        self.app.push_screen(ConfirmScreen(question, yes="Replace" if existing.origin == "user" else "Save"),
+                             answered)
+
+    def _save(self, cfg: cfgmod.Config, name: str) -> None:
         try:
             path = presets.save_user(dataclasses.replace(cfg), name)
         except UserError as e:

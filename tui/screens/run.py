@@ -10,10 +10,20 @@ Commands go over the run's control socket in a thread worker, so a slow answer (
 for the current optimizer step) never blocks the UI. An accepted command's effects arrive as
 events; the reply only matters when the run refused it or could not be reached: that comes back
 as a `ControlFailed` message, which clears the command's pending marker and says why.
+
+A run that is not live (stopped, failed, crashed) still answers two keys: `p` restarts it from
+its last checkpoint in the background (engine.launch.restart, as `gpt2-cockpit resume RUN
+--detach`), and `s` samples its newest checkpoint through `gpt2-cockpit sample` in a subprocess
+(which loads torch; this process never does), which `k` can end. Keys that cannot act are dimmed
+in the Footer and, pressed anyway, say why in a notification.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -31,10 +41,11 @@ from textual.worker import Worker, WorkerState
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import launch, presets
 from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.events import FINAL_STATES
 from gpt2_cockpit.engine.runs import RunDir
 
 from ..feed import EventFeed, EventsArrived
-from ..model import Changes, RunModel
+from ..model import Changes, RunModel, Sample
 from ..pace import NORMAL, IdleCores, Pace, next_pace
 from ..widgets.dialogs import ConfirmScreen, LiveSettingsScreen
 from ..widgets.log_pane import LogPane
@@ -61,6 +72,33 @@ class CommandAnswered(Message):
     def __init__(self, request: dict[str, Any]) -> None:
         super().__init__()
         self.request = request
+
+
+class Restarted(Message):
+    """The run's process was started again (a failure comes back as ControlFailed)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self.pid = pid
+
+
+class CheckpointSampled(Message):
+    """A sample from a stopped run's newest checkpoint: its text, or why there is none."""
+
+    def __init__(self, request_id: str, prompt: str, text: str | None = None, error: str | None = None,
+                 cancelled: bool = False) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.prompt = prompt
+        self.text = text
+        self.error = error
+        self.cancelled = cancelled
+
+
+def checkpoint_sample_argv(run: RunDir, prompt: str, max_new_tokens: int, temperature: float, top_k: int) -> list[str]:
+    """`gpt2-cockpit sample RUN PROMPT ...` (the newest checkpoint of a run that is not live)."""
+    return [sys.executable, "-m", "gpt2_cockpit.cli", "sample", "--max-new-tokens", str(max_new_tokens),
+            "--temperature", repr(temperature), "--top-k", str(top_k), "--", str(run.path), prompt]
 
 
 class GpuProbed(Message):
@@ -93,10 +131,16 @@ class RunScreen(Screen):
         Binding("shift+right", "cursor(10)", "Cursor far right", show=False),
         Binding("g", "toggle_aux", "LR / grad norm plot", show=False,
                 tooltip="A small plot of the learning rate and gradient norm under the loss"),
+        Binding("a", "toggle_hellaswag", "HellaSwag plot", show=False,
+                tooltip="A small plot of HellaSwag acc_norm under the loss, GPT-2's as a dashed line "
+                        "(shown by itself once the run has scored it)"),
         Binding("v", "screenshot", "Save SVG", show=False, tooltip="Save this screen as an SVG file in the run's folder"),
         Binding("h", "home", "Home", show=False, tooltip="Presets, runs and diagnostics"),
         Binding("escape", "unfocus", "Keys", tooltip="Leave the text box so single keys act again"),
         Binding("escape", "hide_cursor", "Hide cursor", tooltip="Hide the loss plot's cursor"),
+        # a dimmed key, pressed, says why it cannot act (these run only when the one above is dimmed)
+        *(Binding(key, f"why('{action}')", show=False) for key, action in
+          (("p", "toggle_pause"), ("c", "checkpoint"), ("x", "stop"), ("e", "edit_settings"))),
     ]
     RUN_ACTIONS = {"toggle_pause", "checkpoint", "stop", "edit_settings"}
 
@@ -121,6 +165,10 @@ class RunScreen(Screen):
         self._poll_timer: Timer | None = None
         self._polling = False  # a thread worker is reading the log
         self._was_live: bool | None = None
+        # samples from the checkpoint in progress: request id -> its `gpt2-cockpit sample` process
+        # (None until started); ids in _cancelled were cancelled with k
+        self._checkpoint_samples: dict[str, subprocess.Popen | None] = {}
+        self._cancelled: set[str] = set()
 
     @property
     def poll_interval(self) -> float:
@@ -164,6 +212,10 @@ class RunScreen(Screen):
             self.log_pane.say(self.config_error, "error")
         self._tick()
         self._probe_gpu()
+
+    def on_unmount(self) -> None:
+        for request_id in list(self._checkpoint_samples):  # no sampling process outlives the cockpit
+            self._end_checkpoint_sample(request_id)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="gpu-probe")
     def _probe_gpu(self) -> None:
@@ -213,7 +265,7 @@ class RunScreen(Screen):
             changes = m.ingest(message.events)
         m.alive = message.alive
         if changes.plot:
-            self.loss.data_changed()  # one redraw soon; how soon depends on what one costs
+            self.loss.data_changed()  # drawn with the status below, as often as its budget allows
         if changes.state:  # what a pause, resume or stop on its way did is now in the log
             self.status.pending = None
         now = time.monotonic()
@@ -229,6 +281,7 @@ class RunScreen(Screen):
         if repaint:
             self._last_status = now
             self.status.show()
+            self.loss.catch_up(now, slack=self.pace.poll / 2, urgent=urgent)  # the iteration the status shows
         if repaint or changes.gpu:
             self.query_one(GpuPane).show()
         sampling = bool(self.samples.pending_ids())
@@ -238,6 +291,8 @@ class RunScreen(Screen):
             self.samples.fail_pending(request_id, error)
         if not m.live:  # an accepted sample that the run ended before answering
             for request_id in self.samples.pending_ids():
+                if request_id in self._checkpoint_samples:
+                    continue  # from the checkpoint, in a process of ours
                 self.samples.fail_pending(request_id, f"the run ended ({m.display_state}) before answering")
         if sampling != bool(self.samples.pending_ids()):
             self.refresh_bindings()  # k (cancel) is offered only while a sample is on its way
@@ -297,15 +352,38 @@ class RunScreen(Screen):
     # ---------------------------------------------------------------- commands
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "toggle_pause" and self.model.resumable:
+            return True  # p restarts it
         if action in self.RUN_ACTIONS and not self.model.live:
             return None  # shown dimmed in the Footer: the run is not there to take commands
+        if action == "why":
+            return self.check_action(str(parameters[0]), ()) is None  # only while that key is dimmed
         if action == "unfocus":
             return isinstance(self.focused, Input)  # offered only while typing
         if action == "hide_cursor":
             return self.loss.cursor is not None and not isinstance(self.focused, Input)
-        if action == "cancel_sample":
-            return bool(self.samples.pending_ids()) and self.model.live  # offered only while one is on its way
+        if action == "cancel_sample":  # offered only while one is on its way
+            return bool(self._checkpoint_samples) or (bool(self.samples.pending_ids()) and self.model.live)
         return True
+
+    def why_not(self, action: str) -> str:
+        """Why a dimmed key cannot act now, in one sentence."""
+        m, name = self.model, self.run.name
+        state = m.display_state
+        if m.alive is None:
+            return "reading the run's log; try again in a moment"
+        if m.resumable:
+            return f"run {name} is {state}: no process to take commands; p restarts it from its last checkpoint"
+        if m.alive and state in FINAL_STATES:
+            return f"run {name} is {state}; its process is exiting"
+        if state == "done":
+            return (f"run {name} is done{f' ({m.reason})' if m.reason else ''}; "
+                    f"'gpt2-cockpit resume {name} --set train.max_iters=N' trains it further")
+        return f"run {name} is {state}: it takes no commands"
+
+    def action_why(self, action: str) -> None:
+        binding = next((b for b in self.BINDINGS if isinstance(b, Binding) and b.action == action), None)
+        self.notify(self.why_not(action), title=binding.description if binding else action, severity="warning")
 
     @work(thread=True, exit_on_error=False, group="control")
     def _control(self, requests: list[dict[str, Any]]) -> None:
@@ -329,7 +407,7 @@ class RunScreen(Screen):
 
     def on_control_failed(self, message: ControlFailed) -> None:
         cmd = message.request.get("cmd", "command")
-        if cmd in ("pause", "resume", "stop"):
+        if cmd in ("pause", "resume", "stop", "restart"):
             self.status.pending = None
         elif cmd == "sample":
             self.samples.fail_pending(message.request.get("request_id"), message.error)
@@ -337,10 +415,39 @@ class RunScreen(Screen):
         self.notify(message.error, title=f"{cmd} failed", severity="error")
 
     def action_toggle_pause(self) -> None:
-        if self.model.state == "paused":
+        if not self.model.live:
+            self._offer_restart()
+        elif self.model.state == "paused":
             self._send({"cmd": "resume"}, pending="resuming")
         else:
             self._send({"cmd": "pause"}, pending="pausing")
+
+    def _offer_restart(self) -> None:
+        ck = self.model.last_checkpoint
+        where = f"its last checkpoint (@{ck.get('iter')})" if ck else "its last checkpoint"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.status.pending = "restarting"  # until the new process logs its state
+                self._restart()
+
+        self.app.push_screen(ConfirmScreen(
+            f"Resume run {self.run.name}?\n\nIt is {self.model.display_state}. Its process starts again in the "
+            f"background from {where}, as 'gpt2-cockpit resume {self.run.name} --detach' does, and this screen "
+            f"follows it.", yes="Resume"), answered)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="restart")
+    def _restart(self) -> None:
+        try:
+            pid = launch.restart(self.run)
+        except (UserError, OSError) as e:
+            self.post_message(ControlFailed({"cmd": "restart"}, str(e) or e.__class__.__name__))
+            return
+        self.post_message(Restarted(pid))
+
+    def on_restarted(self, message: Restarted) -> None:
+        self.log_pane.say(f"restarted run {self.run.name} from its last checkpoint (pid {message.pid})")
+        self.poll_soon()
 
     def action_checkpoint(self) -> None:
         self.notify("checkpoint requested; written after the current step", title="checkpoint")
@@ -374,22 +481,74 @@ class RunScreen(Screen):
         self.samples.prompt_input.focus()
 
     def on_sample_pane_sample_requested(self, message: SamplePane.SampleRequested) -> None:
-        if not self.model.live:
-            text = (f"run {self.run.name} is not running; sample its last checkpoint with "
-                    f"'gpt2-cockpit sample {self.run.name} PROMPT'")
-            self.log_pane.say(text, "warn")
-            self.notify(text, severity="warning")
-            return
         rid = uuid.uuid4().hex[:12]
+        self.set_focus(None)  # out of the prompt: single keys act again (k cancels, as the view says)
+        if not self.model.live:  # the newest checkpoint, in a `gpt2-cockpit sample` process
+            ck = self.model.last_checkpoint
+            self._checkpoint_samples[rid] = None
+            self.samples.add_pending(rid, message.prompt,
+                                     "from the checkpoint" + (f" @{ck.get('iter')}" if ck else ""))
+            self.refresh_bindings()
+            self._sample_checkpoint(rid, message.prompt, message.max_new_tokens, message.temperature, message.top_k)
+            return
         self.samples.add_pending(rid, message.prompt)  # resolved by the `sample` event with this id
         self.refresh_bindings()
         self._send({"cmd": "sample", "prompt": message.prompt, "max_new_tokens": message.max_new_tokens,
                     "temperature": message.temperature, "top_k": message.top_k, "request_id": rid})
 
+    @work(thread=True, exit_on_error=False, group="checkpoint-sample")
+    def _sample_checkpoint(self, rid: str, prompt: str, max_new_tokens: int, temperature: float, top_k: int) -> None:
+        """`gpt2-cockpit sample` on the run (it loads torch, so in a process of its own); k ends it."""
+        argv = checkpoint_sample_argv(self.run, prompt, max_new_tokens, temperature, top_k)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, encoding="utf-8", errors="replace", start_new_session=True,
+                                    env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+        except OSError as e:
+            self.post_message(CheckpointSampled(rid, prompt, error=f"could not start 'gpt2-cockpit sample': {e}"))
+            return
+        self._checkpoint_samples[rid] = proc
+        if rid in self._cancelled:  # k came before the process did
+            _end(proc)
+        out, err = proc.communicate()
+        if rid in self._cancelled:
+            self.post_message(CheckpointSampled(rid, prompt, cancelled=True))
+        elif proc.returncode == 0:
+            self.post_message(CheckpointSampled(rid, prompt, text=out[:-1] if out.endswith("\n") else out))
+        else:
+            lines = [line for line in err.strip().splitlines() if line.strip()]
+            why = lines[-1].removeprefix("gpt2-cockpit: ") if lines else f"exit code {proc.returncode}"
+            self.post_message(CheckpointSampled(rid, prompt, error=why))
+
+    def on_checkpoint_sampled(self, message: CheckpointSampled) -> None:
+        rid = message.request_id
+        self._checkpoint_samples.pop(rid, None)
+        self._cancelled.discard(rid)
+        if message.error is not None:
+            self.samples.fail_pending(rid, message.error)
+            self.log_pane.say(f"sample from the checkpoint failed: {message.error}", "error")
+        else:
+            ck = self.model.last_checkpoint
+            self.samples.show_samples([Sample(ck.get("iter") if ck else None, message.prompt,
+                                              message.text if message.text is not None else message.prompt, rid,
+                                              time.time(), cancelled=message.cancelled, from_checkpoint=True)])
+        self.refresh_bindings()
+
+    def _end_checkpoint_sample(self, request_id: str) -> None:
+        self._cancelled.add(request_id)
+        proc = self._checkpoint_samples.get(request_id)
+        if proc is not None:
+            _end(proc)
+
     def action_cancel_sample(self) -> None:
-        """The run stops generating it; its `error` event ("sample cancelled") closes the view."""
+        """A live run stops generating the newest sample; its `error` event ("sample cancelled")
+        closes the view. A sample from the checkpoint ends with its process."""
         pending = self.samples.pending_ids()
-        if pending:
+        if not pending:
+            return
+        if pending[-1] in self._checkpoint_samples:
+            self._end_checkpoint_sample(pending[-1])
+        else:
             self._send({"cmd": "cancel", "request_id": pending[-1]})
 
     # ---------------------------------------------------------------- view
@@ -416,6 +575,9 @@ class RunScreen(Screen):
 
     def action_toggle_aux(self) -> None:
         self.loss.toggle_aux()
+
+    def action_toggle_hellaswag(self) -> None:
+        self.loss.toggle_hellaswag()
 
     def action_screenshot(self) -> None:
         """The screen as an SVG file in the run's folder (or here, if that cannot be written)."""
@@ -445,3 +607,11 @@ class RunScreen(Screen):
             return (f"Left the cockpit; run {self.run.name} goes on. "
                     f"'gpt2-cockpit attach {self.run.name}' to come back.")
         return f"Left the cockpit (run {self.run.name}: {self.model.display_state})."
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """End a sampling process (it leads its own process group) and whatever it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except OSError:
+        pass  # gone already

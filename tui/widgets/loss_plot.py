@@ -1,15 +1,22 @@
 """The loss pane: train loss (smoothed) and val loss over the whole history, with a cursor that
-reads out one point, zoom to the recent part, spike markers, and an optional small plot of the
-learning rate and gradient norm.
+reads out one point, zoom to the recent part, spike markers, an optional small plot of the
+learning rate and gradient norm, and one of HellaSwag acc_norm with the GPT-2 it compares with as
+a dashed line (shown by itself once the run has scored HellaSwag and the pane has room for both
+plots, AUTO_HELLASWAG_HEIGHT rows: not at 80x24, where the status row tells the last figure;
+a key shows or hides it at any size).
 
-Redraws are coalesced: new data only schedules one redraw, no sooner than REDRAW_INTERVAL
-after the last, and later still when drawing is expensive: new data redraws the plot only as
-often as keeps its drawing (the figures, plotext and Textual's rendering of it, measured on the
-UI thread) under a share of one core (`cpu_share`), but at least every `max_gap` seconds. A
-viewer's CPU is taken from the run it watches when that run keeps the cores busy (training on
-the CPU), and ten viewers of one run must cost it under 2% (tests/benchmarks/viewers.py); the
-run screen sets the budget (tui/pace.py). A plot at 120x40 costs ~20-30 ms to draw on a slow
-core: about one redraw in 5-7 s at 0.4% of a core. What the user asks for (smoothing, zoom, the
+Redraws for new data are coalesced and drawn together with the status pane's figures: new data
+only marks the plot stale, and when the run screen repaints the status it asks the plot to
+`catch_up`, which draws the new points then if that keeps its drawing (the figures, plotext and
+Textual's rendering of it, measured on the UI thread) under a share of one core (`cpu_share`),
+at most every REDRAW_INTERVAL and at least every `max_gap` seconds. So the plot shows the
+iteration the status shows, or an older one only while the budget holds it back. A viewer's CPU
+is taken from the run it watches when that run keeps the cores busy (training on the CPU), and
+ten viewers of one run must cost it under 2% (tests/benchmarks/viewers.py); the run screen sets
+the budget (tui/pace.py): at its normal pace `max_gap` is the status's period, so the plot keeps
+up with the status; at the lean pace it waits for its share. A plot at 120x36 costs ~20-30 ms to
+draw on a slow core: at 0.4% of a core that was one redraw in 5-7 s, which left the plot ~100
+iterations behind the status of a fast CPU run. What the user asks for (smoothing, zoom, the
 cursor, ...) redraws at once. The model's step history is bounded (series.py) and the
 curves are downsampled to about two points per column, so a redraw costs the same for a
 200-step run and a 200,000-step one.
@@ -41,6 +48,9 @@ ZOOMS = (1.0, 0.5, 0.1)  # the share of the run's iterations shown, the newest e
 REDRAW_INTERVAL = 1.0  # seconds: the least time between redraws for new data
 RESIZE_DELAY = 0.1  # a resize redraws (for the new width) once the size has settled
 SPIKE_MARKER = "x"
+DASH = "─"  # the reference line is drawn as this marker every DASH_EVERY columns: a dashed line
+DASH_EVERY = 2
+AUTO_HELLASWAG_HEIGHT = 20  # the pane's rows from which the HellaSwag plot shows by itself (80x24: 14)
 
 
 # --------------------------------------------------------------------------- curves of one run
@@ -166,6 +176,9 @@ class LossPane(Vertical):
     zoom: reactive[float] = reactive(1.0, init=False)  # one of ZOOMS
     cursor: reactive[int | None] = reactive(None, init=False)  # the iteration under the cursor, or hidden
     show_aux: reactive[bool] = reactive(False, init=False)  # the lr / grad norm plot
+    # the HellaSwag plot: None shows it once the run has a HellaSwag point (and the pane has room);
+    # the key decides after that
+    show_hellaswag: reactive[bool | None] = reactive(None, init=False)
 
     def __init__(self, model: RunModel, cpu_share: float = 0.004, max_gap: float = 15.0, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -176,6 +189,7 @@ class LossPane(Vertical):
         self._timer: Timer | None = None
         self._due = 0.0  # when the scheduled redraw runs (time.monotonic())
         self._last_redraw = 0.0
+        self._stale = False  # new data arrived since the last redraw
         self._smoothed: list[float | None] = []  # the train curve per bucket, as last drawn
         self._figure_seconds = 0.0  # CPU time the last redraw spent on its figures
 
@@ -183,6 +197,7 @@ class LossPane(Vertical):
         yield PlotCanvas(id="loss-canvas")
         yield Static(id="loss-readout", markup=False)
         yield PlotCanvas(id="aux-canvas")
+        yield PlotCanvas(id="hellaswag-canvas")
 
     @property
     def canvas(self) -> PlotCanvas:
@@ -193,6 +208,16 @@ class LossPane(Vertical):
         return self.query_one("#aux-canvas", PlotCanvas)
 
     @property
+    def hellaswag_canvas(self) -> PlotCanvas:
+        return self.query_one("#hellaswag-canvas", PlotCanvas)
+
+    @property
+    def hellaswag_shown(self) -> bool:
+        if self.show_hellaswag is not None:
+            return self.show_hellaswag
+        return bool(self.model.hellaswag) and self.size.height >= AUTO_HELLASWAG_HEIGHT
+
+    @property
     def readout(self) -> Static:
         return self.query_one("#loss-readout", Static)
 
@@ -200,6 +225,7 @@ class LossPane(Vertical):
         self.border_title = f"{self.model.name} · loss"
         self.readout.display = False
         self.aux_canvas.display = False
+        self.hellaswag_canvas.display = False
         self._update_subtitle()
 
     def on_resize(self) -> None:
@@ -223,6 +249,9 @@ class LossPane(Vertical):
 
     def toggle_aux(self) -> None:
         self.show_aux = not self.show_aux
+
+    def toggle_hellaswag(self) -> None:
+        self.show_hellaswag = not self.hellaswag_shown
 
     def move_cursor(self, columns: int) -> None:
         """Show the cursor (at the newest point), or move it by about `columns` plot columns."""
@@ -268,6 +297,9 @@ class LossPane(Vertical):
         self.aux_canvas.display = self.show_aux
         self._settings_changed()
 
+    def watch_show_hellaswag(self) -> None:
+        self._settings_changed()  # redraw() shows or hides its canvas
+
     def _update_subtitle(self) -> None:
         # the view and the key that changes each part (fits the pane at 80 columns)
         scale = "log" if self.log_y else "lin"
@@ -282,6 +314,8 @@ class LossPane(Vertical):
         cost = self._figure_seconds + self.canvas.paint_seconds
         if self.show_aux:
             cost += self.aux_canvas.paint_seconds
+        if self.hellaswag_canvas.display:
+            cost += self.hellaswag_canvas.paint_seconds
         return cost
 
     def redraw_gap(self) -> float:
@@ -293,12 +327,24 @@ class LossPane(Vertical):
         self.cpu_share, self.max_gap = cpu_share, max_gap
 
     def data_changed(self) -> None:
-        """New points arrived: schedule one redraw, no sooner than `redraw_gap()` after the last
-        (the first points at once)."""
+        """New points arrived: the next `catch_up` draws them (the first points at once)."""
+        self._stale = True
         if not self.canvas.figure.points:
             self._schedule(0)
-        else:
-            self._schedule(self._last_redraw + self.redraw_gap() - time.monotonic())
+
+    def catch_up(self, now: float, slack: float = 0.0, urgent: bool = False) -> bool:
+        """The status pane is showing new figures (at `now`, time.monotonic()): draw the new
+        points with them if the budget allows a redraw now (`redraw_gap()` since the last, less
+        `slack` seconds: the run screen passes half its poll interval, the nearest tick). An
+        `urgent` repaint (an eval, a checkpoint, a state change: events that come far apart)
+        takes the plot along once half its gap has passed. True if it redrew."""
+        gap = self.redraw_gap()
+        if urgent:
+            slack = max(slack, gap / 2)
+        if not self._stale or now < self._last_redraw + gap - slack:
+            return False
+        self.redraw(now)
+        return True
 
     def _schedule(self, delay: float) -> None:
         """One redraw in `delay` seconds, or sooner if one is scheduled already."""
@@ -310,17 +356,26 @@ class LossPane(Vertical):
         self._due = time.monotonic() + delay
         self._timer = self.set_timer(delay, self.redraw)
 
-    def redraw(self) -> None:
+    def redraw(self, now: float | None = None) -> None:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
         started = time.thread_time()
-        self._last_redraw = time.monotonic()
+        self._last_redraw = time.monotonic() if now is None else now
+        self._stale = False
         self.redraws += 1
         width = self.canvas.size.width or 100
-        self.canvas.show(self.build_figure(max_points=2 * width, ticks=max(3, width // 12)))
+        hellaswag = self.hellaswag_shown
+        if self.hellaswag_canvas.display != hellaswag:  # the first HellaSwag point brings its plot
+            self.hellaswag_canvas.display = hellaswag
+        loss = self.build_figure(max_points=2 * width, ticks=max(3, width // 12))
+        self.canvas.show(loss)
         if self.show_aux:
             self.aux_canvas.show(self.build_aux_figure(max_points=2 * width, ticks=max(3, width // 12)))
+        if hellaswag:
+            xs = [x for series in loss.series for x in series.xs]
+            self.hellaswag_canvas.show(self.build_hellaswag_figure(
+                width, ticks=max(3, width // 12), x_range=(min(xs), max(xs)) if xs else None))
         if self.cursor is not None:
             self.readout.update(self.readout_text())
         self._figure_seconds = time.thread_time() - started
@@ -344,7 +399,7 @@ class LossPane(Vertical):
                 series.append(Series("", [x], [y], color="accent", marker="dot", scatter=True))
         tick_pos, labels = x_ticks(c.train[0] + c.val[0], ticks, self.x_axis)
         x_label = axis_label(self.x_axis, unit_name)
-        if self.show_aux:  # the lr / grad norm plot underneath shows the x axis for both
+        if self.show_aux or self.hellaswag_shown:  # the plot underneath shows the x axis for both
             tick_pos, labels, x_label = [], [], ""
         return Figure(series, log_y=self.log_y, x_label=x_label, x_ticks=tick_pos, x_tick_labels=labels,
                       v_lines=v_lines, empty_text="waiting for the first logged step…")
@@ -368,8 +423,45 @@ class LossPane(Vertical):
         if self.cursor is not None and s.iters:
             v_lines.append((x_of(m, self.x_axis, unit)(self.cursor), "accent"))
         tick_pos, labels = x_ticks(xs, ticks, self.x_axis)  # (no axis label: the subtitle names x)
+        if self.hellaswag_shown:  # the HellaSwag plot under this one shows them
+            tick_pos, labels = [], []
         return Figure(series, x_ticks=tick_pos, x_tick_labels=labels, y_ticks=[0, 0.5, 1],
                       y_tick_labels=["0", ".5", "1"], v_lines=v_lines, empty_text="no lr or gradient norm logged")
+
+    def build_hellaswag_figure(self, width: int, ticks: int = 5,
+                               x_range: tuple[float, float] | None = None) -> Figure:
+        """HellaSwag acc_norm per evaluation in view (a line through its points), and the acc_norm of
+        the GPT-2 size nearest the model as a dashed line across `x_range` (the loss plot's, so the
+        two plots line up), labelled with its name."""
+        m, s = self.model, self.model.steps
+        unit, _ = time_scale(m)
+        k0 = first_visible(m, self.zoom)
+        it_lo = s.iters[k0] if s.iters and k0 > 0 else float("-inf")
+        to_x = x_of(m, self.x_axis, unit)
+        points = [(to_x(it), acc_norm) for it, _, acc_norm in m.hellaswag if it >= it_lo and acc_norm is not None]
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        series = []
+        ref = m.hellaswag_reference
+        if points:  # one legend row (the plot may have two rows of its own at 80x24), cut to fit the plot
+            label = ("HellaSwag acc_norm" if width >= 60 else "acc_norm") \
+                + (f"  {DASH} {DASH} {ref[0]} {ref[1]:.4f}" if ref is not None else "")
+            series += [Series(label, xs, ys, color="success"),
+                       Series("", xs, ys, color="success", marker="dot", scatter=True)]
+        lo, hi = x_range if x_range is not None else (min(xs, default=0.0), max(xs, default=0.0))
+        lo, hi = min([lo] + xs), max([hi] + xs)
+        if ref is not None and points:
+            dashes = max(2, (width - 8) // DASH_EVERY)  # about one every DASH_EVERY columns of the plot
+            dash_xs = [lo + (hi - lo) * k / (dashes - 1) for k in range(dashes)]
+            series.append(Series("", dash_xs, [ref[1]] * dashes, color="warning", marker=DASH, scatter=True))
+        v_lines = []
+        if self.cursor is not None and s.iters:
+            v_lines.append((to_x(self.cursor), "accent"))
+        y_values = ys + ([ref[1]] if ref is not None and points else [])
+        y_ticks = nice_ticks(min(y_values), max(y_values), 3) if y_values else None
+        tick_pos, labels = x_ticks([lo, hi] if points else [], ticks, self.x_axis)
+        return Figure(series, x_ticks=tick_pos, x_tick_labels=labels, x_lim=(lo, hi) if points else None,
+                      y_ticks=y_ticks, y_tick_labels=[f"{t:.3g}" for t in y_ticks] if y_ticks else None,
+                      v_lines=v_lines, empty_text="no HellaSwag evaluation yet (train.hellaswag_interval)")
 
     def _curve_at(self, it: int) -> float | None:
         """The plotted train value at the bucket nearest `it` (smoothed, or the raw loss)."""

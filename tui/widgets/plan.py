@@ -15,6 +15,7 @@ from typing import Any
 from textual.content import Content
 
 from gpt2_cockpit.engine import config as cfgmod
+from gpt2_cockpit.engine.doctor import NO_GPU_HINT
 from gpt2_cockpit.engine.errors import UserError
 
 from .panes import TextPane, label_value_lines
@@ -28,6 +29,26 @@ class PlanResult:
     rows: list[tuple[str, str]]
     fits: bool | None = None
     error: str | None = None
+    device: str = ""  # where the run would train, in words ("the CPU (no NVIDIA GPU found)")
+
+    def summary(self) -> str:
+        """The plan in one line: parameters, tokens, memory and time (what starting it means)."""
+        if self.error:
+            return self.error
+        rows = dict(r for r in self.rows if r[0])
+        parts = []
+        if "parameters" in rows:
+            parts.append(rows["parameters"].split(" (")[0] + " parameters")
+        if "total tokens" in rows:  # "1.54M in 2,000 iters"
+            count, _, rest = rows["total tokens"].partition(" ")
+            parts.append(f"{count} tokens {rest}".strip())
+        if "VRAM estimate" in rows:
+            parts.append("VRAM " + rows["VRAM estimate"])
+        elif "memory estimate" in rows:
+            parts.append(rows["memory estimate"].split(" (")[0])
+        if "time" in rows and not rows["time"].startswith("n/a"):
+            parts.append(rows["time"])
+        return " · ".join(parts)
 
 
 def compute_plan(cfg: cfgmod.Config) -> PlanResult:
@@ -49,7 +70,20 @@ def compute_plan(cfg: cfgmod.Config) -> PlanResult:
             plan = make_plan(cfg, gpu="auto")
     except UserError as e:
         return PlanResult([], error=str(e))
-    return PlanResult(plan.rows(), fits=plan.to_dict().get("fits"))
+    return PlanResult(plan.rows(), fits=plan.to_dict().get("fits"), device=_device(cfg, getattr(plan, "gpu", None)))
+
+
+def _device(cfg: cfgmod.Config, gpu: Any) -> str:
+    """Where a run of `cfg` would train on this machine, in words (as the engine picks: a
+    detected NVIDIA GPU unless the preset says cpu)."""
+    found = gpu is not None and getattr(gpu, "source", "") == "detected"
+    if cfg.train.device == "cpu":
+        return "the CPU (the preset says so)" if found else "the CPU"
+    if found:
+        return f"the GPU, {gpu.name}"
+    if cfg.train.device == "cuda":
+        return "CUDA, which the preset asks for, but no NVIDIA GPU was found"
+    return "the CPU (no NVIDIA GPU found)"
 
 
 class PlanPane(TextPane):
@@ -130,6 +164,9 @@ class DiagnosticsPane(TextPane):
         problems.sort(key=lambda c: c.get("status") != "fail")
         if not problems:
             parts.append(("all checks passed", "$text-muted"))
+        if any(c.get("id") == "gpu" and c.get("status") == "fail" for c in checks):
+            # the doctor's closing advice, first: the pane shows a few lines, Tab scrolls the rest
+            parts.append(("\n" + NO_GPU_HINT[0].upper() + NO_GPU_HINT[1:], "bold $accent"))
         for c in problems:
             mark, style = STATUS_MARK[c["status"]]
             advice = c.get("remedy") or c.get("detail") or ""

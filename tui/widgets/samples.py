@@ -26,12 +26,17 @@ MAX_SHOWN = 50
 
 
 class SampleView(Static):
-    """One sample: where it came from, then the text (the prompt part in bold)."""
+    """One sample: where it came from, then the text (the prompt part in bold).
 
-    def __init__(self, sample: Sample | None = None, pending_prompt: str = "", **kwargs) -> None:
+    While pending it says which key cancels it: k, or Esc then k while a text box has the keys."""
+
+    def __init__(self, sample: Sample | None = None, pending_prompt: str = "", source: str = "",
+                 typing: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.sample = sample
         self.pending_prompt = pending_prompt
+        self.source = source  # where a pending sample comes from, e.g. "from the checkpoint @150"
+        self.typing = typing  # a text box of the pane has the keys
 
     def on_mount(self) -> None:
         self.refresh_content()
@@ -49,9 +54,12 @@ class SampleView(Static):
     def refresh_content(self) -> None:
         s = self.sample
         if s is None:
-            self.update(Content.assemble(("sampling… (k cancels) ", "$text-muted italic"), (self.pending_prompt, "bold")))
+            what = f"sampling{' ' + self.source if self.source else ''}…"
+            keys = "Esc, then k cancels" if self.typing else "k cancels"
+            self.update(Content.assemble((f"{what} ({keys}) ", "$text-muted italic"), (self.pending_prompt, "bold")))
             return
-        origin = "periodic" if s.periodic else "prompt" + (" · cancelled" if s.cancelled else "")
+        origin = "periodic" if s.periodic else "checkpoint" if s.from_checkpoint else "prompt"
+        origin += " · cancelled" if s.cancelled else ""
         head = (f"@iter {s.iter if s.iter is not None else '?'} · {origin}\n", "$text-accent")
         if s.prompt and s.text.startswith(s.prompt):
             body = [(s.prompt, "bold"), s.text[len(s.prompt):]]
@@ -132,8 +140,26 @@ class SamplePane(Vertical):
     def views(self) -> list[SampleView]:
         return list(self.query(SampleView))
 
-    def add_pending(self, request_id: str, prompt: str) -> None:
-        view = SampleView(pending_prompt=prompt, classes="-pending")
+    def _typing(self) -> bool:
+        focused = self.screen.focused
+        return isinstance(focused, Input) and self in focused.ancestors
+
+    def on_descendant_focus(self) -> None:
+        self._say_keys()
+
+    def on_descendant_blur(self) -> None:
+        self._say_keys()
+
+    def _say_keys(self) -> None:
+        """Pending views name the key that cancels them from where the keys now go."""
+        typing = self._typing()
+        for view in self._pending.values():
+            if view.typing != typing:
+                view.typing = typing
+                view.refresh_content()
+
+    def add_pending(self, request_id: str, prompt: str, source: str = "") -> None:
+        view = SampleView(pending_prompt=prompt, source=source, typing=self._typing(), classes="-pending")
         self._pending[request_id] = view
         self._append(view)
         self._reveal(view)

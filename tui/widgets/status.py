@@ -50,8 +50,11 @@ class StatusPane(Static):
         self.set_class(state in ("failed", "crashed"), "-failed")
         rows = self.model.status_rows(self.pending)
         width = max(len(label) for label, _ in rows)
+        room = self.content_size.width - width - 1  # for a value (0 before the first layout)
         parts: list[tuple[str, str]] = []
         for n, (label, value) in enumerate(rows):
+            if label == "hella" and 0 < room < len(value):  # 80 columns: "0.271 · 124M 0.2955"
+                value = value.replace(" GPT-2 ", " ", 1)
             style = STATE_STYLES.get(state, "bold") if label == "state" else ""
             parts.append((("\n" if n else "") + label.ljust(width) + " ", "$text-muted"))
             parts.append((value, style))
