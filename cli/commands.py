@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from gpt2_cockpit.engine import config as cfgmod
-from gpt2_cockpit.engine import launch, presets, sampling
+from gpt2_cockpit.engine import presets, sampling
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.fmt import fmt_age
-from gpt2_cockpit.engine.runs import RunDir, list_dirs, resolve, summarize
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.rundir import RunDir, list_dirs, resolve, summarize
 
 # --------------------------------------------------------------------------- starting runs
 
@@ -158,7 +159,7 @@ def sample(args: argparse.Namespace) -> int:
     if run.alive():
         text = launch.sample_text(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k)
     else:  # not live: generate from its newest checkpoint in this process (loads torch)
-        from gpt2_cockpit.engine.runner import sample_from_checkpoint
+        from gpt2_cockpit.engine.train.runner import sample_from_checkpoint
 
         text = sample_from_checkpoint(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k)
     print(text)
@@ -213,7 +214,7 @@ def list_presets(args: argparse.Namespace) -> int:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    from gpt2_cockpit.engine import doctor as diagnostics  # imports torch to ask it about CUDA
+    from gpt2_cockpit.engine.machine import doctor as diagnostics  # imports torch to ask it about CUDA
 
     checks = diagnostics.run_checks(online=args.online)
     if args.json:
@@ -225,7 +226,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from gpt2_cockpit.engine import planner
+    from gpt2_cockpit.engine.machine import planner
 
     # the default preset is resolved here, not at parse time: it asks NVML, which `plan X` needn't
     cfg = presets.load(args.preset or presets.default_name(), args.overrides)
@@ -243,7 +244,7 @@ def plan(args: argparse.Namespace) -> int:
         found = planner.measured_ms_per_iter(cfg, args.gpus)
         if found:
             ms, source = found
-    result = planner.make_plan(cfg, gpu=gpu, world_size=args.gpus, mfu=args.mfu, ms_per_iter=ms,
+    result = planner.plan_run(cfg, gpu=gpu, world_size=args.gpus, mfu=args.mfu, ms_per_iter=ms,
                                price_per_kwh=args.price_per_kwh, measured_from=source)
     print(json.dumps(result.to_dict(), indent=2) if args.json else planner.format_rows(result.rows()))
     return 0
@@ -254,7 +255,7 @@ def bench(args: argparse.Namespace) -> int:
         return _suite(args)
     if args.only or args.nanogpt:
         raise UserError("--only and --nanogpt belong to --suite")
-    from gpt2_cockpit.engine import bench as benchmark  # imports torch
+    from gpt2_cockpit.engine.train import bench as benchmark  # imports torch
 
     cfg = presets.load(args.preset or presets.default_name(), args.overrides)
     result = benchmark.measure(cfg, args.steps, args.warmup, args.real_data,
@@ -269,12 +270,12 @@ def _suite(args: argparse.Namespace) -> int:
     if args.preset or args.overrides or args.real_data or args.json:
         raise UserError("--suite runs its own presets and writes its report to --out DIR: "
                         "leave out PRESET, --set, --real-data and --json")
-    from gpt2_cockpit.engine import suite  # imports torch
+    from gpt2_cockpit.engine.train import suite, suite_sections  # imports torch
 
     only = suite.parse_only(args.only)
     out = Path(args.out).expanduser()
     command = "gpt2-cockpit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "gpt2-cockpit bench --suite"
-    report = suite.run_suite(out, only=only, nanogpt=Path(args.nanogpt) if args.nanogpt else None,
+    report = suite.run_suite(out, suite_sections.SECTIONS, only=only, nanogpt=Path(args.nanogpt) if args.nanogpt else None,
                              command=command, log=lambda line: print(line, flush=True))
     print()
     print(table([("SECTION", "STATUS", "SECONDS", "REASON")]
@@ -284,7 +285,7 @@ def _suite(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    from gpt2_cockpit.engine.export import export_run  # imports torch and transformers
+    from gpt2_cockpit.engine.train.export import export_run# imports torch and transformers
 
     run = resolve(args.run)
     dest = Path(args.to).expanduser()
@@ -298,7 +299,8 @@ def prepare(args: argparse.Namespace) -> int:
     """Tokenize a preset's corpus into the token cache: one updating progress line, then a summary."""
     import time
 
-    from gpt2_cockpit.engine import data, prepare as prep
+    from gpt2_cockpit.engine.data import sources
+    from gpt2_cockpit.engine.data import prepare as prep
 
     overrides = list(args.overrides)
     if args.source:
@@ -314,7 +316,7 @@ def prepare(args: argparse.Namespace) -> int:
     d = cfg.data
     source = d.source
     if not source.startswith(("builtin:", "hf:", "url:")):
-        data.source_identity(source)  # 'does not exist' in one sentence
+        sources.source_identity(source)  # 'does not exist' in one sentence
         source = str(Path(source).expanduser().resolve())
     workers = args.workers or d.workers or prep.default_workers()
     shard_tokens = d.shard_tokens
@@ -338,7 +340,7 @@ class _ProgressLine:
     """One line rewritten in place with \\r on a terminal; elsewhere a line every 10 seconds."""
 
     def __init__(self):
-        from gpt2_cockpit.engine.prepare import _text_progress, format_progress
+        from gpt2_cockpit.engine.data.prepare import _text_progress, format_progress
 
         self.tty = sys.stdout.isatty()
         self.format = format_progress

@@ -1,5 +1,5 @@
 """Deciding between runs: `compare`, `metrics` and `plot`. Read-only: they read run logs and
-configs through engine/metrics.py (no torch) and print; `plot` writes one image file.
+configs through engine/runs/metrics.py (no torch) and print; `plot` writes one image file.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpt2_cockpit.engine import metrics
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_float, fmt_lr, fmt_mfu, fmt_ms
-from gpt2_cockpit.engine.runs import RunDir, list_dirs, resolve
+from gpt2_cockpit.engine.runs import metrics
+from gpt2_cockpit.engine.runs.rundir import RunDir, list_dirs, resolve
 
 from .commands import table
 

@@ -1,5 +1,5 @@
 """`gpt2-cockpit eval TARGET`: HellaSwag acc and acc_norm of a run, a checkpoint file, a Hugging
-Face model folder or a hub name, beside the GPT-2 figure it compares with (engine/hellaswag.py)."""
+Face model folder or a hub name, beside the GPT-2 figure it compares with (engine/train/hellaswag.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gpt2_cockpit.engine.errors import UserError
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from gpt2_cockpit.engine import hellaswag
+    from gpt2_cockpit.engine.train import hellaswag
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: expected at least 1 (leave it out for every item)")
@@ -47,9 +47,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def _on_a_fair_share(work):
     """On a CPU, beside runs training on it: this process counts as one more and takes its share of
-    the cores, as runs do (engine/cpushare.py; threads that spin waiting for a busy core slow
+    the cores, as runs do (engine/train/cpushare.py; threads that spin waiting for a busy core slow
     everyone down)."""
-    from gpt2_cockpit.engine.cpushare import CpuShare
+    from gpt2_cockpit.engine.train.cpushare import CpuShare
 
     share = CpuShare()
     try:

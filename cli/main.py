@@ -13,8 +13,8 @@ import sys
 from gpt2_cockpit.engine import sampling
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.fsutil import quiet_broken_pipe
-from gpt2_cockpit.engine.launch import DEFAULT_MASTER_PORT
-from gpt2_cockpit.engine.planner import DEFAULT_MFU, PRICE_ENV
+from gpt2_cockpit.engine.machine.planner import DEFAULT_MFU, PRICE_ENV
+from gpt2_cockpit.engine.runs.launch import DEFAULT_MASTER_PORT
 
 from . import commands, compare, evaluate
 

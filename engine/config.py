@@ -60,7 +60,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip the global gradient norm; 0 disables
     # "adamw": AdamW for every parameter; "muon": Muon (torch.optim.Muon) for the blocks' attention
-    # and MLP matrices, AdamW for embeddings, biases and LayerNorm gains (engine/optim.py);
+    # and MLP matrices, AdamW for embeddings, biases and LayerNorm gains (engine/train/optim.py);
     # "adamw8bit": bitsandbytes' 8-bit AdamW (CUDA only; pip install "gpt2-cockpit[8bit]"):
     # its moments take ~2 B per parameter instead of 8
     optimizer: str = "adamw"
@@ -97,7 +97,7 @@ class TrainConfig:
     spike_zscore: float = 6.0  # a loss or grad norm this many std devs above its recent mean is a spike; 0 off
     spike_window: int = 128  # steps of history the spike z-score is measured against (as llm.c)
     skip_spikes: bool = False  # skip the optimizer update of a spike step (it is always logged)
-    # HellaSwag acc and acc_norm (engine/hellaswag.py) every this many steps; 0 = off
+    # HellaSwag acc and acc_norm (engine/train/hellaswag.py) every this many steps; 0 = off
     hellaswag_interval: int = 0
     # its items: HellaSwag's validation set (downloaded once), or a local .jsonl in its format
     hellaswag_source: str = "builtin:hellaswag-val"

@@ -131,3 +131,15 @@ def quiet_broken_pipe(exit_code: int = 141) -> int:
     except (OSError, ValueError):
         pass
     return exit_code
+
+
+def as_plain_files(folder: Path) -> None:
+    """Give every file the mode a plain write gives (0644 under the usual umask 022).
+
+    safetensors writes model.safetensors through a private temp file (mode 0600), so without
+    this the weights, alone of the folder, could not be read by the group or other users."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o666 & ~mask)

@@ -53,7 +53,7 @@ def load(name_or_path: str, overrides: list[str] | None = None) -> cfgmod.Config
 
 def default_name() -> str:
     """shakespeare-char on a CUDA machine, cpu-tiny otherwise (without importing torch)."""
-    from .hardware import has_cuda
+    from .machine.hardware import has_cuda
 
     return "shakespeare-char" if has_cuda() else "cpu-tiny"
 

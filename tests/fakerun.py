@@ -22,9 +22,9 @@ import pytest
 
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import presets
-from gpt2_cockpit.engine.control import ControlServer
-from gpt2_cockpit.engine.events import EventWriter
-from gpt2_cockpit.engine.runs import RunDir, create
+from gpt2_cockpit.engine.runs.control import ControlServer
+from gpt2_cockpit.engine.runs.events import EventWriter
+from gpt2_cockpit.engine.runs.rundir import RunDir, create
 
 
 def make_run(name: str = "fake", preset: str = "cpu-tiny", overrides: list[str] | None = None) -> RunDir:

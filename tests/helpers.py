@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from gpt2_cockpit.engine import launch, runner
-from gpt2_cockpit.engine.events import read_all
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.events import read_all
+from gpt2_cockpit.engine.train import runner
 
 
 def run_inprocess(corpus, name, extra=(), resume=False, **train):
@@ -11,7 +12,7 @@ def run_inprocess(corpus, name, extra=(), resume=False, **train):
     from conftest import tiny_overrides
 
     if resume:
-        from gpt2_cockpit.engine.runs import resolve
+        from gpt2_cockpit.engine.runs.rundir import resolve
 
         run = resolve(name)
         launch.prepare_restart(run, list(extra))

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from gpt2_cockpit.engine import cpushare
-from gpt2_cockpit.engine.cpushare import CpuShare, ProcStat
+from gpt2_cockpit.engine.train import cpushare
+from gpt2_cockpit.engine.train.cpushare import CpuShare, ProcStat
 
 TICKS = 100  # the kernel's clock ticks per second (USER_HZ)
 
@@ -160,8 +160,8 @@ def test_the_cpu_share_is_applied_before_the_first_eval(corpus, monkeypatch):
     from conftest import tiny_overrides
 
     from gpt2_cockpit.engine import presets
-    from gpt2_cockpit.engine.runner import build_workload
-    from gpt2_cockpit.engine.step import Stepper
+    from gpt2_cockpit.engine.train.runner import build_workload
+    from gpt2_cockpit.engine.train.step import Stepper
 
     class Spy:
         looks = 0
@@ -204,9 +204,9 @@ def test_proc_stat_reads_the_cores_of_this_process_and_a_process_time(tmp_path):
 def test_the_loop_counts_a_paused_run_out_until_it_trains_again():
     from types import SimpleNamespace
 
-    from gpt2_cockpit.engine.dist import Dist
-    from gpt2_cockpit.engine.loop import Progress, handle_commands
-    from gpt2_cockpit.engine.owner import NullRunOwner
+    from gpt2_cockpit.engine.train.dist import Dist
+    from gpt2_cockpit.engine.train.loop import Progress, handle_commands
+    from gpt2_cockpit.engine.train.owner import NullRunOwner
 
     calls = []
 

@@ -3,12 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from gpt2_cockpit.engine import data
+from gpt2_cockpit.engine import errors
+from gpt2_cockpit.engine.data import prepare, sources
 from gpt2_cockpit.engine.errors import UserError
 
 
 def test_python_docs_builtin_is_offline_and_char_round_trips(cockpit_home):
-    d = data.prepare("builtin:python-docs", "char", 0.1, 64)
+    d = prepare.prepare_and_open("builtin:python-docs", "char", 0.1, 64)
     assert len(d.train) > 300_000 and len(d.val) > 30_000
     assert d.train.dtype == np.uint16
     tok = d.tokenizer()
@@ -18,16 +19,16 @@ def test_python_docs_builtin_is_offline_and_char_round_trips(cockpit_home):
 
 
 def test_written_once_then_reused(corpus):
-    a = data.prepare(str(corpus), "char", 0.1, 16)
+    a = prepare.prepare_and_open(str(corpus), "char", 0.1, 16)
     mtime = (a.folder / "train-00000.bin").stat().st_mtime_ns
-    b = data.prepare(str(corpus), "char", 0.1, 16)
+    b = prepare.prepare_and_open(str(corpus), "char", 0.1, 16)
     assert a.folder == b.folder and (b.folder / "train-00000.bin").stat().st_mtime_ns == mtime
 
 
 def test_changed_file_gets_new_cache(corpus):
-    a = data.prepare(str(corpus), "char", 0.1, 16)
+    a = prepare.prepare_and_open(str(corpus), "char", 0.1, 16)
     corpus.write_text(corpus.read_text() + "Zebra!\n")
-    b = data.prepare(str(corpus), "char", 0.1, 16)
+    b = prepare.prepare_and_open(str(corpus), "char", 0.1, 16)
     assert a.folder != b.folder and "Z" in b.meta["chars"]
 
 
@@ -38,13 +39,13 @@ def test_folder_jsonl_and_csv(tmp_path):
     (folder / "b.jsonl").write_text("\n".join(json.dumps({"text": f"beta {i} " * 5}) for i in range(10)))
     (folder / "c.csv").write_text("id,text\n" + "\n".join(f"{i},gamma {i}" for i in range(10)))
     (folder / "skip.bin").write_bytes(b"\x00\x01")
-    docs = list(data.read_documents(str(folder)))
+    docs = list(sources.read_documents(str(folder)))
     assert docs[0].startswith("alpha") and any("beta 3" in d for d in docs) and any("gamma 9" in d for d in docs)
     assert len(docs) == 21
 
 
 def test_windows_are_next_token_pairs(corpus):
-    d = data.prepare(str(corpus), "char", 0.1, 16)
+    d = prepare.prepare_and_open(str(corpus), "char", 0.1, 16)
     w = d.windows("train", np.array([0, 7]), 16)
     assert w.shape == (2, 17)
     assert np.array_equal(w[0, 7:], w[1, :10])
@@ -61,7 +62,7 @@ def test_bad_sources_fail_with_one_sentence(tmp_path, setup, fragment):
     p = tmp_path / "c.txt"
     setup(p)
     with pytest.raises(UserError) as e:
-        data.prepare(str(p), "char", 0.1, 64)
+        prepare.prepare_and_open(str(p), "char", 0.1, 64)
     assert fragment in str(e.value) and str(p) in str(e.value)
 
 
@@ -69,32 +70,32 @@ def test_jsonl_without_text_column(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text('{"body": "x"}\n')
     with pytest.raises(UserError, match="no 'text' field"):
-        list(data.read_documents(str(p)))
+        list(sources.read_documents(str(p)))
 
 
 def test_unknown_builtin():
     with pytest.raises(UserError, match="unknown builtin corpus"):
-        list(data.read_documents("builtin:nope"))
+        list(sources.read_documents("builtin:nope"))
 
 
 def test_tiny_shakespeare_offline_message(monkeypatch):
     def refuse(*a, **k):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
-    with pytest.raises(data.NetworkUnavailable) as e:
-        list(data.read_documents("builtin:tiny-shakespeare"))
+    monkeypatch.setattr(sources.urllib.request, "urlopen", refuse)
+    with pytest.raises(errors.NetworkUnavailable) as e:
+        list(sources.read_documents("builtin:tiny-shakespeare"))
     assert "builtin:python-docs" in str(e.value)
 
 
 def test_hf_source_offline_message():
     # HF_HUB_OFFLINE=1 (conftest): nothing is cached, so this must fail fast with one sentence
     with pytest.raises(UserError) as e:
-        list(data.read_documents("hf:someone/not-cached-dataset"))
+        list(sources.read_documents("hf:someone/not-cached-dataset"))
     assert "hf:someone/not-cached-dataset" in str(e.value)
 
 
 def test_val_split_holds_out_about_the_fraction(corpus):
-    d = data.prepare("builtin:python-docs", "char", 0.1, 64)
+    d = prepare.prepare_and_open("builtin:python-docs", "char", 0.1, 64)
     frac = len(d.val) / (len(d.train) + len(d.val))
     assert 0.07 < frac < 0.13

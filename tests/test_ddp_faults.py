@@ -11,8 +11,8 @@ import pytest
 from conftest import CLI, cli_env, tiny_overrides
 from helpers import of_type, run_inprocess, step_losses
 from test_process import cli, events_of, long_run, sets, wait_for
-from gpt2_cockpit.engine import checkpoint as ckpt
-from gpt2_cockpit.engine.runs import pid_alive, resolve
+from gpt2_cockpit.engine.runs.rundir import pid_alive, resolve
+from gpt2_cockpit.engine.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_gpustats import FakeNvml, rtx_4070_ti  # noqa: E402
 
-from gpt2_cockpit.engine import doctor  # noqa: E402
-from gpt2_cockpit.engine.doctor import exit_code, format_checks, run_checks  # noqa: E402
+from gpt2_cockpit.engine.machine import doctor  # noqa: E402
+from gpt2_cockpit.engine.machine.doctor import exit_code, format_checks, run_checks# noqa: E402
 
 GOOD_VERSIONS = {"torch": "2.5.1+cu124", "transformers": "4.46.3", "datasets": "3.1.0", "tiktoken": "0.8.0",
                  "textual": "0.86.0", "nvidia-ml-py": "12.560.30", "numpy": "2.1.0"}
@@ -87,7 +87,7 @@ def test_box_without_nvidia_fails_plainly(tmp_path):
 
 
 def test_pynvml_not_installed(tmp_path, monkeypatch):
-    monkeypatch.setattr("gpt2_cockpit.engine.nvml.import_nvml", lambda: None)
+    monkeypatch.setattr("gpt2_cockpit.engine.machine.nvml.import_nvml", lambda: None)
     cs = checks(None, cpu_torch(), tmp_path)
     assert cs["nvidia_driver"].status == "fail" and "nvidia-ml-py" in cs["nvidia_driver"].remedy
 
@@ -292,7 +292,7 @@ def _cli(*args):
 
 
 def test_doctor_command_on_this_machine():
-    from gpt2_cockpit.engine.hardware import has_cuda
+    from gpt2_cockpit.engine.machine.hardware import has_cuda
 
     if has_cuda():
         pytest.skip("this machine has an NVIDIA GPU")

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from gpt2_cockpit.engine import control as ctl
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import EventReader, EventWriter, read_all
-from gpt2_cockpit.engine.runs import RunDir, summarize
+from gpt2_cockpit.engine.runs import control as ctl
+from gpt2_cockpit.engine.runs.events import EventReader, EventWriter, read_all
+from gpt2_cockpit.engine.runs.rundir import RunDir, summarize
 
 
 def test_reader_replays_then_follows_and_tolerates_partial_lines(tmp_path):
@@ -146,7 +146,7 @@ def test_an_answer_given_just_before_the_run_exits_still_reaches_the_client(tmp_
     child = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.setswitchinterval(2.0)
-from gpt2_cockpit.engine.control import ControlServer
+from gpt2_cockpit.engine.runs.control import ControlServer
 server = ControlServer({str(sock)!r})
 print("ready", flush=True)
 while True:

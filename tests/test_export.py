@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from gpt2_cockpit.cli import main as cli
-from gpt2_cockpit.engine import checkpoint as ckpt
-from gpt2_cockpit.engine import launch, presets, runner
-from gpt2_cockpit.engine.export import to_hf, tokenizer_from_tiktoken
-from gpt2_cockpit.engine.model import GPT, GPTConfig
-from gpt2_cockpit.engine.pretrain import PretrainWorkload
+from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.train import checkpoint as ckpt
+from gpt2_cockpit.engine.train import runner
+from gpt2_cockpit.engine.train.export import to_hf, tokenizer_from_tiktoken
+from gpt2_cockpit.engine.train.model import GPT, GPTConfig
+from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
 from conftest import TINY_TEXT, tiny_overrides
 
 
@@ -89,7 +91,7 @@ def test_export_refuses_a_non_empty_folder_unless_forced(char_run, tmp_path, cap
 def test_export_says_what_is_missing(char_run, corpus, tmp_path, capsys):
     import torch
 
-    from gpt2_cockpit.engine import checkpoint as ckpt
+    from gpt2_cockpit.engine.train import checkpoint as ckpt
 
     shutil.rmtree(tmp_path / "home" / "cache" / "tokens")
     # the checkpoint carries the char vocabulary: no token cache needed

@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from gpt2_cockpit.cli import main as cli
-from gpt2_cockpit.engine import launch, presets, runner
+from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.data.packing import prepare, split_samples
 from gpt2_cockpit.engine.errors import NetworkUnavailable, UserError
-from gpt2_cockpit.engine.events import read_all
-from gpt2_cockpit.engine.finetune import FinetuneWorkload, load_pretrained, prepare, split_samples
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.events import read_all
+from gpt2_cockpit.engine.train import runner
+from gpt2_cockpit.engine.train.finetune import FinetuneWorkload, load_pretrained
 from conftest import TINY_TEXT
 from helpers import of_type, step_losses
 
@@ -75,7 +78,7 @@ def run_ft(model_dir, corpus, name, extra=(), resume=False, **train):
 
 
 def _resolve(name):
-    from gpt2_cockpit.engine.runs import resolve
+    from gpt2_cockpit.engine.runs.rundir import resolve
 
     return resolve(name)
 
@@ -131,7 +134,7 @@ def test_model_folder_is_the_in_memory_model(tiny_gpt2, corpus):
     assert code == 0
     from transformers import AutoModelForCausalLM
 
-    from gpt2_cockpit.engine import checkpoint as ckpt
+    from gpt2_cockpit.engine.train import checkpoint as ckpt
 
     _, state = ckpt.load_latest(run.checkpoints)
     saved = AutoModelForCausalLM.from_pretrained(run.model_dir).state_dict()

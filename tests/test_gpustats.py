@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from gpt2_cockpit.engine import gpustats, hardware, nvml
-from gpt2_cockpit.engine.gpustats import GpuSampler, NullGpuSampler, describe
+from gpt2_cockpit.engine.machine import gpustats, hardware, nvml
+from gpt2_cockpit.engine.machine.gpustats import GpuSampler, NullGpuSampler, describe
 
 MIB = 1024 ** 2
 
@@ -206,7 +206,7 @@ def test_nvml_inventory_for_the_planner():
 
 
 def test_gpustats_and_hardware_never_import_torch():
-    code = ("import sys; import gpt2_cockpit.engine.gpustats as g, gpt2_cockpit.engine.hardware as h, "
-            "gpt2_cockpit.engine.nvml as n; g.GpuSampler.create().sample(); n.probe(); h.has_cuda(); "
+    code = ("import sys; import gpt2_cockpit.engine.machine.gpustats as g, gpt2_cockpit.engine.machine.hardware as h, "
+            "gpt2_cockpit.engine.machine.nvml as n; g.GpuSampler.create().sample(); n.probe(); h.has_cuda(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))

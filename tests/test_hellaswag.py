@@ -1,4 +1,4 @@
-"""HellaSwag (engine/hellaswag.py): llm.c's scoring, checked against a brute-force computation with
+"""HellaSwag (engine/train/hellaswag.py): llm.c's scoring, checked against a brute-force computation with
 the model's plain forward pass, in a run, on the command line, offline; all on small files made here."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from gpt2_cockpit.cli import main as cli
-from gpt2_cockpit.engine import data
-from gpt2_cockpit.engine import hellaswag as hs
 from gpt2_cockpit.engine import presets
-from gpt2_cockpit.engine.dist import Dist
+from gpt2_cockpit.engine.data import tokenizers
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.paths import cache_dir
+from gpt2_cockpit.engine.train import hellaswag as hs
+from gpt2_cockpit.engine.train.dist import Dist
 from conftest import TINY_TEXT
 from helpers import of_type, run_inprocess
 
@@ -161,7 +161,7 @@ def bpe(monkeypatch):
     from test_prepare import local_gpt2_encoding
 
     encoding = local_gpt2_encoding(400, TINY_TEXT.splitlines() + SENTENCES)
-    monkeypatch.setattr(data, "load_gpt2_encoding", lambda: encoding)
+    monkeypatch.setattr(tokenizers, "load_gpt2_encoding", lambda: encoding)
     return encoding
 
 
@@ -172,7 +172,7 @@ def test_bpe_run_scores_on_gpt2s_vocabulary_and_equals_its_export(bpe, corpus, i
     assert code == 0
     model, _ = hs.load_target("b")
     # the model's 50,304 rows are GPT-2's 50,257 tokens and padding no token reaches: not scored
-    assert model.module.config.vocab_size == data.GPT2_VOCAB_PADDED and model.vocab == data.GPT2_VOCAB
+    assert model.module.config.vocab_size == tokenizers.GPT2_VOCAB_PADDED and model.vocab == tokenizers.GPT2_VOCAB
     items = [json.loads(line) for line in open(items_file)]
     check_against_brute_force(model, lambda x: model.module(x, x)[0], items)
     newest = eval_json(capsys, "b", "--hellaswag", items_file)
@@ -232,8 +232,8 @@ def test_batches_pack_items_and_ranks_share_them(items_file):
     """Items are packed up to the token budget, in order; each rank scores every world_size-th item
     and the counts add up to the single process's."""
     torch.manual_seed(0)
-    from gpt2_cockpit.engine.data import CharTokenizer
-    from gpt2_cockpit.engine.model import GPT, GPTConfig
+    from gpt2_cockpit.engine.data.tokenizers import CharTokenizer
+    from gpt2_cockpit.engine.train.model import GPT, GPTConfig
 
     tok = CharTokenizer(sorted(set(TINY_TEXT)))
     gpt = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16))

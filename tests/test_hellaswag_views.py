@@ -2,7 +2,7 @@
 reference as a dashed line, the `notice` of a run that trains without it, the compare screen's and
 `gpt2-cockpit compare`'s best acc_norm, `metrics` rows, `plot --metric hellaswag`, the plan's
 hours, and a restart that drops the points after its checkpoint. No torch: `hellaswag` events
-are written by hand or by a FakeRun, as a run logs them (engine/loop.py score_hellaswag)."""
+are written by hand or by a FakeRun, as a run logs them (engine/train/loop.py score_hellaswag)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 from fakerun import FakeRun, make_run, run_app, status_text, wait_for
 
 from gpt2_cockpit.cli.main import main
-from gpt2_cockpit.engine import metrics, presets
-from gpt2_cockpit.engine.planner import GpuSpec, make_plan
-from gpt2_cockpit.engine.runs import RunDir
+from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.machine.planner import GpuSpec, plan_run
+from gpt2_cockpit.engine.runs import metrics
+from gpt2_cockpit.engine.runs.rundir import RunDir
 from gpt2_cockpit.tui.app import make_app
 from gpt2_cockpit.tui.model import RunModel
 from gpt2_cockpit.tui.screens.compare import CompareScreen
@@ -246,9 +247,9 @@ def test_plot_metric_hellaswag_writes_the_curves_and_the_dashed_reference(capsys
 
 def test_plan_hours_count_the_hellaswag_evaluations():
     a100 = GpuSpec.named("A100")
-    off = make_plan(presets.load("gpt2-124m", ["train.hellaswag_interval=0"]), gpu=a100)
-    on = make_plan(presets.load("gpt2-124m", ["train.hellaswag_interval=1000"]), gpu=a100)
-    limited = make_plan(presets.load("gpt2-124m", ["train.hellaswag_interval=1000", "train.hellaswag_limit=1000"]),
+    off = plan_run(presets.load("gpt2-124m", ["train.hellaswag_interval=0"]), gpu=a100)
+    on = plan_run(presets.load("gpt2-124m", ["train.hellaswag_interval=1000"]), gpu=a100)
+    limited = plan_run(presets.load("gpt2-124m", ["train.hellaswag_interval=1000", "train.hellaswag_limit=1000"]),
                         gpu=a100)
     t = presets.load("gpt2-124m").train
     evals = 1 + t.max_iters // 1000 + (1 if t.max_iters % 1000 else 0)  # at 0, every 1000, at the end
@@ -263,6 +264,6 @@ def test_plan_hours_count_the_hellaswag_evaluations():
     rows = dict(on.rows())
     assert rows["HellaSwag"].startswith(f"{evals} evals x 10,042 items: ") and "HellaSwag" not in dict(off.rows())
     # a measured pace: HellaSwag at the FLOP rate the measured steps reached
-    measured_on = make_plan(presets.load("gpt2-124m", ["train.hellaswag_interval=1000"]), gpu=None, ms_per_iter=500.0)
+    measured_on = plan_run(presets.load("gpt2-124m", ["train.hellaswag_interval=1000"]), gpu=None, ms_per_iter=500.0)
     train_hours = 0.5 * t.max_iters / 3600
     assert measured_on.hours_measured == pytest.approx(train_hours * (1 + on.hellaswag_flops / on.flops_total))

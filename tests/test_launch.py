@@ -13,11 +13,12 @@ import time
 import pytest
 
 from conftest import CLI, cli_env
-from gpt2_cockpit.engine import launch, presets
-from gpt2_cockpit.engine.control import Command, ControlServer
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import EventWriter, read_all
-from gpt2_cockpit.engine.runs import create
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.control import Command, ControlServer
+from gpt2_cockpit.engine.runs.events import EventWriter, read_all
+from gpt2_cockpit.engine.runs.rundir import create
 
 
 class StandInRun:

@@ -8,12 +8,12 @@ import pytest
 from conftest import tiny_overrides
 from gpt2_cockpit.engine import sampling
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import read_all
-from gpt2_cockpit.engine.launch import create_run
-from gpt2_cockpit.engine.loop import train
-from gpt2_cockpit.engine.owner import RunOwner
-from gpt2_cockpit.engine.pretrain import PretrainWorkload
-from gpt2_cockpit.engine.step import Generation, Stepper, lr_at
+from gpt2_cockpit.engine.runs.events import read_all
+from gpt2_cockpit.engine.runs.launch import create_run
+from gpt2_cockpit.engine.train.loop import train
+from gpt2_cockpit.engine.train.owner import RunOwner
+from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
+from gpt2_cockpit.engine.train.step import Generation, Stepper, lr_at
 from helpers import of_type, step_losses
 
 

@@ -13,12 +13,15 @@ import pytest
 import torch
 
 from gpt2_cockpit.cli import main as cli
-from gpt2_cockpit.engine import checkpoint as ckpt
-from gpt2_cockpit.engine import launch, memtrack, optim, planner, presets, runner
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import read_all
-from gpt2_cockpit.engine.finetune import FinetuneWorkload, load_pretrained
-from gpt2_cockpit.engine.step import Stepper
+from gpt2_cockpit.engine.machine import memtrack, planner
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.events import read_all
+from gpt2_cockpit.engine.train import checkpoint as ckpt
+from gpt2_cockpit.engine.train import optim, runner
+from gpt2_cockpit.engine.train.finetune import FinetuneWorkload, load_pretrained
+from gpt2_cockpit.engine.train.step import Stepper
 from helpers import of_type, step_losses
 from test_finetune import ft_overrides, one_thread, run_ft, tiny_gpt2  # noqa: F401  (fixtures)
 
@@ -113,7 +116,7 @@ def test_a_lora_run_end_to_end(tiny_gpt2, corpus, tmp_path, capsys):
     assert text[0]["generated_text"].startswith("The quick")
 
     # eval and the planner read the adapter folder as the model it adapts
-    from gpt2_cockpit.engine.hellaswag import load_target
+    from gpt2_cockpit.engine.train.hellaswag import load_target
 
     assert "finetune, model/" in load_target("lora")[1]
     assert planner.model_shape(presets.load("gpt2-finetune", [f"model.pretrained={folder}"])).n_layer == 2
@@ -223,9 +226,9 @@ def test_settings_are_checked(tiny_gpt2, corpus):
 
 def test_the_planner_says_what_fits_a_12gb_card(capsys):
     for name in ("gpt2-medium-finetune", "gpt2-large-finetune-12gb", "gpt2-xl-lora-12gb"):
-        plan = planner.make_plan(presets.load(name), gpu=GPU)
+        plan = planner.plan_run(presets.load(name), gpu=GPU)
         assert plan.fits and plan.vram_gb < 12 * planner.FIT_FRACTION, name
-    xl = planner.make_plan(presets.load("gpt2-xl-lora-12gb"), gpu=GPU)
+    xl = planner.plan_run(presets.load("gpt2-xl-lora-12gb"), gpu=GPU)
     assert xl.params_trainable == 19_660_800 and xl.to_dict()["lora_r"] == 16
     assert "19.7M trainable" in presets.load("gpt2-xl-lora-12gb").description
     large = presets.load("gpt2-large-finetune-12gb")
@@ -242,10 +245,10 @@ def test_the_planner_says_what_fits_a_12gb_card(capsys):
     # what each technique saves, and the suggestions in the mildest order
     medium = presets.load("gpt2-finetune", ["model.pretrained=gpt2-large", "model.block_size=1024",
                                             "train.micro_batch=1", "train.compile=false"])
-    options = planner.make_plan(medium, gpu=GPU).fit_with
+    options = planner.plan_run(medium, gpu=GPU).fit_with
     assert options[0]["set"] == {"train.gradient_checkpointing": True, "train.optimizer": "adamw8bit"}
     assert any("--set train.gradient_checkpointing=true --set train.optimizer=adamw8bit" in n
-               for n in planner.make_plan(medium, gpu=GPU).notes)
+               for n in planner.plan_run(medium, gpu=GPU).notes)
 
 
 def test_planner_terms_per_technique():

@@ -11,8 +11,8 @@ import time
 import pytest
 from conftest import CLI, cli_env, tiny_overrides
 
-from gpt2_cockpit.engine.events import read_all
-from gpt2_cockpit.engine.runs import resolve
+from gpt2_cockpit.engine.runs.events import read_all
+from gpt2_cockpit.engine.runs.rundir import resolve
 
 from helpers import of_type
 
@@ -83,7 +83,7 @@ def _with_reader_gone(argv: list[str], home) -> subprocess.CompletedProcess:
 def test_listing_commands_end_quietly_when_their_reader_goes(cockpit_home):
     from fakerun import loss_at, make_run
 
-    from gpt2_cockpit.engine.events import EventWriter
+    from gpt2_cockpit.engine.runs.events import EventWriter
 
     run = make_run("listed")
     writer = EventWriter(run.events_path)

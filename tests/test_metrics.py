@@ -1,4 +1,4 @@
-"""Deciding between runs: engine/metrics.py reads a run's figures from its event log, and the
+"""Deciding between runs: engine/runs/metrics.py reads a run's figures from its event log, and the
 `compare`, `metrics` and `plot` commands print or draw them. The logs here are written by hand,
 line by line with chosen timestamps, so wall time and restarts are exact and the tests fast;
 one end-to-end test compares two real tiny runs through the command line."""
@@ -17,8 +17,9 @@ import pytest
 from conftest import CLI, cli_env
 from gpt2_cockpit.cli.main import main
 from gpt2_cockpit.engine import config as cfgmod
-from gpt2_cockpit.engine import metrics, presets
-from gpt2_cockpit.engine.runs import create, resolve
+from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.runs import metrics
+from gpt2_cockpit.engine.runs.rundir import create, resolve
 
 T0 = 1_700_000_000.0
 
@@ -69,7 +70,7 @@ def finished_run(name, val_at_20=2.5, lr="1e-3", *overrides):
     return make_run(name, events, "train.max_iters=40", f"train.learning_rate={lr}", *overrides)
 
 
-# --------------------------------------------------------------------------- engine/metrics.py
+# --------------------------------------------------------------------------- engine/runs/metrics.py
 
 
 def test_stats_best_val_wall_time_and_speed():

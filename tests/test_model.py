@@ -1,6 +1,6 @@
 import torch
 
-from gpt2_cockpit.engine.model import GPT, GPTConfig, KVCache
+from gpt2_cockpit.engine.train.model import GPT, GPTConfig, KVCache
 
 
 def tiny(**kw):

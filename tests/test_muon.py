@@ -9,15 +9,17 @@ import torch
 import torch.nn as nn
 
 from conftest import CLI, cli_env, tiny_overrides
-from gpt2_cockpit.engine import checkpoint as ckpt
-from gpt2_cockpit.engine import optim, planner, presets
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import read_all
-from gpt2_cockpit.engine.finetune import CausalLMAdapter
-from gpt2_cockpit.engine.loop import train
-from gpt2_cockpit.engine.model import GPT, GPTConfig
-from gpt2_cockpit.engine.pretrain import PretrainWorkload
-from gpt2_cockpit.engine.step import Stepper, lr_at
+from gpt2_cockpit.engine.machine import planner
+from gpt2_cockpit.engine.runs.events import read_all
+from gpt2_cockpit.engine.train import checkpoint as ckpt
+from gpt2_cockpit.engine.train import optim
+from gpt2_cockpit.engine.train.finetune import CausalLMAdapter
+from gpt2_cockpit.engine.train.loop import train
+from gpt2_cockpit.engine.train.model import GPT, GPTConfig
+from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
+from gpt2_cockpit.engine.train.step import Stepper, lr_at
 from helpers import of_type, run_inprocess, step_losses
 from test_finetune import run_ft, tiny_gpt2  # noqa: F401 (tiny_gpt2: the fixture)
 
@@ -281,8 +283,8 @@ def test_planner_optimizer_bytes_are_the_runs(corpus, name):
 
 
 def test_planner_muon_saves_4_bytes_per_matrix_weight():
-    adamw = planner.make_plan(presets.load("gpt2-124m"), gpu=None)
-    muon = planner.make_plan(presets.load("gpt2-124m-muon"), gpu=None)
+    adamw = planner.plan_run(presets.load("gpt2-124m"), gpu=None)
+    muon = planner.plan_run(presets.load("gpt2-124m-muon"), gpu=None)
     matrices = 12 * 12 * 768 * 768  # 12 layers of attention (4d²) and MLP (8d²) matrices: 84.9M
     gib = planner.GIB  # the plan's breakdown is in GiB
     assert (adamw.vram_breakdown["optimizer"] - muon.vram_breakdown["optimizer"]) * gib == pytest.approx(4 * matrices)

@@ -17,10 +17,11 @@ from helpers import run_inprocess
 
 from gpt2_cockpit.cli.main import main
 from gpt2_cockpit.engine import config as cfgmod
-from gpt2_cockpit.engine import launch, metrics, presets
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.planner import make_plan
-from gpt2_cockpit.engine.runs import create
+from gpt2_cockpit.engine.machine.planner import plan_run
+from gpt2_cockpit.engine.runs import launch, metrics
+from gpt2_cockpit.engine.runs.rundir import create
 
 NO_DOCTOR = [sys.executable, "-c", "print('[]')"]
 T0 = 1_700_000_000.0
@@ -39,7 +40,7 @@ def test_shipped_presets_decay_over_the_run_however_long_it_is():
 
 
 def test_an_explicit_decay_still_wins_and_the_torch_step_uses_the_same_schedule():
-    from gpt2_cockpit.engine.step import lr_at
+    from gpt2_cockpit.engine.train.step import lr_at
 
     t = presets.load("cpu-tiny", ["train.max_iters=300", "train.lr_decay_iters=2000"]).train
     assert t.decay_end == 2000
@@ -76,15 +77,15 @@ def test_auto_survives_config_toml_so_a_resumed_run_keeps_following_max_iters(tm
 
 
 def test_plan_says_when_the_schedule_does_not_end_within_the_run():
-    short = make_plan(presets.load("cpu-tiny", ["train.max_iters=300", "train.lr_decay_iters=2000"]), gpu=None)
+    short = plan_run(presets.load("cpu-tiny", ["train.max_iters=300", "train.lr_decay_iters=2000"]), gpu=None)
     (note,) = [n for n in short.notes if "lr schedule" in n]
     assert "train.lr_decay_iters = 2,000 is past max_iters = 300" in note and "98% of the peak" in note
     assert ("note", note) in short.rows() and note in short.to_dict()["notes"]
     for fine in (["train.max_iters=300"], ["train.max_iters=300", "train.lr_decay_iters=200"]):
-        assert not any("lr schedule" in n for n in make_plan(presets.load("cpu-tiny", fine), gpu=None).notes)
+        assert not any("lr schedule" in n for n in plan_run(presets.load("cpu-tiny", fine), gpu=None).notes)
     # a finetune by epochs sets its decay to the iterations it derives: nothing to warn about
     ft = presets.load("gpt2-finetune", ["train.lr_decay_iters=5000"])
-    assert not any("lr schedule" in n for n in make_plan(ft, gpu=None).notes)
+    assert not any("lr schedule" in n for n in plan_run(ft, gpu=None).notes)
 
 
 def test_the_preset_editor_shows_the_schedule_warning():
@@ -116,7 +117,7 @@ def test_the_preset_editor_shows_the_schedule_warning():
 
 
 def test_a_finetune_by_epochs_keeps_auto_and_replaces_a_number_with_its_iterations():
-    from gpt2_cockpit.engine.finetune import FinetuneWorkload, rows_per_step
+    from gpt2_cockpit.engine.train.finetune import FinetuneWorkload, rows_per_step
 
     for decay, expect in (("auto", "auto"), (1000, None)):
         cfg = presets.load("gpt2-finetune", [f"train.lr_decay_iters={json.dumps(decay)}"])
@@ -131,7 +132,7 @@ def test_a_finetune_by_epochs_keeps_auto_and_replaces_a_number_with_its_iteratio
 
 
 def test_exported_weights_are_readable_like_the_other_files(corpus, tmp_path):
-    from gpt2_cockpit.engine.export import export_run
+    from gpt2_cockpit.engine.train.export import export_run
 
     run, code, _ = run_inprocess(corpus, "r", max_iters=2, checkpoint_interval=2, eval_interval=0)
     assert code == 0
@@ -147,7 +148,7 @@ def test_exported_weights_are_readable_like_the_other_files(corpus, tmp_path):
 
 def test_an_exported_finetune_folder_gets_plain_modes_too(tmp_path):
     """A finetune export copies model/ (save_pretrained's 0600 weights among it) through install()."""
-    from gpt2_cockpit.engine.export import install
+    from gpt2_cockpit.engine.train.export import install
 
     staged = tmp_path / "staged"
     staged.mkdir()
@@ -306,7 +307,7 @@ def test_resume_without_a_checkpoint_says_so_once_and_starts_nothing(corpus, cap
 def test_a_headless_run_that_fails_tells_its_error_once(corpus, capsys):
     """The run's own process (what a resume reached before it checked): stderr's sentence, and
     the headless printer echoes neither the error event nor the failed state's reason."""
-    from gpt2_cockpit.engine import runner
+    from gpt2_cockpit.engine.train import runner
 
     run = launch.create_run("cpu-tiny", ["train.max_iters=5", f'data.source="{corpus}"'], "early")
     assert runner.run_process(run.path, resume=True, headless=True) == 2

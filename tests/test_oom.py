@@ -6,9 +6,9 @@ import torch
 
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.pretrain import PretrainWorkload
-from gpt2_cockpit.engine.runs import resolve
-from gpt2_cockpit.engine.step import Stepper, install_fault_injection
+from gpt2_cockpit.engine.runs.rundir import resolve
+from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
+from gpt2_cockpit.engine.train.step import Stepper, install_fault_injection
 from conftest import tiny_overrides
 from helpers import of_type, run_inprocess, step_losses
 

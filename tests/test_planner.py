@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from gpt2_cockpit.engine import config as cfgmod
-from gpt2_cockpit.engine import hardware, planner, presets
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import EventWriter
-from gpt2_cockpit.engine.planner import GpuSpec, count_params, make_plan
-from gpt2_cockpit.engine.runs import create
+from gpt2_cockpit.engine.machine import hardware, planner
+from gpt2_cockpit.engine.machine.planner import GpuSpec, count_params, plan_run
+from gpt2_cockpit.engine.runs.events import EventWriter
+from gpt2_cockpit.engine.runs.rundir import create
 
 CLI = [sys.executable, "-m", "gpt2_cockpit.cli"]
 GIB = 1024 ** 3
@@ -63,7 +64,7 @@ def test_40m_plan_reproduces_the_12gb_run_by_arithmetic():
     # (0.02%) more than the matmul-by-matmul count; otherwise the two agree exactly
     assert fpt - matmul_flops_40m() == 6 * (2 * 12 * 384 + 384)
 
-    p = make_plan(presets.load("gpt2-40m-12gb"), gpu=RTX_4070_TI).to_dict()
+    p = plan_run(presets.load("gpt2-40m-12gb"), gpu=RTX_4070_TI).to_dict()
     assert p["params"] == params and 40.5e6 < p["params"] < 40.6e6
     assert p["params_total"] == params + 1024 * 384  # + position embeddings
     assert p["tokens_per_step"] == 524_288
@@ -112,7 +113,7 @@ def test_plan_command_124m():
 
 def test_count_params_matches_the_real_model():
     torch = pytest.importorskip("torch")
-    model = pytest.importorskip("gpt2_cockpit.engine.model")
+    model = pytest.importorskip("gpt2_cockpit.engine.train.model")
     for bias in (False, True):
         cfg = presets.load("cpu-tiny", ["model.n_layer=3", "model.n_embd=48", "model.n_head=4",
                                         "model.block_size=32", f"model.bias={str(bias).lower()}"])
@@ -143,13 +144,13 @@ def test_gpt2_small_from_the_hub_table():
 def test_unknown_pretrained_model_is_a_user_error():
     cfg = cfgmod.with_overrides(presets.load("gpt2-finetune"), ['model.pretrained="no-such-model"'])
     with pytest.raises(UserError, match="no-such-model"):
-        make_plan(cfg, gpu=None)
+        plan_run(cfg, gpu=None)
 
 
 def test_char_vocab_from_the_cached_corpus(monkeypatch):
     cfg = presets.load("shakespeare-char")
     assert planner.model_shape(cfg).vocab_size == planner.CHAR_VOCAB_GUESS
-    monkeypatch.setattr("gpt2_cockpit.engine.data.cached_vocab_size", lambda c: 65)
+    monkeypatch.setattr("gpt2_cockpit.engine.data.shards.cached_vocab_size", lambda c: 65)
     shape = planner.model_shape(cfg)
     assert shape.vocab_size == 65 and "cached" in shape.vocab_note
 
@@ -178,7 +179,7 @@ def test_activation_formula_matches_what_autograd_saves(autocast):
     """Count the bytes autograd keeps for backward in the real model (on the CPU) and compare
     with estimate_vram's activations + the weight cache + the log-softmax it keeps."""
     torch = pytest.importorskip("torch")
-    model = pytest.importorskip("gpt2_cockpit.engine.model")
+    model = pytest.importorskip("gpt2_cockpit.engine.train.model")
     L, d, nh, T, B, V = 3, 320, 5, 200, 3, 1000  # sizes that cannot be mistaken for each other
     torch.manual_seed(0)
     m = model.GPT(model.GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=nh, n_embd=d, bias=False))
@@ -212,23 +213,23 @@ def test_math_attention_stores_the_score_matrix():
 
 def test_fits_and_the_largest_micro_batch():
     cfg = presets.load("gpt2-124m")
-    p = make_plan(cfg, gpu=RTX_4070_TI)
+    p = plan_run(cfg, gpu=RTX_4070_TI)
     assert p.fits is False and 1 <= p.max_micro_batch < 16
     assert any("does NOT fit" in v for _, v in p.rows())
-    at_max = make_plan(cfgmod.with_overrides(cfg, [f"train.micro_batch={p.max_micro_batch}"]), gpu=RTX_4070_TI)
-    above = make_plan(cfgmod.with_overrides(cfg, [f"train.micro_batch={p.max_micro_batch + 1}"]), gpu=RTX_4070_TI)
+    at_max = plan_run(cfgmod.with_overrides(cfg, [f"train.micro_batch={p.max_micro_batch}"]), gpu=RTX_4070_TI)
+    above = plan_run(cfgmod.with_overrides(cfg, [f"train.micro_batch={p.max_micro_batch + 1}"]), gpu=RTX_4070_TI)
     assert at_max.fits is True and above.fits is False
-    big = make_plan(cfg, gpu=GpuSpec.named("H100"))
+    big = plan_run(cfg, gpu=GpuSpec.named("H100"))
     assert big.fits is True
 
 
 def test_compile_and_precision_follow_the_gpu():
     cfg = presets.load("gpt2-40m-12gb")
-    assert (make_plan(cfg, gpu=None).dtype, make_plan(cfg, gpu=None).compiled) == ("float32", False)
-    assert make_plan(cfg, gpu=RTX_4070_TI).dtype == "bfloat16"
-    assert make_plan(cfg, gpu=GpuSpec.named("T4")).dtype == "float16"
-    no_compile = make_plan(cfgmod.with_overrides(cfg, ["train.compile=false"]), gpu=RTX_4070_TI)
-    assert no_compile.vram_gb > make_plan(cfg, gpu=RTX_4070_TI).vram_gb  # unfused cross-entropy
+    assert (plan_run(cfg, gpu=None).dtype, plan_run(cfg, gpu=None).compiled) == ("float32", False)
+    assert plan_run(cfg, gpu=RTX_4070_TI).dtype == "bfloat16"
+    assert plan_run(cfg, gpu=GpuSpec.named("T4")).dtype == "float16"
+    no_compile = plan_run(cfgmod.with_overrides(cfg, ["train.compile=false"]), gpu=RTX_4070_TI)
+    assert no_compile.vram_gb > plan_run(cfg, gpu=RTX_4070_TI).vram_gb  # unfused cross-entropy
 
 
 # ---------------------------------------------------------------- time, energy, cost
@@ -236,8 +237,8 @@ def test_compile_and_precision_follow_the_gpu():
 
 def test_more_gpus_same_hours_more_tokens_more_energy():
     cfg = presets.load("gpt2-124m")
-    one = make_plan(cfg, gpu=GpuSpec.named("A100"))
-    eight = make_plan(cfg, gpu=GpuSpec.named("A100"), world_size=8)
+    one = plan_run(cfg, gpu=GpuSpec.named("A100"))
+    eight = plan_run(cfg, gpu=GpuSpec.named("A100"), world_size=8)
     assert eight.tokens_per_step == 8 * one.tokens_per_step
     # training takes as long (8x the tokens on 8x the GPUs); HellaSwag's items are shared by the ranks
     assert eight.hours - eight.hellaswag_hours == pytest.approx(one.hours - one.hellaswag_hours)
@@ -248,7 +249,7 @@ def test_more_gpus_same_hours_more_tokens_more_energy():
 
 def test_mfu_and_measured_pace():
     cfg = presets.load("gpt2-40m-12gb")
-    p = make_plan(cfg, gpu=RTX_4070_TI, mfu=0.5, ms_per_iter=4000.0, price_per_kwh=0.3)
+    p = plan_run(cfg, gpu=RTX_4070_TI, mfu=0.5, ms_per_iter=4000.0, price_per_kwh=0.3)
     assert p.hours == pytest.approx((p.flops_total + p.hellaswag_flops) / (80.2e12 * 0.5) / 3600)
     # measured: HellaSwag at the FLOP rate the measured steps reached
     assert p.hours_measured == pytest.approx(4.0 * 20_000 / 3600 * (1 + p.hellaswag_flops / p.flops_total))
@@ -261,24 +262,24 @@ def test_mfu_and_measured_pace():
 def test_price_from_the_environment(monkeypatch):
     cfg = presets.load("gpt2-40m-12gb")
     monkeypatch.setenv(planner.PRICE_ENV, "0.25")
-    assert make_plan(cfg, gpu=RTX_4070_TI).price_per_kwh == 0.25
+    assert plan_run(cfg, gpu=RTX_4070_TI).price_per_kwh == 0.25
     monkeypatch.setenv(planner.PRICE_ENV, "cheap")
     with pytest.raises(UserError, match=planner.PRICE_ENV):
-        make_plan(cfg, gpu=RTX_4070_TI)
+        plan_run(cfg, gpu=RTX_4070_TI)
 
 
 def test_bad_arguments_are_user_errors():
     cfg = presets.load("cpu-tiny")
     for kw in ({"mfu": 0}, {"mfu": 1.5}, {"world_size": 0}, {"ms_per_iter": -1.0}, {"price_per_kwh": -1.0}):
         with pytest.raises(UserError):
-            make_plan(cfg, gpu=None, **kw)
+            plan_run(cfg, gpu=None, **kw)
     with pytest.raises(UserError, match="--peak-tflops"):
         GpuSpec.named("Radeon RX 7900 XTX")
     assert GpuSpec.named("Radeon RX 7900 XTX", peak_override=61.0).peak_tflops == 61.0
 
 
 def test_no_gpu_plan_is_still_useful():
-    p = make_plan(presets.load("cpu-tiny"), gpu=None)
+    p = plan_run(presets.load("cpu-tiny"), gpu=None)
     d = p.to_dict()
     assert d["hours"] is None and d["kwh"] is None and d["fits"] is None and d["gpu_name"] is None
     assert d["vram_breakdown"]["overhead"] == 0  # no CUDA context on the CPU
@@ -384,7 +385,7 @@ def test_rows_fit_80_columns(args):
 
 
 def test_plan_rows_for_the_4070_ti():
-    rows = dict(make_plan(presets.load("gpt2-40m-12gb"), gpu=GpuSpec.named("RTX 4070 Ti")).rows())
+    rows = dict(plan_run(presets.load("gpt2-40m-12gb"), gpu=GpuSpec.named("RTX 4070 Ti")).rows())
     assert rows["parameters"].startswith("40.56M")
     assert rows["tokens/step"].startswith("524,288")
     assert rows["total tokens"].startswith("10.49B")
@@ -410,10 +411,10 @@ def test_user_mistakes_give_one_line(args, message):
 
 
 def test_planner_never_imports_torch():
-    code = ("import sys; import gpt2_cockpit.engine.planner as p; assert 'torch' not in sys.modules; "
+    code = ("import sys; import gpt2_cockpit.engine.machine.planner as p; assert 'torch' not in sys.modules; "
             "from gpt2_cockpit.engine import presets; "
-            "[p.make_plan(presets.load(n)) for n in ('cpu-tiny', 'shakespeare-char', 'gpt2-40m-12gb', 'gpt2-finetune')]; "
+            "[p.plan_run(presets.load(n)) for n in ('cpu-tiny', 'shakespeare-char', 'gpt2-40m-12gb', 'gpt2-finetune')]; "
             "p.measured_ms_per_iter(presets.load('cpu-tiny')); "
-            "assert 'torch' not in sys.modules, 'make_plan imported torch'; "
+            "assert 'torch' not in sys.modules, 'plan_run imported torch'; "
             "assert 'textual' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))

@@ -1,8 +1,8 @@
-"""Sharded, parallel, resumable preparation (engine/prepare.py) on small generated corpora.
+"""Sharded, parallel, resumable preparation (engine/data/prepare.py) on small generated corpora.
 
 GPT-2's tiktoken file cannot be downloaded here: `local_gpt2_encoding` trains a small byte-level
 BPE with `tokenizers` on generated text and wraps its ranks in a tiktoken Encoding with GPT-2's
-split pattern and <|endoftext|> id, which the tests put where data.load_gpt2_encoding is.
+split pattern and <|endoftext|> id, which the tests put where tokenizers.load_gpt2_encoding is.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt2_cockpit.engine import data
-from gpt2_cockpit.engine import prepare as prep
+from gpt2_cockpit.engine.data import prepare, shards, sources, tokenizers
+from gpt2_cockpit.engine.data import prepare as prep
 from gpt2_cockpit.engine.errors import NetworkUnavailable, UserError
 
 WORDS = ("the of and to in is was for on that with as by at from it an be are this which or his had not but "
@@ -65,7 +65,7 @@ def local_gpt2_encoding(vocab_size: int = 600, docs: list[str] | None = None):
     byte_of = {chr(c): b for b, c in zip(printable, chars)}
     ranks = {bytes(byte_of[c] for c in token): rank for token, rank in tok.get_vocab().items()}
     return tiktoken.Encoding("local-gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": data.GPT2_EOT})
+                             special_tokens={"<|endoftext|>": tokenizers.GPT2_EOT})
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +75,7 @@ def encoding():
 
 @pytest.fixture
 def bpe(monkeypatch, encoding):
-    monkeypatch.setattr(data, "load_gpt2_encoding", lambda: encoding)
+    monkeypatch.setattr(tokenizers, "load_gpt2_encoding", lambda: encoding)
     return encoding
 
 
@@ -140,7 +140,7 @@ def test_gpt2_shards_hold_whole_documents_with_eot(tmp_path, monkeypatch, bpe):
     docs = generated_documents(400, seed=5)
     src = tmp_path / "docs.parquet"
     write_parquet(src, docs)
-    d = data.prepare(str(src), "gpt2", 0.1, 16, workers=2, shard_tokens=5_000)
+    d = prepare.prepare_and_open(str(src), "gpt2", 0.1, 16, workers=2, shard_tokens=5_000)
     assert len(d.meta["shards"]["train"]) >= 3 and d.train.dtype == np.uint16
     val_docs = [t for t in bpe.decode(d.val.tolist()).split("<|endoftext|>") if t]
     train_docs = [t for t in bpe.decode(d.train.tolist()).split("<|endoftext|>") if t]
@@ -159,9 +159,9 @@ def test_sigkill_mid_way_then_restart_is_byte_identical(tmp_path, encoding):
     script = tmp_path / "run_prepare.py"
     script.write_text(f"""
 import pickle, sys
-from gpt2_cockpit.engine import data, prepare
+from gpt2_cockpit.engine.data import prepare, tokenizers
 enc = pickle.loads(open({str(tmp_path / 'enc.pkl')!r}, 'rb').read())
-data.load_gpt2_encoding = lambda: enc
+tokenizers.load_gpt2_encoding = lambda: enc
 if __name__ == "__main__":
     prepare.prepare_tokens({str(src)!r}, "gpt2", 0.1, workers=2, shard_tokens=int(sys.argv[1]))
 """)
@@ -224,11 +224,11 @@ def test_multi_shard_batches_are_deterministic_and_cross_shard_edges(tmp_path, m
     import torch
 
     from gpt2_cockpit.engine import presets
-    from gpt2_cockpit.engine.pretrain import PretrainWorkload
+    from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
 
     src = tmp_path / "docs.jsonl"
     write_jsonl(src, generated_documents(500, seed=7))
-    d = data.prepare(str(src), "char", 0.1, 16, workers=1, shard_tokens=3_000)
+    d = prepare.prepare_and_open(str(src), "char", 0.1, 16, workers=1, shard_tokens=3_000)
     arrays = [np.fromfile(d.folder / name, dtype=d.meta["dtype"]) for name, n in d.meta["shards"]["train"] if n]
     assert len(arrays) >= 10
     whole = np.concatenate(arrays)
@@ -238,7 +238,7 @@ def test_multi_shard_batches_are_deterministic_and_cross_shard_edges(tmp_path, m
     offsets = np.concatenate([edges - 5, edges - 16, [0, len(whole) - 17]])
     assert np.array_equal(d.windows("train", offsets, 16), whole[offsets[:, None] + np.arange(17)].astype(np.int64))
     # one shard reads exactly as that shard's array (today's single file)
-    one = data.ShardedTokens([arrays[0]], arrays[0].dtype)
+    one = shards.ShardedTokens([arrays[0]], arrays[0].dtype)
     idx = np.array([[0, 1, 2], [5, 6, 7]])
     assert np.array_equal(one.take(idx), arrays[0][idx].astype(np.int64))
     # the batch for a step depends on the generator's seed alone
@@ -254,7 +254,7 @@ def test_hf_offline_is_one_sentence_and_changes_no_environment(monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     before = dict(os.environ)
     with pytest.raises(NetworkUnavailable) as e:
-        data.prepare("hf:someone/not-cached-dataset:sample-10BT", "char", 0.1, 16)
+        prepare.prepare_and_open("hf:someone/not-cached-dataset:sample-10BT", "char", 0.1, 16)
     message = str(e.value)
     assert "hf:someone/not-cached-dataset:sample-10BT" in message and "\n" not in message
     assert "cannot be reached" in message
@@ -266,12 +266,12 @@ def test_hf_local_folder_cache_key_follows_its_files(tmp_path):
     (ds / "data").mkdir(parents=True)
     write_parquet(ds / "data" / "train-00000-of-00001.parquet", generated_documents(300, seed=8))
     write_parquet(ds / "data" / "test-00000-of-00001.parquet", generated_documents(30, seed=9))
-    a = data.prepare(f"hf:{ds}", "char", 0.1, 16)
+    a = prepare.prepare_and_open(f"hf:{ds}", "char", 0.1, 16)
     assert a.meta["n_docs"] == 300  # the test split is not trained on
-    key = data.cache_key(f"hf:{ds}", "char", 0.1)
+    key = shards.cache_key(f"hf:{ds}", "char", 0.1)
     write_parquet(ds / "data" / "train-00000-of-00001.parquet", generated_documents(310, seed=8))
-    assert data.cache_key(f"hf:{ds}", "char", 0.1) != key
-    assert data.prepare(f"hf:{ds}", "char", 0.1, 16).meta["n_docs"] == 310
+    assert shards.cache_key(f"hf:{ds}", "char", 0.1) != key
+    assert prepare.prepare_and_open(f"hf:{ds}", "char", 0.1, 16).meta["n_docs"] == 310
 
 
 def test_hf_card_configs_pick_the_files_of_a_config():
@@ -287,10 +287,10 @@ configs:
     path: sample/10BT/*
 ---
 # FineWeb-Edu"""
-    allow, splits = data._hf_patterns(card, "sample-10BT")
-    assert allow == ["sample/10BT/*"] and data._split_of("sample/10BT/000_00000.parquet", splits) == "train"
-    assert data._split_of("data/CC-MAIN-2024-10/train-00000-of-00020.parquet", {}) == "train"
-    assert data._split_of("data/validation-00000.parquet", {}) == "validation"
+    allow, splits = sources._hf_patterns(card, "sample-10BT")
+    assert allow == ["sample/10BT/*"] and sources._split_of("sample/10BT/000_00000.parquet", splits) == "train"
+    assert sources._split_of("data/CC-MAIN-2024-10/train-00000-of-00020.parquet", {}) == "train"
+    assert sources._split_of("data/validation-00000.parquet", {}) == "validation"
 
 
 def test_not_enough_disk_is_one_sentence(tmp_path, monkeypatch):
@@ -298,7 +298,7 @@ def test_not_enough_disk_is_one_sentence(tmp_path, monkeypatch):
     write_jsonl(src, generated_documents(100, seed=11))
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
     with pytest.raises(UserError) as e:
-        data.prepare(str(src), "char", 0.1, 16)
+        prepare.prepare_and_open(str(src), "char", 0.1, 16)
     assert "only 0.0 MB is free" in str(e.value) and "GPT2_COCKPIT_HOME" in str(e.value)
 
 
@@ -326,7 +326,7 @@ def test_parquet_without_the_text_column(tmp_path):
     p = tmp_path / "x.parquet"
     pq.write_table(pa.table({"body": ["a"] * 30}), p)
     with pytest.raises(UserError, match="no 'text' column"):
-        data.prepare(str(p), "char", 0.1, 16)
+        prepare.prepare_and_open(str(p), "char", 0.1, 16)
 
 
 def _fake_hub(monkeypatch, tmp_path, files: dict[str, bytes]):
@@ -367,7 +367,7 @@ def _fake_hub(monkeypatch, tmp_path, files: dict[str, bytes]):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", try_to_load_from_cache)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: True)
     return downloaded
 
 
@@ -388,7 +388,7 @@ def test_hf_download_reports_bytes_and_checks_the_disk_first(monkeypatch, tmp_pa
     downloaded.clear()
     files["data/train-2.jsonl"] = rows.encode() * 3
     real = shutil.disk_usage
-    monkeypatch.setattr(data.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     with pytest.raises(UserError) as e:
         prep.prepare_tokens("hf:someone/ds", "char", 0.1, workers=1)
     message = str(e.value)

@@ -10,11 +10,11 @@ import pytest
 
 from conftest import CLI, cli_env, tiny_overrides
 from helpers import of_type, run_inprocess, step_losses
-from gpt2_cockpit.engine import control as ctl
-from gpt2_cockpit.engine import launch
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import read_all
-from gpt2_cockpit.engine.runs import resolve, summarize
+from gpt2_cockpit.engine.runs import control as ctl
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.events import read_all
+from gpt2_cockpit.engine.runs.rundir import resolve, summarize
 
 pytestmark = pytest.mark.slow
 

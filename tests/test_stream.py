@@ -1,4 +1,4 @@
-"""Training while the corpus is still being prepared: shards in order, each shuffled (engine/stream.py)."""
+"""Training while the corpus is still being prepared: shards in order, each shuffled (engine/data/stream.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import CLI, TINY_TEXT, cli_env, tiny_overrides
-from gpt2_cockpit.engine import prepare as prep
+from gpt2_cockpit.engine.data import prepare as prep
+from gpt2_cockpit.engine.data.stream import ShardStream
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import read_all
-from gpt2_cockpit.engine.stream import ShardStream
+from gpt2_cockpit.engine.runs.events import read_all
 
 SHARD = 500  # char tokens per shard: the tiny corpus makes about 20 of them
 T = 16
@@ -66,7 +66,7 @@ def test_a_step_waits_for_its_shards_and_the_eval_shards_come_first(corpus):
 
 def test_preparation_order_puts_the_eval_shards_first(corpus):
     files, folder = prep.locate(str(corpus), "char", 0.1, "text", SHARD)
-    plan = prep.make_plan(files, "text", 0.1, "char", SHARD, lambda p: None)
+    plan = prep.plan_tokenizing(files, "text", 0.1, "char", SHARD, lambda p: None)
     evals = prep.eval_units(plan, 0.1, SHARD, "char")
     assert evals["val"] == [u["index"] for u in plan["units"] if u.get("tail")]
     assert evals["train"] == [0, 1, 2, 3]  # EVAL_MAX_UNITS of train text

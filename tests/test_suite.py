@@ -16,7 +16,8 @@ from gpt2_cockpit.cli import main as cli
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.suite import SECTION_NAMES, Outcome, Skip, parse_only, run_suite
+from gpt2_cockpit.engine.train.suite import SECTION_NAMES, Outcome, Skip, parse_only, run_suite
+from gpt2_cockpit.engine.train.suite_sections import SECTIONS
 from conftest import CLI, cli_env
 
 
@@ -58,7 +59,7 @@ def test_each_section_is_isolated_and_the_report_is_rewritten_after_each(tmp_pat
         o.figure("leftover_env", "SUITE_TEST_LEFTOVER" in os.environ)
 
     sections = {"env": fine, "nvml": broken, "throughput": skipped, "memory": checked, "ddp": last}
-    report = run_suite(out, sections=sections, command="test")
+    report = run_suite(out, sections, command="test")
 
     got = _by_name(_report(out))
     assert list(got) == ["env", "nvml", "throughput", "memory", "ddp"]
@@ -96,7 +97,7 @@ def test_only_reruns_chosen_sections_and_keeps_the_others(tmp_path):
             o.figure("value", value)
         return section
 
-    run_suite(out, sections={"env": make("env", 1), "levers": make("levers", 2)})
+    run_suite(out, {"env": make("env", 1), "levers": make("levers", 2)})
     run_suite(out, only=parse_only("levers"), sections={"env": make("env", 10), "levers": make("levers", 20)})
     got = _by_name(_report(out))
     assert calls == ["env", "levers", "levers"]
@@ -132,7 +133,7 @@ def test_bench_suite_options_are_checked_at_the_edge(tmp_path, capsys):
 
 
 def test_memory_limit_is_a_train_key_and_a_cpu_run_says_it_applies_to_gpus():
-    from gpt2_cockpit.engine.step import apply_memory_limit
+    from gpt2_cockpit.engine.train.step import apply_memory_limit
 
     assert presets.load("cpu-tiny").train.memory_limit_gb == 0.0
     cfg = presets.load("cpu-tiny", ["train.memory_limit_gb=12"])
@@ -150,7 +151,7 @@ def test_memory_limit_on_cuda_caps_the_current_gpu(monkeypatch):
     index (not "cuda", which set_per_process_memory_fraction refuses) reaches them."""
     import torch
 
-    from gpt2_cockpit.engine.step import apply_memory_limit
+    from gpt2_cockpit.engine.train.step import apply_memory_limit
 
     calls = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
@@ -198,7 +199,7 @@ def test_nanogpt_section_runs_a_checkout_and_reports_the_ratio(tmp_path):
     checkout.mkdir()
     (checkout / "train.py").write_text(FAKE_NANOGPT)
     (checkout / "configurator.py").write_text("")
-    run_suite(tmp_path / "out", only=["nanogpt"], nanogpt=checkout)
+    run_suite(tmp_path / "out", SECTIONS, only=["nanogpt"], nanogpt=checkout)
     (s,) = _report(tmp_path / "out")["sections"]
     assert s["status"] == "ok", s
     f = s["figures"]
@@ -212,7 +213,7 @@ def test_nanogpt_section_runs_a_checkout_and_reports_the_ratio(tmp_path):
 
 
 def test_without_nanogpt_the_section_says_why_it_skipped(tmp_path):
-    run_suite(tmp_path, only=["nanogpt", "nvml"])
+    run_suite(tmp_path, SECTIONS, only=["nanogpt", "nvml"])
     got = _by_name(_report(tmp_path))
     assert got["nanogpt"]["status"] == "skipped" and "--nanogpt" in got["nanogpt"]["reason"]
     assert got["nvml"]["status"] == "skipped" and "no NVIDIA GPU" in got["nvml"]["reason"]
@@ -260,8 +261,8 @@ def test_the_engine_and_the_suite_run_without_textual(tmp_path):
 
         sys.meta_path.insert(0, NoTextual())
         import gpt2_cockpit.engine as engine
-        for info in pkgutil.iter_modules(engine.__path__):
-            importlib.import_module(f"gpt2_cockpit.engine.{{info.name}}")
+        for info in pkgutil.walk_packages(engine.__path__, "gpt2_cockpit.engine."):
+            importlib.import_module(info.name)
         from gpt2_cockpit.cli import main
         code = main.main(["bench", "--suite", "--only", "env", "--out", {str(tmp_path / "out")!r}])
         assert not any(m == "textual" or m.startswith("textual.") for m in sys.modules)

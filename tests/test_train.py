@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from gpt2_cockpit.engine import checkpoint as ckpt
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.pretrain import PretrainWorkload
-from gpt2_cockpit.engine.owner import RunOwner
-from gpt2_cockpit.engine.step import Stepper, lr_at
+from gpt2_cockpit.engine.train import checkpoint as ckpt
+from gpt2_cockpit.engine.train.owner import RunOwner
+from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
+from gpt2_cockpit.engine.train.step import Stepper, lr_at
 from conftest import tiny_overrides
 from helpers import of_type, run_inprocess, step_losses
 
@@ -153,9 +153,9 @@ class StopWhenPaused(RunOwner):
 
 
 def test_repeated_nonfinite_steps_pause_the_run(corpus, monkeypatch):
-    from gpt2_cockpit.engine.events import read_all
-    from gpt2_cockpit.engine.launch import create_run
-    from gpt2_cockpit.engine.loop import train
+    from gpt2_cockpit.engine.runs.events import read_all
+    from gpt2_cockpit.engine.runs.launch import create_run
+    from gpt2_cockpit.engine.train.loop import train
 
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "3")
     run = create_run("cpu-tiny", tiny_overrides(corpus) + ["train.max_bad_steps=1"], "p")
@@ -177,7 +177,8 @@ def test_repeated_nonfinite_steps_pause_the_run(corpus, monkeypatch):
 
 
 def test_run_writes_periodic_gpu_events(corpus, monkeypatch):
-    from gpt2_cockpit.engine import gpustats, owner
+    from gpt2_cockpit.engine.machine import gpustats
+    from gpt2_cockpit.engine.train import owner
 
     class FakeSampler:
         def sample(self):

@@ -10,9 +10,10 @@ import time
 import pytest
 from fakerun import FakeRun, fake, grad_norm_at, loss_at, lr_at, make_run, run_app, status_text, text_of, wait_for
 
-from gpt2_cockpit.engine import launch, presets
-from gpt2_cockpit.engine.events import EventWriter
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.fmt import fmt_count, fmt_lr
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.events import EventWriter
 from gpt2_cockpit.tui.app import make_app
 from gpt2_cockpit.tui.screens.home import HomeScreen, RunsTable
 from gpt2_cockpit.tui.screens.preset_edit import PresetEditScreen, field_id
@@ -251,7 +252,7 @@ def test_control_failure_is_told_not_raised(fake):
 
 
 def test_a_finished_run_disables_commands_and_keeps_its_history(home, monkeypatch):
-    from gpt2_cockpit.engine import hardware
+    from gpt2_cockpit.engine.machine import hardware
 
     monkeypatch.setattr(hardware, "has_cuda", lambda: False)  # a CPU box, whatever this one is
     run = make_run(name="old")

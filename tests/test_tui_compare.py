@@ -8,7 +8,7 @@ import sys
 import pytest
 from fakerun import FakeRun, make_run, run_app, wait_for
 
-from gpt2_cockpit.engine import metrics
+from gpt2_cockpit.engine.runs import metrics
 from gpt2_cockpit.tui.app import make_app
 from gpt2_cockpit.tui.screens.compare import CompareScreen, keep_for_metrics, load_run, run_color
 from gpt2_cockpit.tui.screens.home import HomeScreen, RunsTable

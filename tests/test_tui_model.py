@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_mem, fmt_mfu
-from gpt2_cockpit.engine.events import EventWriter, read_all
+from gpt2_cockpit.engine.runs.events import EventWriter, read_all
+from gpt2_cockpit.engine.runs.metrics import ema
 from gpt2_cockpit.tui.feed import GPU_LINES_KEPT, EventsArrived, LogReader, StepLines, replay
-from gpt2_cockpit.engine.metrics import ema
 from gpt2_cockpit.tui.model import GPU_HISTORY, RunModel, downsample, ema_weighted, sparkline
-from gpt2_cockpit.tui.series import StepSeries
 from gpt2_cockpit.tui.plot import log_ticks, nice_ticks
+from gpt2_cockpit.tui.series import StepSeries
 
 
 def step(it, loss=2.0, tokens=None, ms=50.0, **kw):

@@ -15,9 +15,10 @@ from conftest import tiny_overrides
 from fakerun import FakeRun, fake, make_run, run_app, status_text, text_of, wait_for  # noqa: F401
 from test_tui_realrun import START, process_gone
 
-from gpt2_cockpit.engine import launch, presets
-from gpt2_cockpit.engine.events import EventWriter
-from gpt2_cockpit.engine.runs import list_dirs
+from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.events import EventWriter
+from gpt2_cockpit.engine.runs.rundir import list_dirs
 from gpt2_cockpit.tui.app import make_app
 from gpt2_cockpit.tui.model import RunModel
 from gpt2_cockpit.tui.screens.home import HomeScreen, PresetList
@@ -244,7 +245,7 @@ def stopped_log(run, stop_at: int = 154, state: str = "stopped") -> None:
 def test_a_stopped_run_shows_its_checkpoints_iteration_and_no_eta():
     run = make_run(name="halted")
     stopped_log(run)
-    from gpt2_cockpit.engine.events import read_all
+    from gpt2_cockpit.engine.runs.events import read_all
 
     m = RunModel(run.name, max_iters=2000)
     m.ingest(read_all(run.events_path))

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_overrides
 from fakerun import run_app, status_text, text_of, wait_for
 
-from gpt2_cockpit.engine import launch
+from gpt2_cockpit.engine.runs import launch
 from gpt2_cockpit.tui.app import make_app
 from gpt2_cockpit.tui.widgets.dialogs import ConfirmScreen, LiveSettingsScreen
 from gpt2_cockpit.tui.widgets.log_pane import LogPane

@@ -14,7 +14,7 @@ from typing import Iterable
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
-from gpt2_cockpit.engine.runs import RunDir
+from gpt2_cockpit.engine.runs.rundir import RunDir
 
 from .screens.home import HomeScreen
 from .screens.run import RunScreen

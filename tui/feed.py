@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 from textual.message import Message
 
-from gpt2_cockpit.engine.runs import RunDir
+from gpt2_cockpit.engine.runs.rundir import RunDir
 
 from .model import GPU_HISTORY, REPLAY_LOG, Changes, RunModel
 

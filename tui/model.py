@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_float, fmt_lr, fmt_mfu
-from gpt2_cockpit.engine.events import FINAL_STATES
-from gpt2_cockpit.engine.runs import effective_state
+from gpt2_cockpit.engine.runs.events import FINAL_STATES
+from gpt2_cockpit.engine.runs.rundir import effective_state
 
 from .series import StepSeries
 
@@ -57,7 +57,7 @@ def sparkline(values: Iterable[Any], lo: float = 0.0, hi: float = 100.0) -> str:
 
 
 def ema_weighted(values: list[float], counts: list[int], weight: float) -> list[float]:
-    """`engine.metrics.ema` over bucket means: a bucket of n steps decays the average as n steps would
+    """`engine.runs.metrics.ema` over bucket means: a bucket of n steps decays the average as n steps would
     (weight ** n), so the curve reads the same however many steps a bucket holds. With one step
     per bucket it is exactly `ema`, start-up bias correction included."""
     if weight <= 0 or not values:

@@ -6,7 +6,7 @@ The first call writes a realistic 1,000,000-line events.jsonl (about 180 MB) int
 a folder under the system temp dir, reused by later calls): 200,000 `step` events with every
 field the engine logs, an `eval` every 250 steps, a checkpoint every 1000, 8 GPUs' `gpu` lines
 every 5 s for the ~6 days the run took, a few samples, state changes, a `set`, a few anomalies.
-Lines are written exactly as engine/events.py's EventWriter writes them (compact JSON).
+Lines are written exactly as engine/runs/events.py's EventWriter writes them (compact JSON).
 
 Each round then starts a fresh Python process that imports the cockpit, opens
 `make_app("run", DIR/run)` under `App.run_test()` and times how long it takes until the loss
@@ -47,7 +47,8 @@ def loss_at(it: int) -> float:
 def generate(home: Path) -> Path:
     """Write the run (config.toml and events.jsonl) under home/runs/, unless a complete one is there."""
     os.environ["GPT2_COCKPIT_HOME"] = str(home)
-    from gpt2_cockpit.engine import presets, runs
+    from gpt2_cockpit.engine import presets
+    from gpt2_cockpit.engine.runs import rundir as runs
 
     run_path = home / "runs" / RUN_NAME
     done = run_path / f"complete-v{VERSION}"

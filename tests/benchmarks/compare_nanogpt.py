@@ -29,9 +29,9 @@ BABY = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropo
 
 def prepare(home: Path, nano: Path) -> None:
     os.environ["GPT2_COCKPIT_HOME"] = str(home)
-    from gpt2_cockpit.engine import data
+    from gpt2_cockpit.engine.data import prepare
 
-    d = data.prepare("builtin:python-docs", "char", 0.1, 64)
+    d = prepare.prepare_and_open("builtin:python-docs", "char", 0.1, 64)
     target = nano / "data" / "cockpit_pydocs"
     target.mkdir(parents=True, exist_ok=True)
     for name, tokens in (("train.bin", d.train), ("val.bin", d.val)):  # our shards as nanoGPT's one file
@@ -61,7 +61,7 @@ def run_ours(home: Path, iters: int, name: str) -> tuple[list[float], float]:
     for s in sets:
         cmd += ["--set", s]
     subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    from gpt2_cockpit.engine.events import read_all
+    from gpt2_cockpit.engine.runs.events import read_all
 
     events = read_all(home / "runs" / name / "events.jsonl")
     times = [e["ms"] for e in events if e["type"] == "step"]

@@ -2,7 +2,7 @@
 
     python tests/benchmarks/finetune_memory.py [--only NAME,...]
 
-For the three 12 GB fine-tune presets and a full gpt2-xl fine-tune (engine/memtrack.py's
+For the three 12 GB fine-tune presets and a full gpt2-xl fine-tune (engine/machine/memtrack.py's
 FINETUNE_CASES): one training step of the finetune engine's own model (GPT-2 of the real shape,
 random weights, with the preset's LoRA adapters and gradient checkpointing) and optimizer, built
 on fake CPU tensors (no memory, no compute) under bf16 autocast, its peak counted by
@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 
-from gpt2_cockpit.engine import memtrack
+from gpt2_cockpit.engine.machine import memtrack
 
 GIB = 2**30
 

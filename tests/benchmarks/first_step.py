@@ -5,14 +5,14 @@
 
 Uses prepare_speed.py's generated corpus (a folder of parquet files) and its locally trained BPE
 (GPT-2's own file cannot be downloaded here). For each data.order, a fresh token cache and a
-real run process (engine.runner.run_process, in a child process with the encoding injected) of
+real run process (engine.train.runner.run_process, in a child process with the encoding injected) of
 a small GPT-2-vocabulary model on the CPU; the times come from the run's event log:
 
 - first step: the first `step` event, counted from the run's start;
 - prepared: the `prepare` event of phase "done" (then the run is stopped).
 
 With data.order "shards" the run trains on the shards prepared so far while the others are
-tokenized in the background (engine/stream.py); with "random" (nanoGPT's order) it waits for all
+tokenized in the background (engine/data/stream.py); with "random" (nanoGPT's order) it waits for all
 of them. Prints one line per order.
 """
 
@@ -35,9 +35,11 @@ from prepare_speed import corpus_and_encoding  # noqa: E402
 CHILD = """
 import pickle, sys
 sys.path.insert(0, {tests!r})
-from gpt2_cockpit.engine import data, launch, runner
+from gpt2_cockpit.engine.data import tokenizers
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.train import runner
 enc = pickle.loads(open({enc!r}, 'rb').read())
-data.load_gpt2_encoding = lambda: enc
+tokenizers.load_gpt2_encoding = lambda: enc
 if __name__ == "__main__":
     run = launch.create_run("cpu-tiny", {overrides!r}, "bench")
     sys.exit(runner.run_process(run.path))

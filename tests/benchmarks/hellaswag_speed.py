@@ -6,7 +6,7 @@ Items are made here (no download): HellaSwag-sized rows of CTX_TOKENS context to
 ENDING_TOKENS tokens per ending, one token per word through a hashing "tokenizer". `tiny` is
 cpu-tiny's shape (4 layers, 4 heads, 128 wide, context 64, a 96-character vocabulary; its rows are
 cut to the window, as a char model's are); `124m` is GPT-2 small's (12/12/768, context 1024,
-50,304 rows). Scoring is engine/hellaswag.py's, under bf16 autocast on a GPU, float32 on a CPU.
+50,304 rows). Scoring is engine/train/hellaswag.py's, under bf16 autocast on a GPU, float32 on a CPU.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from contextlib import nullcontext
 
 import torch
 
-from gpt2_cockpit.engine import hellaswag as hs
-from gpt2_cockpit.engine.model import GPT, GPTConfig
+from gpt2_cockpit.engine.train import hellaswag as hs
+from gpt2_cockpit.engine.train.model import GPT, GPTConfig
 
 CTX_TOKENS = 60
 ENDING_TOKENS = 25

@@ -33,8 +33,8 @@ def make_stepper(optimizer: str, iters: int, extra: list[str]):
     import torch
 
     from gpt2_cockpit.engine import presets
-    from gpt2_cockpit.engine.pretrain import PretrainWorkload
-    from gpt2_cockpit.engine.step import Stepper
+    from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
+    from gpt2_cockpit.engine.train.step import Stepper
 
     sets = [f"train.max_iters={iters}", f"train.optimizer=\"{optimizer}\"", "train.device=\"cpu\""]
     cfg = presets.load("cpu-tiny", sets + (extra if optimizer == "muon" else []))
@@ -55,7 +55,7 @@ def main() -> int:
 
     import torch
 
-    from gpt2_cockpit.engine.step import lr_at
+    from gpt2_cockpit.engine.train.step import lr_at
 
     torch.set_num_threads(args.threads)
     runs = {name: make_stepper(name, args.iters, args.sets) for name in ("adamw", "muon")}

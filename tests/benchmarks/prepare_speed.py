@@ -7,7 +7,7 @@ kept in --dir for later runs), trains a small byte-level BPE on a sample with `t
 wraps it in a tiktoken Encoding with GPT-2's split pattern (tests/test_prepare.py), since GPT-2's
 own file cannot be downloaded here. Then, alternately, for 1 and 2 workers:
 
-- ours: engine.prepare.prepare_tokens on the parquet folder (fresh cache each time);
+- ours: engine.data.prepare.prepare_tokens on the parquet folder (fresh cache each time);
 - baseline: fineweb.py's loop (multiprocessing.Pool + encode_ordinary + imap(chunksize=16), the
   main process reading documents and filling uint16 shards of the same size), documents read
   from the same parquet files with pyarrow;
@@ -84,9 +84,10 @@ def corpus_and_encoding(root: Path, mb: int) -> tuple[Path, Path]:
 OURS = """
 import json, pickle, sys, time
 sys.path.insert(0, {tests!r})
-from gpt2_cockpit.engine import data, prepare
+from gpt2_cockpit.engine.data import tokenizers
+from gpt2_cockpit.engine.data import prepare
 enc = pickle.loads(open({enc!r}, 'rb').read())
-data.load_gpt2_encoding = lambda: enc
+tokenizers.load_gpt2_encoding = lambda: enc
 if __name__ == "__main__":
     t = time.time()
     folder = prepare.prepare_tokens({source!r}, "gpt2", 0.0005, workers={workers}, shard_tokens={shard})

@@ -1,6 +1,6 @@
 """The compare screen: several runs' loss curves overlaid, one colour per run, and a table of
 their figures (HellaSwag's best acc_norm too, where a run scored it) and the config keys that
-differ, with one line naming the run with the best val loss. The figures are engine/metrics.py's
+differ, with one line naming the run with the best val loss. The figures are engine/runs/metrics.py's
 (the same as `gpt2-cockpit compare`); the curves are each run's RunModel, replayed from its log
 as the run screen does (bounded, so a week-long log costs what a short one does).
 
@@ -28,9 +28,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
-from gpt2_cockpit.engine import metrics
 from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_float
-from gpt2_cockpit.engine.runs import RunDir
+from gpt2_cockpit.engine.runs import metrics
+from gpt2_cockpit.engine.runs.rundir import RunDir
 
 from ..feed import LogReader, StepLines
 from ..model import Changes, RunModel

@@ -19,10 +19,11 @@ from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
 from gpt2_cockpit.engine import config as cfgmod
-from gpt2_cockpit.engine import launch, presets
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.fmt import fmt_age
-from gpt2_cockpit.engine.runs import RunDir, RunSummary, list_dirs, summarize
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.rundir import RunDir, RunSummary, list_dirs, summarize
 
 from ..feed import LogReader, StepLines
 from ..widgets.dialogs import ConfirmScreen

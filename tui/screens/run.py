@@ -12,7 +12,7 @@ events; the reply only matters when the run refused it or could not be reached: 
 as a `ControlFailed` message, which clears the command's pending marker and says why.
 
 A run that is not live (stopped, failed, crashed) still answers two keys: `p` restarts it from
-its last checkpoint in the background (engine.launch.restart, as `gpt2-cockpit resume RUN
+its last checkpoint in the background (engine.runs.launch.restart, as `gpt2-cockpit resume RUN
 --detach`), and `s` samples its newest checkpoint through `gpt2-cockpit sample` in a subprocess
 (which loads torch; this process never does), which `k` can end. Keys that cannot act are dimmed
 in the Footer and, pressed anyway, say why in a notification.
@@ -39,10 +39,11 @@ from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
 from gpt2_cockpit.engine import config as cfgmod
-from gpt2_cockpit.engine import launch, presets
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
-from gpt2_cockpit.engine.events import FINAL_STATES
-from gpt2_cockpit.engine.runs import RunDir
+from gpt2_cockpit.engine.runs import launch
+from gpt2_cockpit.engine.runs.events import FINAL_STATES
+from gpt2_cockpit.engine.runs.rundir import RunDir
 
 from ..feed import EventFeed, EventsArrived
 from ..model import Changes, RunModel, Sample
@@ -219,7 +220,7 @@ class RunScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="gpu-probe")
     def _probe_gpu(self) -> None:
-        from gpt2_cockpit.engine.hardware import has_cuda  # NVML, never torch
+        from gpt2_cockpit.engine.machine.hardware import has_cuda# NVML, never torch
 
         self.post_message(GpuProbed(has_cuda()))
 

@@ -15,8 +15,8 @@ from typing import Any
 from textual.content import Content
 
 from gpt2_cockpit.engine import config as cfgmod
-from gpt2_cockpit.engine.doctor import NO_GPU_HINT
 from gpt2_cockpit.engine.errors import UserError
+from gpt2_cockpit.engine.machine.doctor import NO_GPU_HINT
 
 from .panes import TextPane, label_value_lines
 
@@ -54,20 +54,20 @@ class PlanResult:
 def compute_plan(cfg: cfgmod.Config) -> PlanResult:
     """The planner's rows for `cfg` on this machine's GPU (blocking: NVML, run logs; call from a worker)."""
     try:
-        from gpt2_cockpit.engine import planner
+        from gpt2_cockpit.engine.machine import planner
     except ImportError as e:
         return PlanResult([], error=f"planner unavailable ({e})")
-    make_plan = getattr(planner, "make_plan", None)
-    if make_plan is None:
+    plan_run = getattr(planner, "plan_run", None)
+    if plan_run is None:
         return PlanResult([], error="planner unavailable")
     try:
         measured = None
         if hasattr(planner, "measured_ms_per_iter"):
             measured = planner.measured_ms_per_iter(cfg)
         if measured:
-            plan = make_plan(cfg, gpu="auto", ms_per_iter=measured[0], measured_from=measured[1])
+            plan = plan_run(cfg, gpu="auto", ms_per_iter=measured[0], measured_from=measured[1])
         else:
-            plan = make_plan(cfg, gpu="auto")
+            plan = plan_run(cfg, gpu="auto")
     except UserError as e:
         return PlanResult([], error=str(e))
     return PlanResult(plan.rows(), fits=plan.to_dict().get("fits"), device=_device(cfg, getattr(plan, "gpu", None)))

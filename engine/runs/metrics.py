@@ -1,0 +1,528 @@
+"""A run's figures, read from its event log: the numbers behind `compare`, `metrics` and `plot`.
+
+Pure Python (no torch, no numpy, no printing), so the command line and the cockpit's compare
+screen share one reading of the log:
+
+    m = metrics.load(resolve("my-run"))       # RunMetrics: .stats, .steps, .evals, .hellaswag
+    m.stats.best_val_loss, m.stats.wall_seconds, m.steps[-1].loss
+    metrics.config_diff({m.stats.name: m.stats.config for m in several})
+
+The history is the run's *current* one: a run restarted from the checkpoint at iter K logs a
+`run` event with `resumed_from = K`, and what it logged after K before that restart is superseded
+(the restart trains those iterations again). Steps, evals and HellaSwag points are dropped the
+way the cockpit's RunModel drops them (tui/model.py `_truncate`): on such a `run` event, and on a
+step whose iter is not past the last one kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .. import config as cfgmod
+from ..errors import UserError
+from .events import EventReader
+from .rundir import RunDir, summarize
+
+# The states in which the run process is doing the run's work: training, and finishing it
+# (`stopping`: the last eval and checkpoint). Paused, preparing (loading data and the model) and
+# the gap between a crash and a restart are not counted as wall time.
+ACTIVE_STATES = ("running", "stopping")
+RECENT_STEPS = 20  # step events behind the tokens/s median (the latest pace, not the warm-up's)
+DIFF_IGNORED = ("description",)  # see config_diff
+
+
+def _finite(v: Any) -> float | None:
+    """A number from the log, or None for null / NaN / a missing or mistyped field."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return v
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass
+class StepRow:
+    """One `step` event. `elapsed` is the run's active seconds when it was logged (see running_spans)."""
+
+    iter: int
+    tokens: int | None = None  # cumulative tokens trained
+    loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None  # None in logs written before it was logged
+    ms: float | None = None  # mean optimizer-step time since the previous step event
+    tokens_per_sec: float | None = None
+    mfu: float | None = None  # a fraction of the GPU's peak; None on CPU
+    micro_batch: int | None = None
+    grad_accum: int | None = None
+    time: float | None = None  # Unix seconds
+    elapsed: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EvalRow:
+    """One `eval` event. `tokens` is interpolated from the step rows (evals carry no token count)."""
+
+    iter: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_ppl: float | None = None  # finetune runs only
+    tokens: int | None = None
+    time: float | None = None
+    elapsed: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class HellaSwagRow:
+    """One `hellaswag` event: HellaSwag acc and acc_norm of the weights at `iter` (engine/train/hellaswag.py).
+    `tokens` is interpolated from the step rows, as for evals."""
+
+    iter: int
+    acc: float | None = None
+    acc_norm: float | None = None
+    n: int | None = None  # items scored
+    seconds: float | None = None  # what scoring them took
+    tokens: int | None = None
+    time: float | None = None
+    elapsed: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+STEP_FIELDS = tuple(f.name for f in dataclasses.fields(StepRow))
+EVAL_FIELDS = tuple(f.name for f in dataclasses.fields(EvalRow))
+HELLASWAG_FIELDS = tuple(f.name for f in dataclasses.fields(HellaSwagRow))
+
+
+# --------------------------------------------------------------------------- wall time
+
+
+def running_spans(events: Iterable[dict[str, Any]], now: float | None = None) -> list[tuple[float, float]]:
+    """The (start, end) Unix times during which the run was active, in log order.
+
+    A span opens at a `state` event in ACTIVE_STATES and closes at the next state event that is
+    not. A resumed run's log holds one `run` event per process; when a new process starts
+    (its `preparing` state or its `run` event) while a span is still open, the previous process
+    died without saying so and its span ends at the last event it logged. A span still open at
+    the end of the log ends at `now` when given (a live run), else at the last event.
+    """
+    spans: list[tuple[float, float]] = []
+    start: float | None = None
+    last: float | None = None
+    for e in events:
+        t = _finite(e.get("time"))
+        if t is None:
+            continue
+        kind = e.get("type")
+        new_process = kind == "run" or (kind == "state" and e.get("state") == "preparing")
+        if start is not None and new_process:
+            spans.append((start, max(start, last if last is not None else start)))
+            start = None
+        if kind == "state":
+            if e.get("state") in ACTIVE_STATES:
+                if start is None:
+                    start = t
+            elif start is not None:
+                spans.append((start, max(start, t)))
+                start = None
+        last = t
+    if start is not None:
+        end = now if now is not None else last
+        spans.append((start, max(start, end if end is not None else start)))
+    return spans
+
+
+def wall_seconds(events: Iterable[dict[str, Any]], now: float | None = None) -> float:
+    """Seconds the run spent active (the sum of running_spans), across restarts."""
+    return round(sum(end - start for start, end in running_spans(events, now)), 3)
+
+
+def _elapsed_at(spans: list[tuple[float, float]], t: float | None) -> float | None:
+    """Active seconds up to Unix time t (to the millisecond the log's times carry)."""
+    if t is None:
+        return None
+    total = 0.0
+    for start, end in spans:
+        if t <= start:
+            break
+        total += min(t, end) - start
+    return round(total, 3)
+
+
+# --------------------------------------------------------------------------- history
+
+
+@dataclass
+class History:
+    steps: list[StepRow] = field(default_factory=list)
+    evals: list[EvalRow] = field(default_factory=list)
+    hellaswag: list[HellaSwagRow] = field(default_factory=list)
+    reference: tuple[str, float] | None = None  # the GPT-2 size the newest hellaswag event compares with
+    resumed_from: int | None = None  # the newest restart's checkpoint iter, if any
+
+
+def history(events: Iterable[dict[str, Any]], now: float | None = None) -> History:
+    """The run's current step, eval and HellaSwag rows, a restart's superseded tail dropped
+    (module docstring)."""
+    events = list(events)
+    spans = running_spans(events, now)
+    h = History()
+
+    def truncate(last_iter: int) -> None:
+        while h.steps and h.steps[-1].iter > last_iter:
+            h.steps.pop()
+        while h.evals and h.evals[-1].iter > last_iter:
+            h.evals.pop()
+        while h.hellaswag and h.hellaswag[-1].iter > last_iter:
+            h.hellaswag.pop()
+
+    for e in events:
+        kind = e.get("type")
+        if kind == "run":
+            resumed = _int(e.get("resumed_from"))
+            if resumed is not None:
+                h.resumed_from = resumed
+                truncate(resumed)
+        elif kind == "step":
+            it = _int(e.get("iter"))
+            if it is None:
+                continue
+            if h.steps and it <= h.steps[-1].iter:
+                truncate(it - 1)
+            t = _finite(e.get("time"))
+            h.steps.append(StepRow(
+                iter=it, tokens=_int(e.get("tokens")), loss=_finite(e.get("loss")), lr=_finite(e.get("lr")),
+                grad_norm=_finite(e.get("grad_norm")), ms=_finite(e.get("ms")),
+                tokens_per_sec=_finite(e.get("tokens_per_sec")), mfu=_finite(e.get("mfu")),
+                micro_batch=_int(e.get("micro_batch")), grad_accum=_int(e.get("grad_accum")),
+                time=t, elapsed=_elapsed_at(spans, t)))
+        elif kind == "eval":
+            it = _int(e.get("iter"))
+            if it is None:
+                continue
+            while h.evals and h.evals[-1].iter >= it:  # an eval logged again (as the cockpit does)
+                h.evals.pop()
+            t = _finite(e.get("time"))
+            h.evals.append(EvalRow(iter=it, train_loss=_finite(e.get("train_loss")),
+                                   val_loss=_finite(e.get("val_loss")), val_ppl=_finite(e.get("val_ppl")),
+                                   time=t, elapsed=_elapsed_at(spans, t)))
+        elif kind == "hellaswag":
+            it = _int(e.get("iter"))
+            if it is None:
+                continue
+            while h.hellaswag and h.hellaswag[-1].iter >= it:  # scored again after a restart
+                h.hellaswag.pop()
+            t = _finite(e.get("time"))
+            h.hellaswag.append(HellaSwagRow(iter=it, acc=_finite(e.get("acc")), acc_norm=_finite(e.get("acc_norm")),
+                                            n=_int(e.get("n")), seconds=_finite(e.get("seconds")),
+                                            time=t, elapsed=_elapsed_at(spans, t)))
+            ref, ref_acc = e.get("reference"), _finite(e.get("reference_acc_norm"))
+            if isinstance(ref, str) and ref_acc is not None:
+                h.reference = (ref, ref_acc)
+    for row in h.evals + h.hellaswag:
+        row.tokens = tokens_at(h.steps, row.iter)
+    return h
+
+
+def tokens_at(steps: list[StepRow], it: int) -> int | None:
+    """Tokens trained by iteration `it`, interpolated linearly between step rows (0 at iter 0)."""
+    points = [(0, 0)] + [(s.iter, s.tokens) for s in steps if s.tokens is not None]
+    if len(points) == 1:
+        return None
+    iters = [p[0] for p in points]
+    i = bisect_left(iters, it)
+    if i < len(points) and iters[i] == it:
+        return points[i][1]
+    if i == len(points):  # past the last step row: extrapolate at the last pace
+        (i0, t0), (i1, t1) = points[-2], points[-1]
+    else:
+        (i0, t0), (i1, t1) = points[i - 1], points[i]
+    return round(t0 + (t1 - t0) * (it - i0) / (i1 - i0))
+
+
+# --------------------------------------------------------------------------- config changes
+
+
+@dataclass
+class ConfigChange:
+    """A config key whose value changed while the run went on."""
+
+    key: str  # dotted, e.g. "train.learning_rate"
+    old: Any
+    new: Any
+    iter: int | None  # steps done when the new value took over (None: before any step was logged)
+    how: str  # "set" (live), "oom" (an out-of-memory split), "resume" (a restart with other settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_changes(events: Iterable[dict[str, Any]]) -> list[ConfigChange]:
+    """Every change of a config key during the run, in log order: live `set` events, the
+    micro_batch / grad_accum splits of `oom` events, and the keys a restart's `run` event logs
+    with another value than the run had (`resume --set`).
+
+    A `set` event carries no iteration in older logs; it then took effect after the newest step
+    event before it (so at most log_interval steps late). A restart from the checkpoint at K
+    supersedes what came after K: a change logged there took effect at K, as config.toml kept it.
+    """
+    changes: list[ConfigChange] = []
+    current: dict[str, Any] | None = None  # the run's config as it stands, flattened
+    last_iter: int | None = None
+    for e in events:
+        kind = e.get("type")
+        if kind == "step":
+            last_iter = _int(e.get("iter"))
+        elif kind == "run" and isinstance(e.get("config"), Mapping):
+            logged = flatten(e["config"])
+            resumed = _int(e.get("resumed_from"))
+            if current is not None:
+                at = resumed if resumed is not None else 0
+                for c in changes:
+                    if c.iter is not None and c.iter > at:
+                        c.iter = at
+                changes += [ConfigChange(key, current[key], value, at, "resume") for key, value in logged.items()
+                            if key not in DIFF_IGNORED and key in current and current[key] != value]
+            current = logged
+            last_iter = resumed if resumed is not None else last_iter
+        elif kind == "set" and isinstance(e.get("key"), str):
+            it = _int(e.get("iter"))
+            changes.append(ConfigChange(e["key"], e.get("old"), e.get("new"), it if it is not None else last_iter, "set"))
+            if current is not None:
+                current[e["key"]] = e.get("new")
+        elif kind == "oom":
+            it, before, after = _int(e.get("iter")), _int(e.get("micro_batch_before")), _int(e.get("micro_batch_after"))
+            accum = _int(e.get("grad_accum_after"))
+            if before is not None and after is not None and before != after:
+                changes.append(ConfigChange("train.micro_batch", before, after, it, "oom"))
+            old_accum = (current or {}).get("train.grad_accum")
+            if accum is not None and accum != old_accum:
+                changes.append(ConfigChange("train.grad_accum", old_accum, accum, it, "oom"))
+            if current is not None:
+                current.update({k: v for k, v in (("train.micro_batch", after), ("train.grad_accum", accum))
+                                if v is not None})
+    return changes
+
+
+def spell(value: Any) -> str:
+    """A config value as a preset spells it (true/false, numbers, bare strings); '-' if absent."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def value_history(value: Any, changes: Iterable[ConfigChange], key: str) -> str:
+    """A key's value in one run, with how it got there: "0.001 → 0.0003 @70" for a learning rate
+    set live after 70 steps ("(oom)", "(resume)" mark the other ways); just the value if it never
+    changed."""
+    mine = [c for c in changes if c.key == key]
+    if not mine:
+        return spell(value)
+    parts = [spell(mine[0].old)]
+    for c in mine:
+        at = f" @{c.iter}" if c.iter is not None else ""
+        parts.append(f"{spell(c.new)}{at}" + (f" ({c.how})" if c.how != "set" else ""))
+    return " → ".join(parts)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunStats:
+    """One run at a glance: what `compare` shows in a row."""
+
+    name: str
+    preset: str = "?"
+    engine: str = "?"
+    state: str = "new"  # as `gpt2-cockpit runs` shows it: the logged state, or "crashed"
+    iter: int = 0  # optimizer steps done (of the current history)
+    max_iters: int = 0
+    tokens: int | None = None  # tokens trained: the last step event's cumulative count
+    best_val_loss: float | None = None
+    best_val_iter: int | None = None
+    last_train_loss: float | None = None
+    tokens_per_sec: float | None = None  # median of the last RECENT_STEPS step events
+    wall_seconds: float = 0.0  # active time, across restarts (running_spans)
+    path: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved config, TOML-shaped (config.to_raw)
+    changes: list[ConfigChange] = field(default_factory=list)  # keys changed during the run (config_changes)
+    # HellaSwag (`hellaswag` events): the highest acc_norm, the iter of its (first) evaluation, and
+    # the GPT-2 size it compares with (engine/train/hellaswag.py REFERENCES); None before any evaluation
+    best_acc_norm: float | None = None
+    best_acc_norm_iter: int | None = None
+    hellaswag_reference: str | None = None  # e.g. "GPT-2 124M"
+    hellaswag_reference_acc_norm: float | None = None  # e.g. 0.2955
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunMetrics:
+    stats: RunStats
+    steps: list[StepRow]
+    evals: list[EvalRow]
+    hellaswag: list[HellaSwagRow] = field(default_factory=list)
+    reference: tuple[str, float] | None = None  # (name, acc_norm) of the GPT-2 the run compares with
+
+
+def load(run: RunDir, events: list[dict[str, Any]] | None = None, now: float | None = None) -> RunMetrics:
+    """Read a run's log (or use `events`, its whole log in order) and compute its figures.
+
+    `now` ends a live run's open active span (default: the current time, if the run's process is
+    alive; a dead run's span ends at its last event).
+    """
+    if events is None:
+        events = EventReader(run.events_path).poll()
+    summary = summarize(run, events)
+    if now is None and summary.alive:
+        now = time.time()
+    h = history(events, now)
+    s = RunStats(name=run.name, preset=summary.preset, engine=summary.engine, state=summary.state,
+                 max_iters=summary.max_iters, path=str(run.path), config=resolved_config(run, events))
+    if h.steps:
+        last = h.steps[-1]
+        s.iter, s.tokens, s.last_train_loss = last.iter, last.tokens, last.loss
+        paces = [r.tokens_per_sec for r in h.steps[-RECENT_STEPS:] if r.tokens_per_sec and r.tokens_per_sec > 0]
+        s.tokens_per_sec = statistics.median(paces) if paces else None
+    s.iter = max(s.iter, h.resumed_from or 0)  # restarted, no step logged since: the checkpoint's iter
+    s.best_val_loss, s.best_val_iter = best_val(h.evals)
+    s.wall_seconds = wall_seconds(events, now)
+    s.changes = config_changes(events)
+    s.best_acc_norm, s.best_acc_norm_iter = best_acc_norm(h.hellaswag)
+    if h.reference is not None:
+        s.hellaswag_reference, s.hellaswag_reference_acc_norm = h.reference
+    return RunMetrics(s, h.steps, h.evals, h.hellaswag, h.reference)
+
+
+def best_val(evals: list[EvalRow]) -> tuple[float | None, int | None]:
+    """The lowest val loss and the iter of its (first) eval; (None, None) before any eval."""
+    scored = [r for r in evals if r.val_loss is not None]
+    if not scored:
+        return None, None
+    best = min(scored, key=lambda r: r.val_loss)
+    return best.val_loss, best.iter
+
+
+def best_acc_norm(rows: list[HellaSwagRow]) -> tuple[float | None, int | None]:
+    """The highest HellaSwag acc_norm and the iter of its (first) evaluation; (None, None) before any."""
+    scored = [r for r in rows if r.acc_norm is not None]
+    if not scored:
+        return None, None
+    best = max(scored, key=lambda r: r.acc_norm)  # max keeps the first of equals
+    return best.acc_norm, best.iter
+
+
+def best_hellaswag_run(stats: Iterable[RunStats]) -> RunStats | None:
+    """The run with the highest best acc_norm (the first of equals); None when none has a HellaSwag point."""
+    scored = [s for s in stats if s.best_acc_norm is not None]
+    return max(scored, key=lambda s: s.best_acc_norm) if scored else None
+
+
+def best_run(stats: Iterable[RunStats]) -> RunStats | None:
+    """The run with the lowest best val loss (the first of equals); None when none has evaluated."""
+    scored = [s for s in stats if s.best_val_loss is not None]
+    return min(scored, key=lambda s: s.best_val_loss) if scored else None
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def resolved_config(run: RunDir, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The run's config.toml as a TOML-shaped dict (config.to_raw); if the file cannot be read
+    or validated, the config its newest `run` event logged; {} if neither exists."""
+    try:
+        return cfgmod.to_raw(run.config())
+    except UserError:
+        pass
+    for e in reversed(events or []):
+        if e.get("type") == "run" and isinstance(e.get("config"), dict):
+            return e["config"]
+    return {}
+
+
+def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"learning_rate": 1e-3}, "name": "x"} -> {"train.learning_rate": 1e-3, "name": "x"}."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{full}."))
+        else:
+            out[full] = value
+    return out
+
+
+_MISSING = object()
+
+
+def config_diff(configs: Mapping[str, Mapping[str, Any]],
+                changes: Mapping[str, Iterable[ConfigChange]] | None = None) -> dict[str, dict[str, Any]]:
+    """The config keys whose values differ between runs: {dotted key: {run name: value}}.
+
+    `configs` maps each run's name to its TOML-shaped config (RunStats.config). Keys come in the
+    order config.toml lists them. A key one run lacks (e.g. model.pretrained when a finetune is
+    compared with a pretrain run) differs, and that run's value is None.
+
+    `changes` maps run names to their config changes (RunStats.changes): a key that changed
+    during a run differs too unless every run has the same history of it, so a learning rate
+    lowered live never passes for one the run always had (value_history spells it).
+
+    `name` is compared like any key: it is the preset's name, so it shows exactly when the runs
+    come from different presets, which is worth knowing. `description` is left out: it is the
+    preset's prose, and when it differs `name` already says so.
+    """
+    flat = {run: flatten(raw) for run, raw in configs.items()}
+    keys: list[str] = []
+    for values in flat.values():
+        keys += [k for k in values if k not in keys and k not in DIFF_IGNORED]
+    diff: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        values = {run: flat[run].get(key, _MISSING) for run in flat}
+        distinct = []
+        for v in values.values():
+            if v not in distinct:
+                distinct.append(v)
+        histories = {run: [(c.old, c.new, c.iter, c.how) for c in (changes or {}).get(run, ()) if c.key == key]
+                     for run in flat}
+        changed = any(histories.values()) and len({repr(h) for h in histories.values()}) > 1
+        if len(distinct) > 1 or changed:
+            diff[key] = {run: (None if v is _MISSING else v) for run, v in values.items()}
+    return diff
+
+
+# --------------------------------------------------------------------------- series maths
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """Exponential moving average with start-up bias correction (TensorBoard's smoothing).
+
+    weight 0 returns the values as they are; 0.9 averages over roughly the last ten points.
+    """
+    if weight <= 0 or not values:
+        return list(values)
+    out, acc = [], 0.0
+    for n, v in enumerate(values, 1):
+        acc = acc * weight + (1 - weight) * v
+        out.append(acc / (1 - weight**n))
+    return out

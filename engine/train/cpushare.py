@@ -1,0 +1,227 @@
+"""A fair share of the CPU cores for every run (and every torchrun rank) that trains on them.
+
+PyTorch gives each process one intra-op thread per core, and OpenMP threads spin while they wait
+for each other at every parallel region: a thread that spins on a core another program needs
+makes both wait, and a thread that waits for a core another program holds makes every other
+thread of the run wait with it. On a 2-core box two cpu-tiny runs went from 25 ms/iter alone to
+~2,450 ms/iter together, and one run beside one unrelated CPU-bound program from 35 to ~1,500
+ms/iter. With as many threads as there are cores left to it, a run shares the box instead of
+fighting over it.
+
+So a run counts two things. The runs that train on the CPU register in a folder every process
+of this user can see (one file per pid, removed on exit or while the run is paused; a dead pid's
+file is ignored and cleaned up), whatever their GPT2_COCKPIT_HOME. And the cores other programs
+keep busy: the CPU time the kernel counted on this process's cores (/proc/stat) over the last
+few seconds, less this run's own and the other runs' (/proc/PID/stat), rounded to whole cores.
+The cores those programs leave are shared equally between the runs that train, at least one
+thread each. The first look comes before the run's first eval (over FIRST_LOOK_SECONDS); then
+the run looks again every RECHECK_SECONDS, changes its thread count when its share changed and
+says so. No torch at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..runs.rundir import pid_alive
+
+RECHECK_SECONDS = 5.0
+FIRST_LOOK_SECONDS = 0.25  # the first look measures the other programs over at least this long
+# other programs' load (in cores) that counts as one core kept busy: a core they hold half the
+# time already costs a run that spreads over it far more than leaving it to them
+BUSY_FROM = 0.4
+
+
+def registry() -> Path:
+    return Path(tempfile.gettempdir()) / f"gpt2-cockpit-cpu-runs-{os.getuid()}"
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class ProcStat:
+    """What the kernel says about CPU time, in clock ticks (Linux /proc); tests pass a fake."""
+
+    def __init__(self, root: str = "/proc"):
+        self.root = root
+
+    def cpus(self) -> set[int]:
+        """The CPUs this process may run on (the others' load there is not ours to share)."""
+        try:
+            return set(os.sched_getaffinity(0))
+        except AttributeError:
+            return set(range(os.cpu_count() or 1))
+
+    def cpu_ticks(self, cpus: set[int]) -> tuple[int, int] | None:
+        """(busy, all) ticks the kernel counted on `cpus` since boot; None where there is no /proc."""
+        busy = total = 0
+        try:
+            with open(f"{self.root}/stat") as f:
+                for line in f:
+                    name, _, rest = line.partition(" ")
+                    if not name.startswith("cpu"):
+                        break
+                    if name == "cpu" or int(name[3:]) not in cpus:
+                        continue
+                    # user nice system idle iowait irq softirq steal (guest time is within user)
+                    ticks = [int(x) for x in rest.split()[:8]]
+                    total += sum(ticks)
+                    busy += sum(ticks) - ticks[3] - ticks[4]
+        except (OSError, ValueError, IndexError):
+            return None
+        return (busy, total) if total else None
+
+    def process_ticks(self, pid: int) -> int | None:
+        """User + system ticks of a process (all its threads) since it started; None if it is gone."""
+        try:
+            with open(f"{self.root}/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+@dataclass
+class Reading:
+    time: float
+    busy: int  # ticks on our CPUs since boot
+    total: int
+    runs: dict[int, int]  # ticks of each process training on the CPU (this one included)
+
+
+@dataclass
+class Share:
+    """What a look found: this run's threads, why, and the figures behind it."""
+
+    threads: int
+    cores: int
+    runs: int  # runs training on the CPU, this one included
+    busy: int  # cores other programs keep busy
+    load: float  # their load, in cores
+
+    def describe(self) -> str:
+        why = f"{self.runs} run{'s' if self.runs > 1 else ''} training on the CPU of this machine"
+        if self.busy:
+            if self.busy == 1:
+                why += f"; other programs keep 1 of {self.cores} cores busy"
+            else:
+                why += f"; other programs keep {self.busy} of {self.cores} cores busy"
+        return f"CPU: {self.threads} of {self.cores} cores ({why})"
+
+
+class CpuShare:
+    """This process as a CPU run: `apply()` registers it and sets torch's threads to its fair share.
+
+    Made when the run process starts (its first reading is the start of the first look's
+    window); registered from its first `apply()`, before the first eval."""
+
+    def __init__(self, say: Callable[[str], None] = lambda message: None, folder: Path | None = None,
+                 proc: ProcStat | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.folder = folder or registry()
+        self.pid = os.getpid()
+        self.entry = self.folder / str(self.pid)
+        self.training = False  # registered, taking its share (not before the first apply, nor while paused)
+        self.say = say
+        self.proc = proc or ProcStat()
+        self.clock, self.sleep = clock, sleep
+        self.default: int | None = None  # torch's own thread count, before we set any
+        self.threads: int | None = None  # what we set; None: torch's default, untouched
+        self.share: Share | None = None  # the last look's finding
+        self._checked: float | None = None  # when we last looked (None: not since a pause, or ever)
+        self._last = self._read(self.proc.cpus(), self.runs())
+
+    # ---------------------------------------------------------------- what the box is doing
+
+    def runs(self) -> list[int]:
+        """Pids of the CPU runs training on this box now, this one included (while it trains)."""
+        pids = []
+        for entry in self.folder.iterdir() if self.folder.is_dir() else ():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            if pid == self.pid:
+                continue
+            if pid_alive(pid):
+                pids.append(pid)
+            else:
+                entry.unlink(missing_ok=True)  # a run that died without cleaning up
+        return pids + [self.pid] if self.training else pids
+
+    def _read(self, cpus: set[int], pids: list[int]) -> Reading | None:
+        ticks = self.proc.cpu_ticks(cpus)
+        if ticks is None:
+            return None
+        runs = {pid: t for pid in {*pids, self.pid} if (t := self.proc.process_ticks(pid)) is not None}
+        return Reading(self.clock(), ticks[0], ticks[1], runs)
+
+    def look(self) -> Share:
+        """Measure since the last look: the runs that train, and the cores other programs keep busy."""
+        cpus, pids = self.proc.cpus(), self.runs()
+        n = len(cpus) or cores()
+        now = self._read(cpus, pids)
+        last, self._last = self._last, now
+        load = 0.0
+        if now is not None and last is not None and now.total > last.total:
+            # the runs' own time (a run not seen at the last look counts as another program
+            # until the next one)
+            ours = sum(now.runs[pid] - last.runs[pid] for pid in now.runs if pid in last.runs)
+            load = max(0.0, (now.busy - last.busy - ours) / (now.total - last.total) * n)
+        busy = min(n, int(load + 1.0 - BUSY_FROM))
+        runs = max(1, len(pids))
+        threads = max(1, (n - busy) // runs)
+        return Share(min(threads, self.default or threads), n, runs, busy, load)
+
+    # ---------------------------------------------------------------- acting on it
+
+    def apply(self) -> None:
+        """Look again (at most every RECHECK_SECONDS; at once on the first call and after a pause)
+        and set torch's thread count if this run's share changed. The first look measures the
+        other programs over FIRST_LOOK_SECONDS at least, counted from this object's making.
+
+        Never more threads than torch's own default (the physical cores, or OMP_NUM_THREADS). A
+        run that may have all of those keeps the default untouched: setting even the same count
+        explicitly made the CPU baby GPT ~10% slower per step (measured on 2 cores)."""
+        if not self.training:  # the first look, or back from a pause: count this run in at once
+            self.training = True
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            self.entry.touch()
+            self._checked = None
+        now = self.clock()
+        if self._checked is None:
+            waited = now - self._last.time if self._last is not None else FIRST_LOOK_SECONDS
+            if waited < FIRST_LOOK_SECONDS:
+                self.sleep(FIRST_LOOK_SECONDS - waited)
+                now = self.clock()
+        elif now - self._checked < RECHECK_SECONDS:
+            return
+        self._checked = now
+        import torch
+
+        if self.default is None:
+            self.default = torch.get_num_threads()
+        share = self.share = self.look()
+        if share.threads == self.threads or (self.threads is None and share.threads == self.default):
+            return
+        torch.set_num_threads(share.threads)
+        self.threads = share.threads
+        self.say(share.describe())
+
+    def idle(self) -> None:
+        """The run is paused (or waits for data): it takes no share, and the other runs count it
+        out at their next look. Its next `apply()` counts it in again."""
+        if self.training:
+            self.training = False
+            self.entry.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.idle()
