@@ -91,7 +91,7 @@ def test_a_run_that_died_is_crashed_and_its_time_ends_at_its_last_event():
     run = make_run("c", start(0) + [step(5, 10, 3.0), ev("gpu", 9, index=0)])
     s = metrics.load(run).stats
     assert s.state == "crashed"
-    assert s.wall_seconds == 7.0  # 2 .. 9
+    assert s.wall_seconds == 3.0  # 2 .. 5: the GPU reading at 9 came from the heartbeat thread
     assert metrics.wall_seconds([]) == 0.0
     # while the process is alive, an open span runs to `now`
     assert metrics.wall_seconds(read(run), now=T0 + 12) == 10.0
@@ -114,7 +114,7 @@ def test_a_restart_supersedes_the_tail_it_trains_again():
     assert (m.stats.best_val_loss, m.stats.best_val_iter) == (2.65, 40)  # the superseded 1.0 is gone
     assert (m.stats.state, m.stats.iter, m.stats.last_train_loss) == ("done", 40, 2.6)
     # both processes' running time, and not the 360 s between the crash and the restart
-    assert m.stats.wall_seconds == (140 - 102) + (510 - 502)
+    assert m.stats.wall_seconds == (111 - 102) + (510 - 502)  # the first process's last own event: 111
     # restarted and stopped before its first step: the `run` event alone drops the tail
     stopped_early = start(500, resumed_from=20) + [ev("state", 504, state="stopped", reason="SIGTERM")]
     m = metrics.load(make_run("r2", first + stopped_early, "train.max_iters=40"))
@@ -333,3 +333,89 @@ def test_two_real_runs_compared_through_the_command_line(corpus, cockpit_home):
     assert "train.learning_rate  0.001    0.003" in table
     # the engine's own log reads back the same figures
     assert metrics.load(resolve("lr-1e-3")).stats.tokens == 10 * tokens_per_step
+
+
+# --------------------------------------------------------------------------- active wall time, one rule
+#
+# metrics.ActiveClock is the one clock: `compare`, `metrics`, `plot` (wall_seconds, running_spans)
+# and the cockpit (RunModel feeds it as it reads, its fast reader included) count by it. Each case
+# is checked on both sides.
+
+CLOCK_CASES = {
+    # name: (events, active seconds)
+    "pause left out": ([ev("state", 0, state="preparing"), ev("state", 2, state="running"), step(4, 10, 3.0),
+                        ev("state", 10, state="paused"), ev("state", 50, state="running"), step(55, 20, 2.0),
+                        ev("state", 56, state="stopping"), ev("state", 60, state="done")], 8 + 10),
+    # the issue's case: the loop died at 16 s, its heartbeat went on logging GPU readings for 30 s
+    "died, heartbeat went on": ([ev("state", 0, state="running"), step(8, 10, 3.0), step(16, 20, 2.9)]
+                                + [ev("gpu", 16 + k, index=0, util=0) for k in range(1, 31)], 16),
+    "no state events": ([step(100, 10, 3.0), step(105, 20, 2.9), step(110, 30, 2.8)], 10),
+    "died, restarted": ([ev("run", 0), ev("state", 0, state="preparing"), ev("state", 1, state="running"),
+                         step(5, 10, 3.0), ev("eval", 6, iter=10, train_loss=3.0, val_loss=3.1),
+                         ev("gpu", 30, index=0),
+                         ev("run", 100, resumed_from=10), ev("state", 100, state="preparing"),
+                         ev("state", 104, state="running"), step(110, 20, 2.5), ev("state", 111, state="done")],
+                        (6 - 1) + (111 - 104)),
+    "died while preparing again": ([ev("state", 0, state="running"), step(3, 10, 3.0),
+                                    ev("state", 50, state="preparing"), ev("state", 52, state="running"),
+                                    step(54, 20, 2.0), ev("state", 55, state="done")], 3 + 3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLOCK_CASES))
+def test_compare_and_the_cockpit_count_the_same_active_time(case, tmp_path):
+    from gpt2_cockpit.engine.runs.events import EventWriter
+    from gpt2_cockpit.tui.feed import LogReader
+    from gpt2_cockpit.tui.model import RunModel
+
+    events, expected = CLOCK_CASES[case]
+    assert metrics.wall_seconds(events) == expected
+    spans = metrics.running_spans(events)
+    assert sum(b - a for a, b in spans) == pytest.approx(expected)
+    slow = RunModel("r")
+    slow.ingest(events)
+    assert slow.clock.seconds() == pytest.approx(expected)
+    log = tmp_path / "events.jsonl"  # the cockpit's fast reader: raw step lines, GPU lines skipped
+    w = EventWriter(log)
+    for e in events:
+        w.emit(e["type"], **{k: v for k, v in e.items() if k not in ("type", "time")})
+    w.close()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    for line, e in zip(lines, events):
+        line["time"] = e["time"]
+    log.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
+    fast = RunModel("r")
+    fast.ingest(LogReader(log).poll())
+    assert fast.clock == slow.clock
+    steps = [e for e in events if e["type"] == "step"]
+    assert slow.steps.elapsed == pytest.approx([r.elapsed for r in metrics.history(events).steps])
+    assert len(slow.steps.elapsed) == len(steps)
+
+
+def test_the_clock_runs_to_now_while_the_run_is_live():
+    clock = metrics.ActiveClock()
+    for e in (ev("state", 0, state="running"), step(5, 10, 3.0), ev("gpu", 9, index=0)):
+        clock.feed(e)
+    assert clock.seconds() == 5 and clock.seconds(now=T0 + 12) == 12 and clock.at(T0 + 7) == 7
+    assert clock.all_spans() == [(T0, T0 + 5)] and clock.all_spans(now=T0 + 12) == [(T0, T0 + 12)]
+    clock.feed(ev("state", 20, state="paused"))
+    assert clock.seconds(now=T0 + 30) == 20 and clock.spans == [(T0, T0 + 20)] and clock.since is None
+
+
+def test_ema_and_tokens_at_are_the_cockpits_too():
+    """One smoothing and one tokens rule for `compare`/`plot` and the cockpit (issue #19)."""
+    from gpt2_cockpit.tui.series import StepSeries
+
+    values = [3.0, 2.5, 2.7, 2.2, 2.4, 2.0]
+    assert metrics.ema(values, 0.8, [1] * 6) == pytest.approx(metrics.ema(values, 0.8))
+    # a bucket of two steps decays as two steps: the same as the two steps' mean fed twice
+    assert metrics.ema([3.0, 2.0], 0.8, [1, 2])[-1] == pytest.approx(metrics.ema([3.0, 2.0, 2.0], 0.8)[-1])
+    assert metrics.tokens_at([], [], 5) is None
+    assert metrics.tokens_at([10, 20], [1000, 2000], 15) == 1500
+    assert metrics.tokens_at([10, 20], [1000, 2000], 5) == 500  # from 0 at iteration 0
+    assert metrics.tokens_at([10, 20], [1000, 3000], 30) == 5000  # past the end: the last pace
+    s = StepSeries()
+    for it, tokens in ((10, 1000), (20, 3000)):
+        s.append({"iter": it, "loss": 2.0, "tokens": tokens, "time": 1.0 * it})
+    assert [s.tokens_at(it) for it in (5, 15, 30)] == [metrics.tokens_at([10, 20], [1000, 3000], it)
+                                                       for it in (5, 15, 30)]

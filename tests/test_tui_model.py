@@ -11,7 +11,7 @@ from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_mem, fmt_mf
 from gpt2_cockpit.engine.runs.events import EventWriter, read_all
 from gpt2_cockpit.engine.runs.metrics import ema
 from gpt2_cockpit.tui.feed import GPU_LINES_KEPT, EventsArrived, LogReader, StepLines, replay
-from gpt2_cockpit.tui.model import GPU_HISTORY, RunModel, downsample, ema_weighted, sparkline
+from gpt2_cockpit.tui.model import GPU_HISTORY, RunModel, downsample, sparkline
 from gpt2_cockpit.tui.plot import log_ticks, nice_ticks
 from gpt2_cockpit.tui.series import StepSeries
 
@@ -188,8 +188,8 @@ def test_smoothing_does_not_drag_the_first_points_toward_zero():
 
     for weight in (0.6, 0.9, 0.99):
         assert ema([4.0] * 50, weight) == pytest.approx([4.0] * 50)
-        assert ema_weighted([4.0] * 50, [1] * 50, weight) == pytest.approx([4.0] * 50)
-        assert ema_weighted([4.0] * 50, [64] * 50, weight) == pytest.approx([4.0] * 50)  # wide buckets too
+        assert ema([4.0] * 50, weight, [1] * 50) == pytest.approx([4.0] * 50)
+        assert ema([4.0] * 50, weight, [64] * 50) == pytest.approx([4.0] * 50)  # wide buckets too
     m = RunModel("r")
     m.ingest([step(i * 10, loss=4.0 - i * 0.01) for i in range(1, 200)])
     pane = LossPane(m)
@@ -200,7 +200,7 @@ def test_smoothing_does_not_drag_the_first_points_toward_zero():
 
 def test_ema_over_buckets_matches_ema_over_steps_for_single_step_buckets():
     values = [3.0, 2.5, 2.7, 2.2, 2.4, 2.0]
-    assert ema_weighted(values, [1] * 6, 0.8) == pytest.approx(ema(values, 0.8))
+    assert ema(values, 0.8, [1] * 6) == pytest.approx(ema(values, 0.8))
 
 
 def test_bounded_series_keeps_spikes_and_bounded_memory():
@@ -307,7 +307,7 @@ def test_the_fast_reader_folds_a_log_exactly_as_decoding_every_event(tmp_path, c
         if max_buckets == 8192:
             assert fast.iters == list(range(1, 3001)) and fast.losses[1499] is None  # the NaN step
         for attr in ("evals", "anomalies", "settings", "micro_batch", "grad_accum", "state", "last_step",
-                     "max_iters", "world_size", "_active_seconds", "_active_since"):
+                     "max_iters", "world_size", "clock"):
             assert getattr(fast, attr) == getattr(slow, attr), attr
         assert list(fast.step_ms) == list(slow.step_ms)
         assert fast.gpus == slow.gpus and list(fast.gpu_util[1]) == list(slow.gpu_util[1])

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_float, fmt_lr, fmt_mfu
 from gpt2_cockpit.engine.runs.events import FINAL_STATES
+from gpt2_cockpit.engine.runs.metrics import BACKGROUND_EVENTS, ActiveClock
 from gpt2_cockpit.engine.runs.rundir import effective_state
 
 from .series import StepSeries
@@ -31,7 +32,6 @@ MAX_LOG = 1000
 REPLAY_LOG = 200  # log entries of the replayed history shown on attach (writing 1000 costs ~0.3 s)
 MAX_EVALS = 4096  # more and every other one goes (the newest always stays)
 MAX_ANOMALIES = 1000
-ACTIVE_STATES = ("running", "stopping")  # the run is doing its work (wall time counts, as in `compare`)
 ORDERED = ("run", "state", "oom", "set")  # events whose place among the steps matters (see ingest)
 
 
@@ -54,21 +54,6 @@ def sparkline(values: Iterable[Any], lo: float = 0.0, hi: float = 100.0) -> str:
 
 
 # --------------------------------------------------------------------------- series maths
-
-
-def ema_weighted(values: list[float], counts: list[int], weight: float) -> list[float]:
-    """`engine.runs.metrics.ema` over bucket means: a bucket of n steps decays the average as n steps would
-    (weight ** n), so the curve reads the same however many steps a bucket holds. With one step
-    per bucket it is exactly `ema`, start-up bias correction included."""
-    if weight <= 0 or not values:
-        return list(values)
-    out, acc, norm = [], 0.0, 0.0
-    for v, n in zip(values, counts):
-        w = weight if n == 1 else weight ** n
-        acc = acc * w + (1 - w) * v
-        norm = norm * w + (1 - w)
-        out.append(acc / norm)
-    return out
 
 
 def downsample(xs: list[float], ys: list[float], max_points: int) -> tuple[list[float], list[float]]:
@@ -235,10 +220,7 @@ class RunModel:
         self.prepare: dict[str, Any] | None = None  # the newest `prepare` progress (shown while preparing)
         self.run_time: float | None = None  # when the newest `run` event (this process's start) was logged
         self.resumed_from: int | None = None  # the checkpoint's iteration this process restarted from
-        # active time (as `gpt2-cockpit compare` counts it): closed spans plus the open one
-        self._active_seconds = 0.0
-        self._active_since: float | None = None
-        self._seen_state = False
+        self.clock = ActiveClock()  # active wall time, the rule `gpt2-cockpit compare` counts by
 
     def blank(self) -> "RunModel":
         """A new model as this one was before any event (a replay builds one off the UI thread)."""
@@ -293,9 +275,10 @@ class RunModel:
             t = e.get("time")
             # the run's own last word (GPU readings come from its heartbeat thread, and the fast
             # reader does not even decode them: they must not move it, or the two paths differ)
-            if kind not in ("gpu", "prepare") and isinstance(t, (int, float)) \
-                    and (self.last_event_time is None or t > self.last_event_time):
-                self.last_event_time = t
+            if kind not in BACKGROUND_EVENTS and isinstance(t, (int, float)):
+                self.clock.saw(t)
+                if self.last_event_time is None or t > self.last_event_time:
+                    self.last_event_time = t
         if pending:
             self._on_step_lines(pending, losses, ch)
         return ch
@@ -304,8 +287,7 @@ class RunModel:
         ch.log.append(LogEntry(e.get("time") or time.time(), e.get("type", "?"), text, severity))
 
     def _on_run(self, e: dict, ch: Changes) -> None:
-        if self._active_since is not None:  # a new process: the last one died without saying so
-            self._close_active(self.last_event_time)
+        self.clock.feed(e)  # a new process: an open span of the last one ends at its last event
         self.preset = e.get("preset") or self.preset
         self.engine = e.get("engine") or self.engine
         self.device = e.get("device") or self.device
@@ -328,13 +310,7 @@ class RunModel:
     def _on_state(self, e: dict, ch: Changes) -> None:
         self.state = e.get("state") or self.state
         self.reason = e.get("reason") or ""
-        self._seen_state = True
-        t = e.get("time") if isinstance(e.get("time"), (int, float)) else None
-        if self.state in ACTIVE_STATES:
-            if self._active_since is None:
-                self._active_since = t
-        elif self._active_since is not None:
-            self._close_active(self.last_event_time if self.state == "preparing" else t)
+        self.clock.feed(e)
         severity = "error" if self.state == "failed" else "warn" if self.state in ("paused", "stopping") else "info"
         self._log(ch, e, f"state: {self.state}" + (f" ({self.reason})" if self.reason else ""), severity)
         ch.status = ch.state = True
@@ -377,19 +353,8 @@ class RunModel:
             self.step_ms.append(float(e["ms"]))
 
     def elapsed_at(self, t: float | None) -> float | None:
-        """Active seconds at Unix time `t`: closed spans plus the open one (a log with no state
-        events at all counts from its first step)."""
-        if t is None:
-            return None
-        if self._active_since is None and not self._seen_state and not self.steps.iters:
-            self._active_since = t
-        open_span = t - self._active_since if self._active_since is not None else 0.0
-        return self._active_seconds + max(open_span, 0.0)
-
-    def _close_active(self, end: float | None) -> None:
-        if self._active_since is not None and end is not None:
-            self._active_seconds += max(end - self._active_since, 0.0)
-        self._active_since = None
+        """Active seconds when the step logged at Unix time `t` was taken (metrics.ActiveClock)."""
+        return self.clock.step(t) if t is not None else None
 
     def _on_eval(self, e: dict, ch: Changes) -> None:
         it = e.get("iter")

@@ -25,6 +25,8 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from gpt2_cockpit.engine.runs.metrics import tokens_at
+
 MAX_BUCKETS = 4096  # full: pairs merge, so between 2048 and 4096 buckets cover the whole run
 
 
@@ -254,20 +256,9 @@ class StepSeries:
         return k
 
     def tokens_at(self, it: float) -> float:
-        """Tokens seen by iteration `it`, interpolated between buckets (evals carry no token count)."""
-        iters, tokens = self.iters, self.tokens
-        if not iters:
-            return 0.0
-        i = bisect_left(iters, it)
-        if i < len(iters) and iters[i] == it:
-            return tokens[i]
-        if i == 0:  # before the first step: scale down from it
-            return tokens[0] * it / iters[0] if iters[0] else 0.0
-        if i == len(iters):  # after the last step: extend at the last rate
-            per_iter = tokens[-1] / iters[-1] if iters[-1] else 0.0
-            return tokens[-1] + per_iter * (it - iters[-1])
-        x0, x1, y0, y1 = iters[i - 1], iters[i], tokens[i - 1], tokens[i]
-        return y0 + (y1 - y0) * (it - x0) / (x1 - x0)
+        """Tokens seen by iteration `it`, interpolated between buckets (metrics.tokens_at's rule)."""
+        at = tokens_at(self.iters, self.tokens, it)
+        return at if at is not None else 0.0
 
 
 def _min(a: float | None, b: float | None) -> float | None:

@@ -22,7 +22,7 @@ import statistics
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .. import config as cfgmod
 from ..errors import UserError
@@ -114,39 +114,97 @@ HELLASWAG_FIELDS = tuple(f.name for f in dataclasses.fields(HellaSwagRow))
 # --------------------------------------------------------------------------- wall time
 
 
-def running_spans(events: Iterable[dict[str, Any]], now: float | None = None) -> list[tuple[float, float]]:
-    """The (start, end) Unix times during which the run was active, in log order.
+BACKGROUND_EVENTS = ("gpu", "prepare")  # logged beside the training, by threads that can outlive it
+
+
+@dataclass
+class ActiveClock:
+    """The run's active wall time, fed its events in log order: the one rule behind `compare`,
+    `metrics`, `plot` and the cockpit (which feeds it as it reads, never holding the log).
 
     A span opens at a `state` event in ACTIVE_STATES and closes at the next state event that is
-    not. A resumed run's log holds one `run` event per process; when a new process starts
-    (its `preparing` state or its `run` event) while a span is still open, the previous process
-    died without saying so and its span ends at the last event it logged. A span still open at
-    the end of the log ends at `now` when given (a live run), else at the last event.
+    not. A resumed run's log holds one `run` event per process; when a new process starts (its
+    `run` event or its `preparing` state) while a span is still open, the previous process died
+    without saying so and its span ends at the last event it logged. GPU readings and preparation
+    progress (BACKGROUND_EVENTS) come from threads beside the training loop, which can go on
+    logging after the loop died, so they are not the run's last word (and the cockpit's fast
+    reader does not decode most of them). A log with no state events at all counts from its first
+    step. A span still open ends at `now` when given (a live run), else at the last event.
     """
-    spans: list[tuple[float, float]] = []
-    start: float | None = None
-    last: float | None = None
-    for e in events:
-        t = _finite(e.get("time"))
-        if t is None:
-            continue
+
+    spans: list[tuple[float, float]] = field(default_factory=list)  # closed (start, end), in log order
+    closed: float = 0.0  # their sum, in seconds
+    since: float | None = None  # the open span's start
+    last: float | None = None  # the newest event's time, BACKGROUND_EVENTS left out
+    seen_state: bool = False
+    seen_step: bool = False
+
+    def feed(self, e: dict[str, Any]) -> None:
+        """One event of the log."""
         kind = e.get("type")
-        new_process = kind == "run" or (kind == "state" and e.get("state") == "preparing")
-        if start is not None and new_process:
-            spans.append((start, max(start, last if last is not None else start)))
-            start = None
+        t = _finite(e.get("time"))
+        if t is None or kind in BACKGROUND_EVENTS:
+            return
         if kind == "state":
-            if e.get("state") in ACTIVE_STATES:
-                if start is None:
-                    start = t
-            elif start is not None:
-                spans.append((start, max(start, t)))
-                start = None
-        last = t
-    if start is not None:
-        end = now if now is not None else last
-        spans.append((start, max(start, end if end is not None else start)))
-    return spans
+            self.state(e.get("state"), t)
+        elif kind == "run":
+            self._close(self.last)  # a new process: the last one died without saying so
+        elif kind == "step":
+            self.step(t)
+        self.saw(t)
+
+    def state(self, state: Any, t: float) -> None:
+        self.seen_state = True
+        if state in ACTIVE_STATES:
+            if self.since is None:
+                self.since = t
+        elif self.since is not None:
+            self._close(self.last if state == "preparing" else t)  # preparing: a new process
+        self.saw(t)
+
+    def step(self, t: float) -> float:
+        """A step logged at t; the active seconds then."""
+        if not self.seen_state and not self.seen_step and self.since is None:
+            self.since = t  # a log without state events counts from its first step
+        self.seen_step = True
+        self.saw(t)
+        return self.at(t)
+
+    def saw(self, t: float) -> None:
+        """Any other event of the run's own at time t (it may be the last one a process logs)."""
+        if self.last is None or t > self.last:
+            self.last = t
+
+    def at(self, t: float) -> float:
+        """Active seconds at Unix time t, for t at or after the events fed so far."""
+        return self.closed + (max(t - self.since, 0.0) if self.since is not None else 0.0)
+
+    def seconds(self, now: float | None = None) -> float:
+        """Active seconds in all: the open span runs to `now` when given, else to the last event."""
+        end = now if now is not None else self.last
+        return self.at(end) if end is not None else self.closed
+
+    def all_spans(self, now: float | None = None) -> list[tuple[float, float]]:
+        """The closed spans and the open one (to `now`, else the last event)."""
+        if self.since is None:
+            return list(self.spans)
+        end = now if now is not None else self.last
+        return self.spans + [(self.since, max(self.since, end if end is not None else self.since))]
+
+    def _close(self, end: float | None) -> None:
+        if self.since is not None:
+            end = max(self.since, end if end is not None else self.since)
+            self.spans.append((self.since, end))
+            self.closed += end - self.since
+        self.since = None
+
+
+def running_spans(events: Iterable[dict[str, Any]], now: float | None = None) -> list[tuple[float, float]]:
+    """The (start, end) Unix times during which the run was active, in log order (ActiveClock)."""
+    clock = ActiveClock()
+    for e in events:
+        clock.feed(e)
+    return clock.all_spans(now)
 
 
 def wall_seconds(events: Iterable[dict[str, Any]], now: float | None = None) -> float:
@@ -236,25 +294,35 @@ def history(events: Iterable[dict[str, Any]], now: float | None = None) -> Histo
             ref, ref_acc = e.get("reference"), _finite(e.get("reference_acc_norm"))
             if isinstance(ref, str) and ref_acc is not None:
                 h.reference = (ref, ref_acc)
+    counted = [s for s in h.steps if s.tokens is not None]
+    iters, tokens = [s.iter for s in counted], [s.tokens for s in counted]
     for row in h.evals + h.hellaswag:
-        row.tokens = tokens_at(h.steps, row.iter)
+        at = tokens_at(iters, tokens, row.iter)
+        row.tokens = round(at) if at is not None else None
     return h
 
 
-def tokens_at(steps: list[StepRow], it: int) -> int | None:
-    """Tokens trained by iteration `it`, interpolated linearly between step rows (0 at iter 0)."""
-    points = [(0, 0)] + [(s.iter, s.tokens) for s in steps if s.tokens is not None]
-    if len(points) == 1:
+def tokens_at(iters: Sequence[float], tokens: Sequence[float], it: float) -> float | None:
+    """Tokens trained by iteration `it`, from (iteration, cumulative tokens) points in iteration
+    order: interpolated linearly between them, from 0 tokens at iteration 0 before the first, and
+    past the last at the pace of the last two. None without points. Evals carry no token count:
+    `compare`, `metrics` and the cockpit's tokens axis place them by this."""
+    n = len(iters)
+    if n == 0:
         return None
-    iters = [p[0] for p in points]
     i = bisect_left(iters, it)
-    if i < len(points) and iters[i] == it:
-        return points[i][1]
-    if i == len(points):  # past the last step row: extrapolate at the last pace
-        (i0, t0), (i1, t1) = points[-2], points[-1]
+    if i < n and iters[i] == it:
+        return tokens[i]
+    if i == 0:
+        x0, y0, x1, y1 = 0, 0, iters[0], tokens[0]
+    elif i == n:
+        x0, y0 = (iters[-2], tokens[-2]) if n > 1 else (0, 0)
+        x1, y1 = iters[-1], tokens[-1]
     else:
-        (i0, t0), (i1, t1) = points[i - 1], points[i]
-    return round(t0 + (t1 - t0) * (it - i0) / (i1 - i0))
+        x0, y0, x1, y1 = iters[i - 1], tokens[i - 1], iters[i], tokens[i]
+    if x1 == x0:
+        return y1
+    return y0 + (y1 - y0) * (it - x0) / (x1 - x0)
 
 
 # --------------------------------------------------------------------------- config changes
@@ -514,15 +582,20 @@ def config_diff(configs: Mapping[str, Mapping[str, Any]],
 # --------------------------------------------------------------------------- series maths
 
 
-def ema(values: list[float], weight: float) -> list[float]:
+def ema(values: list[float], weight: float, counts: list[int] | None = None) -> list[float]:
     """Exponential moving average with start-up bias correction (TensorBoard's smoothing).
 
     weight 0 returns the values as they are; 0.9 averages over roughly the last ten points.
+    counts: how many steps each value is the mean of (the cockpit's buckets): a bucket of n steps
+    decays the average as n steps would (weight ** n), so the curve reads the same however many
+    steps a bucket holds; without counts every value is one step.
     """
     if weight <= 0 or not values:
         return list(values)
-    out, acc = [], 0.0
-    for n, v in enumerate(values, 1):
-        acc = acc * weight + (1 - weight) * v
-        out.append(acc / (1 - weight**n))
+    out, acc, norm = [], 0.0, 0.0
+    for k, v in enumerate(values):
+        w = weight if counts is None or counts[k] == 1 else weight ** counts[k]
+        acc = acc * w + (1 - w) * v
+        norm = norm * w + (1 - w)  # 1 - weight ** steps so far: the start-up bias correction
+        out.append(acc / norm)
     return out

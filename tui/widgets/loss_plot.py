@@ -38,8 +38,9 @@ from textual.timer import Timer
 from textual.widgets import Static
 
 from gpt2_cockpit.engine.fmt import fmt_count, fmt_float, fmt_lr
+from gpt2_cockpit.engine.runs.metrics import ema
 
-from ..model import RunModel, downsample, ema_weighted
+from ..model import RunModel, downsample
 from ..plot import Figure, PlotCanvas, Series, nice_ticks
 
 SMOOTHING_STEPS = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -105,7 +106,7 @@ def smoothed(model: RunModel, smoothing: float) -> list[float | None]:
     s = model.steps
     means = s.means()
     keep = [k for k, v in enumerate(means) if v is not None]
-    ys = ema_weighted([means[k] for k in keep], [s.finite[k] for k in keep], smoothing)
+    ys = ema([means[k] for k in keep], smoothing, [s.finite[k] for k in keep])
     out: list[float | None] = [None] * len(means)
     for k, y in zip(keep, ys):
         out[k] = y
