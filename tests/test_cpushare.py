@@ -76,13 +76,14 @@ def test_a_core_another_program_keeps_busy_is_left_to_it_from_the_first_look(tmp
     box, said = FakeBox(2), []
     box.load["hog"] = 1.0  # e.g. python -c 'while True: pass', no run of ours
     share = share_on(box, tmp_path, said)
+    assert (tmp_path / str(os.getpid())).read_text() == "idle"  # a run from its start, not training yet
     box.advance(0.1)  # (the run loads its data and model meanwhile)
     share.apply()  # the first look (made before the first eval) waits out FIRST_LOOK_SECONDS
     assert box.now == 1000.0 + cpushare.FIRST_LOOK_SECONDS
     assert share.threads == 1 and torch.get_num_threads() == 1
     assert said == ["CPU: 1 of 2 cores (1 run training on the CPU of this machine; "
-                    "other programs keep 1 of 2 cores busy)"]
-    assert (tmp_path / str(os.getpid())).exists()
+                    "other processes keep 1 of 2 cores busy)"]
+    assert (tmp_path / str(os.getpid())).read_text() == "training"
 
     # the run trains on its core; the program goes on: nothing changes, nothing more is said
     box.load[os.getpid()] = 1.0
@@ -102,10 +103,10 @@ def test_a_core_another_program_keeps_busy_is_left_to_it_from_the_first_look(tmp
     assert not (tmp_path / str(os.getpid())).exists()
 
 
-def test_only_other_programs_count_as_busy_not_this_run_nor_the_other_runs(tmp_path, threads, other_run):
+def test_only_other_processes_count_as_busy_not_this_run_nor_the_other_runs(tmp_path, threads, other_run):
     box, said = FakeBox(8), []
-    (tmp_path / str(other_run.pid)).touch()  # another run, alive
-    (tmp_path / "999999999").touch()  # a run that died without cleaning up
+    (tmp_path / str(other_run.pid)).touch()  # another run, alive (an empty entry: an older version's)
+    (tmp_path / "999999999").write_text("training")  # a run that died without cleaning up
     me = os.getpid()
     box.load.update({me: 4.0, other_run.pid: 3.6, "hog": 0.3})  # the runs' own time is theirs, not busy
     share = share_on(box, tmp_path, said)
@@ -113,12 +114,12 @@ def test_only_other_programs_count_as_busy_not_this_run_nor_the_other_runs(tmp_p
     assert share.threads == 4 and share.share.busy == 0
     assert said == ["CPU: 4 of 8 cores (2 runs training on the CPU of this machine)"]
     assert not (tmp_path / "999999999").exists()
-    box.load.update({me: 3.0, other_run.pid: 2.0, "hog": 2.5})  # other programs: 2.5 cores, counted as 3
+    box.load.update({me: 3.0, other_run.pid: 2.0, "hog": 2.5})  # other processes: 2.5 cores, counted as 3
     box.advance(cpushare.RECHECK_SECONDS)
     share.apply()
     assert share.share.busy == 3 and share.threads == 2
     assert said[-1] == ("CPU: 2 of 8 cores (2 runs training on the CPU of this machine; "
-                        "other programs keep 3 of 8 cores busy)")
+                        "other processes keep 3 of 8 cores busy)")
     share.close()
 
 
@@ -140,18 +141,47 @@ def test_never_more_threads_than_torch_would_take(tmp_path, threads):
 
 def test_a_paused_run_takes_no_share_and_takes_it_back_when_it_trains(tmp_path, threads, other_run):
     box, said = FakeBox(2), []
-    (tmp_path / str(other_run.pid)).touch()
+    (tmp_path / str(other_run.pid)).write_text("training")
     share = share_on(box, tmp_path, said)
     share.apply()
     assert share.threads == 1 and said[-1].startswith("CPU: 1 of 2 cores (2 runs")
     share.idle()  # paused: the other run counts it out at its next look
+    assert (tmp_path / str(os.getpid())).read_text() == "idle"
+    assert share.runs() == {other_run.pid: True, os.getpid(): False}
+    box.load["hog"] = 9.0  # meanwhile: e.g. the commands that paused it, sampled from it, resumed it
+    box.advance(cpushare.RECHECK_SECONDS)
+    del box.load["hog"]
+    share.apply()  # resumed: counted in again at once, on the share it had
+    assert (tmp_path / str(os.getpid())).read_text() == "training"
+    assert share.threads == 1 and len(said) == 1
+    (tmp_path / str(other_run.pid)).write_text("idle")  # now the other one is paused
+    box.load[os.getpid()] = 1.0
+    box.advance(cpushare.RECHECK_SECONDS)
+    share.apply()  # measured from the resume on: the busy pause is not held against it
+    assert share.share.runs == 1 and share.share.busy == 0 and share.threads == 2
+    share.close()
     assert not (tmp_path / str(os.getpid())).exists()
-    assert share.runs() == [other_run.pid]
-    box.load["hog"] = 1.0
-    box.advance(1.0)
-    share.apply()  # resumed: counted in again, and looked at once (not RECHECK_SECONDS after the last look)
-    assert (tmp_path / str(os.getpid())).exists()
-    assert share.share.runs == 2 and share.share.busy == 1 and share.threads == 1
+
+
+def test_a_run_that_is_not_training_counts_as_any_other_process(tmp_path, threads, other_run):
+    """Another run that starts (or is paused) takes no share, but its CPU time is load like any
+    other; once it trains, its time is its own (followed since it started)."""
+    box, said = FakeBox(4), []
+    entry = tmp_path / str(other_run.pid)
+    entry.write_text("idle")  # it imports torch and reads its data
+    me = os.getpid()
+    box.load.update({other_run.pid: 1.0})
+    share = share_on(box, tmp_path, said)
+    share.apply()
+    assert (share.share.runs, share.share.busy, share.threads) == (1, 1, 3)
+    assert said[-1] == ("CPU: 3 of 4 cores (1 run training on the CPU of this machine; "
+                        "other processes keep 1 of 4 cores busy)")
+    entry.write_text("training")  # its first eval: it takes its share, and so does this run
+    box.load.update({me: 2.0, other_run.pid: 2.0})
+    box.advance(cpushare.RECHECK_SECONDS)
+    share.apply()
+    assert (share.share.runs, share.share.busy, share.threads) == (2, 0, 2)
+    assert said[-1] == "CPU: 2 of 4 cores (2 runs training on the CPU of this machine)"
     share.close()
 
 
@@ -186,8 +216,8 @@ def test_proc_stat_reads_the_cores_of_this_process_and_a_process_time(tmp_path):
         "cpu1 200 0 50 300 5 0 0 0 0 0\n"
         "intr 12345\n")
     (tmp_path / "42").mkdir()
-    # comm may hold spaces and parentheses; utime and stime are fields 14 and 15
-    (tmp_path / "42" / "stat").write_text("42 (a (b) c) R 1 1 1 0 -1 0 0 0 0 0 70 30 0 0 20 0 1 0 100\n")
+    # comm may hold spaces and parentheses; utime, stime, cutime and cstime are fields 14 to 17
+    (tmp_path / "42" / "stat").write_text("42 (a (b) c) R 1 1 1 0 -1 0 0 0 0 0 50 30 15 5 20 0 1 0 100\n")
     proc = ProcStat(root=str(tmp_path))
     assert proc.cpu_ticks({1}) == (250, 555)
     assert proc.cpu_ticks({0, 1}) == (400, 910)

@@ -1,22 +1,26 @@
 """A fair share of the CPU cores for every run (and every torchrun rank) that trains on them.
 
 PyTorch gives each process one intra-op thread per core, and OpenMP threads spin while they wait
-for each other at every parallel region: a thread that spins on a core another program needs
-makes both wait, and a thread that waits for a core another program holds makes every other
+for each other at every parallel region: a thread that spins on a core another process needs
+makes both wait, and a thread that waits for a core another process holds makes every other
 thread of the run wait with it. On a 2-core box two cpu-tiny runs went from 25 ms/iter alone to
 ~2,450 ms/iter together, and one run beside one unrelated CPU-bound program from 35 to ~1,500
-ms/iter. With as many threads as there are cores left to it, a run shares the box instead of
-fighting over it.
+ms/iter (its first eval from 0.4 s to 12 s). With as many threads as there are cores left to it,
+a run shares the box instead of fighting over it (tests/benchmarks/shared_cpu.py, busy_cpu.py).
 
-So a run counts two things. The runs that train on the CPU register in a folder every process
-of this user can see (one file per pid, removed on exit or while the run is paused; a dead pid's
-file is ignored and cleaned up), whatever their GPT2_COCKPIT_HOME. And the cores other programs
-keep busy: the CPU time the kernel counted on this process's cores (/proc/stat) over the last
-few seconds, less this run's own and the other runs' (/proc/PID/stat), rounded to whole cores.
-The cores those programs leave are shared equally between the runs that train, at least one
-thread each. The first look comes before the run's first eval (over FIRST_LOOK_SECONDS); then
-the run looks again every RECHECK_SECONDS, changes its thread count when its share changed and
-says so. No torch at import time.
+So a run counts two things. The CPU runs on this box register in a folder every process of this
+user can see, whatever their GPT2_COCKPIT_HOME: one file per pid, written when the run process
+starts and saying whether it trains (from its first step or eval on; not while it is paused or
+waits for data), removed on exit; a dead pid's file is ignored and cleaned up. And the cores
+other processes keep busy: the CPU time the kernel counted on this process's cores (/proc/stat)
+since the last look, less the time of this run and of the runs that train (/proc/PID/stat, with
+the children they have waited for), a core counting from BUSY_FROM of it. The cores those
+processes leave are shared equally between the runs that train, at least one thread each. The
+first look comes before the run's first eval (its window opens when the run process starts,
+before torch loads); then the run looks again every RECHECK_SECONDS, changes its thread count
+when its share changed and says why. OMP_WAIT_POLICY=PASSIVE (threads that sleep at once instead
+of spinning) was measured and left out: ~30% slower per step on an idle 2-core box. No torch at
+import time.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from typing import Callable
 from ..runs.rundir import pid_alive
 
 RECHECK_SECONDS = 5.0
-FIRST_LOOK_SECONDS = 0.25  # the first look measures the other programs over at least this long
-# other programs' load (in cores) that counts as one core kept busy: a core they hold half the
+FIRST_LOOK_SECONDS = 0.25  # the first look measures the other processes over at least this long
+# other processes' load (in cores) that counts as one core kept busy: a core they hold half the
 # time already costs a run that spreads over it far more than leaving it to them
 BUSY_FROM = 0.4
+TRAINING, IDLE = "training", "idle"  # what a run's entry in the registry says
 
 
 def registry() -> Path:
@@ -81,11 +86,12 @@ class ProcStat:
         return (busy, total) if total else None
 
     def process_ticks(self, pid: int) -> int | None:
-        """User + system ticks of a process (all its threads) since it started; None if it is gone."""
+        """User + system ticks of a process (all its threads) and of the children it has waited
+        for (a run's data preparation workers) since it started; None if it is gone."""
         try:
             with open(f"{self.root}/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+            return sum(int(x) for x in fields[11:15])  # utime stime cutime cstime (fields 14-17 of stat)
         except (OSError, ValueError, IndexError):
             return None
 
@@ -95,7 +101,7 @@ class Reading:
     time: float
     busy: int  # ticks on our CPUs since boot
     total: int
-    runs: dict[int, int]  # ticks of each process training on the CPU (this one included)
+    runs: dict[int, int]  # ticks of each CPU run's process (this one included)
 
 
 @dataclass
@@ -105,24 +111,22 @@ class Share:
     threads: int
     cores: int
     runs: int  # runs training on the CPU, this one included
-    busy: int  # cores other programs keep busy
+    busy: int  # cores other processes keep busy
     load: float  # their load, in cores
 
     def describe(self) -> str:
         why = f"{self.runs} run{'s' if self.runs > 1 else ''} training on the CPU of this machine"
         if self.busy:
-            if self.busy == 1:
-                why += f"; other programs keep 1 of {self.cores} cores busy"
-            else:
-                why += f"; other programs keep {self.busy} of {self.cores} cores busy"
+            why += f"; other processes keep {self.busy} of {self.cores} cores busy"
         return f"CPU: {self.threads} of {self.cores} cores ({why})"
 
 
 class CpuShare:
-    """This process as a CPU run: `apply()` registers it and sets torch's threads to its fair share.
+    """This process as a CPU run: `apply()` sets torch's threads to its fair share.
 
-    Made when the run process starts (its first reading is the start of the first look's
-    window); registered from its first `apply()`, before the first eval."""
+    Made when the run process starts: it registers then as a run that does not train yet (the
+    other runs follow its CPU time from then on), and its first reading starts the first look's
+    window. It trains, and takes its share, from its first `apply()`, before the first eval."""
 
     def __init__(self, say: Callable[[str], None] = lambda message: None, folder: Path | None = None,
                  proc: ProcStat | None = None, clock: Callable[[], float] = time.monotonic,
@@ -130,7 +134,7 @@ class CpuShare:
         self.folder = folder or registry()
         self.pid = os.getpid()
         self.entry = self.folder / str(self.pid)
-        self.training = False  # registered, taking its share (not before the first apply, nor while paused)
+        self.training = False  # taking its share (not before the first apply, nor while paused)
         self.say = say
         self.proc = proc or ProcStat()
         self.clock, self.sleep = clock, sleep
@@ -138,65 +142,85 @@ class CpuShare:
         self.threads: int | None = None  # what we set; None: torch's default, untouched
         self.share: Share | None = None  # the last look's finding
         self._checked: float | None = None  # when we last looked (None: not since a pause, or ever)
+        self._register(IDLE)
         self._last = self._read(self.proc.cpus(), self.runs())
+
+    def _register(self, state: str) -> None:
+        """This run's entry, whole or not at all (written aside, then renamed)."""
+        try:
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            aside = self.folder / f".{self.pid}"
+            aside.write_text(state)
+            os.replace(aside, self.entry)
+        except OSError:
+            pass  # no registry: the other runs count this one as any other program
 
     # ---------------------------------------------------------------- what the box is doing
 
-    def runs(self) -> list[int]:
-        """Pids of the CPU runs training on this box now, this one included (while it trains)."""
-        pids = []
+    def runs(self) -> dict[int, bool]:
+        """The CPU runs on this box now (pid -> whether it trains), this one included."""
+        runs = {}
         for entry in self.folder.iterdir() if self.folder.is_dir() else ():
-            if not entry.name.isdigit():
+            if not entry.name.isdigit() or int(entry.name) == self.pid:
                 continue
             pid = int(entry.name)
-            if pid == self.pid:
-                continue
-            if pid_alive(pid):
-                pids.append(pid)
-            else:
+            if not pid_alive(pid):
                 entry.unlink(missing_ok=True)  # a run that died without cleaning up
-        return pids + [self.pid] if self.training else pids
+                continue
+            try:
+                runs[pid] = entry.read_text() != IDLE  # (an empty entry: a run of an older version, training)
+            except OSError:
+                pass  # gone meanwhile
+        runs[self.pid] = self.training
+        return runs
 
-    def _read(self, cpus: set[int], pids: list[int]) -> Reading | None:
+    def _read(self, cpus: set[int], runs: dict[int, bool]) -> Reading | None:
         ticks = self.proc.cpu_ticks(cpus)
         if ticks is None:
             return None
-        runs = {pid: t for pid in {*pids, self.pid} if (t := self.proc.process_ticks(pid)) is not None}
-        return Reading(self.clock(), ticks[0], ticks[1], runs)
+        times = {pid: t for pid in runs if (t := self.proc.process_ticks(pid)) is not None}
+        return Reading(self.clock(), ticks[0], ticks[1], times)
 
     def look(self) -> Share:
-        """Measure since the last look: the runs that train, and the cores other programs keep busy."""
-        cpus, pids = self.proc.cpus(), self.runs()
+        """Measure since the last look: the runs that train, and the cores other processes keep busy
+        (a run that starts, is paused or waits for data counts as any other process)."""
+        cpus, runs = self.proc.cpus(), self.runs()
         n = len(cpus) or cores()
-        now = self._read(cpus, pids)
+        now = self._read(cpus, runs)
         last, self._last = self._last, now
+        training = [pid for pid, trains in runs.items() if trains]
         load = 0.0
         if now is not None and last is not None and now.total > last.total:
-            # the runs' own time (a run not seen at the last look counts as another program
-            # until the next one)
-            ours = sum(now.runs[pid] - last.runs[pid] for pid in now.runs if pid in last.runs)
+            # the training runs' own time, and this one's (a run not seen at the last look counts
+            # as another process until the next one)
+            ours = sum(now.runs[pid] - last.runs[pid] for pid in {*training, self.pid}
+                       if pid in now.runs and pid in last.runs)
             load = max(0.0, (now.busy - last.busy - ours) / (now.total - last.total) * n)
         busy = min(n, int(load + 1.0 - BUSY_FROM))
-        runs = max(1, len(pids))
-        threads = max(1, (n - busy) // runs)
-        return Share(min(threads, self.default or threads), n, runs, busy, load)
+        count = max(1, len(training))
+        threads = max(1, (n - busy) // count)
+        return Share(min(threads, self.default or threads), n, count, busy, load)
 
     # ---------------------------------------------------------------- acting on it
 
     def apply(self) -> None:
-        """Look again (at most every RECHECK_SECONDS; at once on the first call and after a pause)
-        and set torch's thread count if this run's share changed. The first look measures the
-        other programs over FIRST_LOOK_SECONDS at least, counted from this object's making.
+        """Look again (at most every RECHECK_SECONDS) and set torch's thread count if this run's
+        share changed. The first look measures the other processes over FIRST_LOOK_SECONDS at
+        least, counted from this object's making. Back from a pause, the run trains on the share
+        it had, and the next look measures from then on (not what others did while it rested, such
+        as the commands that paused, sampled from and resumed it).
 
         Never more threads than torch's own default (the physical cores, or OMP_NUM_THREADS). A
         run that may have all of those keeps the default untouched: setting even the same count
         explicitly made the CPU baby GPT ~10% slower per step (measured on 2 cores)."""
+        now = self.clock()
         if not self.training:  # the first look, or back from a pause: count this run in at once
             self.training = True
-            self.folder.mkdir(mode=0o700, exist_ok=True)
-            self.entry.touch()
-            self._checked = None
-        now = self.clock()
+            self._register(TRAINING)
+            if self._checked is not None:  # back from a pause: the share it had, measured afresh from now
+                self._last = self._read(self.proc.cpus(), self.runs())
+                self._checked = now
+                return
         if self._checked is None:
             waited = now - self._last.time if self._last is not None else FIRST_LOOK_SECONDS
             if waited < FIRST_LOOK_SECONDS:
@@ -218,10 +242,11 @@ class CpuShare:
 
     def idle(self) -> None:
         """The run is paused (or waits for data): it takes no share, and the other runs count it
-        out at their next look. Its next `apply()` counts it in again."""
+        out at their next look. Its next `apply()` counts it in again at once."""
         if self.training:
             self.training = False
-            self.entry.unlink(missing_ok=True)
+            self._register(IDLE)
 
     def close(self) -> None:
-        self.idle()
+        self.training = False
+        self.entry.unlink(missing_ok=True)

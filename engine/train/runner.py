@@ -185,8 +185,9 @@ def run_process(path: Path | None, resume: bool = False, headless: bool = False)
                                   on_disk_full=getattr(owner, "disk_full", None))
         if run is not None and cfg != run.config():  # what the engine resolved (finetune: epochs -> max_iters)
             owner.write_config(cfg)
-        if device.startswith("cuda"):
-            cpu_share = None  # a GPU run takes no share of the CPU (it never registered)
+        if device.startswith("cuda"):  # a GPU run takes no share of the CPU
+            cpu_share.close()
+            cpu_share = None
         stepper = lost.stepper = Stepper(cfg, workload, device, dist, cpu_share)
         if stepper.memory_note:  # train.memory_limit_gb: what it did (or that a CPU run ignores it)
             print(stepper.memory_note, flush=True)

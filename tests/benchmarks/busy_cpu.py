@@ -108,7 +108,9 @@ def one_run(args, hogs: int, env_extra: dict[str, str]) -> dict:
             try:
                 proc.wait(timeout=args.timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()  # far too slow: what it logged so far is the figure
+                pass  # far too slow: what it logged so far is the figure
+            finally:
+                proc.kill()
                 proc.wait()
     finally:
         for h in hog_procs:
