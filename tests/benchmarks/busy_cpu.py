@@ -6,7 +6,7 @@
 Each round starts one `cpu-tiny` run (`train --headless` in a session of its own, as the cockpit
 starts one, in a fresh GPT2_COCKPIT_HOME and a private CPU-run registry; evals only at the start
 and the end, no checkpoints or samples) twice: alone, then with `--hogs` unrelated CPU-bound
-programs (`python -c 'while True: pass'`, each in a session of its own, as from another
+programs (a `while True: pass` in Python, each in a session of its own, as from another
 terminal) started before it and stopped after it, so the run meets them from its first eval on.
 Alone and busy alternate, so a drift of a shared box falls on both. For each run it reads from
 the run's event log:
@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 WARMUP = 10
-HOG = "while True: pass"
+# a CPU-bound program that ends once the benchmark is gone (checked every ~20 ms of spinning)
+HOG = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(500_000): pass"
 
 
 def box_busy() -> float:
