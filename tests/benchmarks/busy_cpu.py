@@ -43,7 +43,7 @@ from pathlib import Path
 
 WARMUP = 10
 # a CPU-bound program that ends once the benchmark is gone (checked every ~20 ms of spinning)
-HOG = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(500_000): pass"
+HOG = f"import os\nwhile os.getppid() == {os.getpid()}:\n    for _ in range(500_000): pass"
 
 
 def box_busy() -> float:
