@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,9 +71,9 @@ def wait_for_idle(most: float, below: float = 0.25) -> float:
             return load
 
 
-def shim(tree: Path) -> Path:
+def shim(tree: Path, under: Path) -> Path:
     """A folder for PYTHONPATH in which `gpt2_cockpit` is TREE's source (ahead of the installed one)."""
-    folder = Path(tempfile.mkdtemp(prefix="cockpit-baseline-")) / "gpt2_cockpit"
+    folder = under / "gpt2_cockpit"
     folder.mkdir()
     for part in ("cli", "engine", "tui", "presets"):
         (folder / part).symlink_to(tree.resolve() / part)
@@ -124,6 +125,7 @@ def one_run(args, hogs: int, env_extra: dict[str, str]) -> dict:
     running = next((e["time"] for e in events if e.get("type") == "state" and e.get("state") == "running"), None)
     first_eval = next((e["time"] for e in events if e.get("type") == "eval"), None)
     lines = [line for line in out_path.read_text(errors="replace").splitlines() if line.startswith("CPU:")]
+    shutil.rmtree(home, ignore_errors=True)
     return {"ms": statistics.median(ms) if ms else float("nan"), "steps": len(ms),
             "eval_s": first_eval - running if running is not None and first_eval is not None else float("nan"),
             "cpu": lines, "other": max(0.0, other), "idle": idle}
@@ -143,18 +145,19 @@ def main() -> int:
     args = p.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     trees = {"this": env}
-    if args.baseline is not None:
-        path = os.pathsep.join(filter(None, [str(shim(args.baseline)), os.environ.get("PYTHONPATH")]))
-        trees["baseline"] = {**env, "PYTHONPATH": path}
-    results: dict[tuple[str, str], list[dict]] = {}
-    for r in range(args.rounds):
-        for tree, tree_env in trees.items():
-            for label, hogs in (("alone", 0), ("busy", args.hogs)):
-                res = one_run(args, hogs, tree_env)
-                results.setdefault((tree, label), []).append(res)
-                print(f"round {r + 1} {tree:8} {label:5} {res['ms']:8.1f} ms/iter ({res['steps']:3} steps)  "
-                      f"first eval {res['eval_s']:6.2f} s  rest of the box: {res['idle']:.2f} cores before, "
-                      f"{res['other']:.2f} during  {' / '.join(res['cpu']) or '(no CPU line)'}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="cockpit-baseline-") as scratch:
+        if args.baseline is not None:
+            path = os.pathsep.join(filter(None, [str(shim(args.baseline, Path(scratch))), os.environ.get("PYTHONPATH")]))
+            trees["baseline"] = {**env, "PYTHONPATH": path}
+        results: dict[tuple[str, str], list[dict]] = {}
+        for r in range(args.rounds):
+            for tree, tree_env in trees.items():
+                for label, hogs in (("alone", 0), ("busy", args.hogs)):
+                    res = one_run(args, hogs, tree_env)
+                    results.setdefault((tree, label), []).append(res)
+                    print(f"round {r + 1} {tree:8} {label:5} {res['ms']:8.1f} ms/iter ({res['steps']:3} steps)  "
+                          f"first eval {res['eval_s']:6.2f} s  rest of the box: {res['idle']:.2f} cores before, "
+                          f"{res['other']:.2f} during  {' / '.join(res['cpu']) or '(no CPU line)'}", flush=True)
     print(f"medians of {args.rounds} rounds; busy: {args.hogs} CPU-bound program{'s' if args.hogs > 1 else ''} "
           f"beside the run, on {os.cpu_count()} cores")
     for tree in trees:
