@@ -65,6 +65,18 @@ def _staging(dest: Path) -> Path:
     return tmp
 
 
+def _save_folder(model, tokenizer, dest: Path) -> None:
+    """save_pretrained of both into a staged folder, installed as dest whole (or not at all)."""
+    tmp = _staging(dest)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        install(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def install(tmp: Path, dest: Path) -> None:
     """Move the staged folder's files into dest (a new folder: one rename)."""
     as_plain_files(tmp)
@@ -108,14 +120,7 @@ def export_merged(src: Path, dest: Path) -> str:
 
     model, tokenizer = load_pretrained(str(src))  # the base, from the cache or the Hub, merged
     quiet_transformers()
-    tmp = _staging(dest)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        install(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _save_folder(model, tokenizer, dest)
     return f"finetune (LoRA), {src.name}/ merged into {lora.base_of(src)}"
 
 
@@ -144,14 +149,7 @@ def export_pretrain(run_dir, dest: Path, best: bool, warn=lambda message: None) 
     from .finetune import quiet_transformers
 
     quiet_transformers()
-    tmp = _staging(dest)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        install(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _save_folder(model, tokenizer, dest)
     return f"pretrain, iter {int(state['iter'])}, {path.name}"
 
 
