@@ -49,9 +49,9 @@ def _on_a_fair_share(work):
     """On a CPU, beside runs training on it: this process counts as one more and takes its share of
     the cores, as runs do (engine/train/cpushare.py; threads that spin waiting for a busy core slow
     everyone down)."""
-    from gpt2_cockpit.engine.train.cpushare import CpuShare
+    from gpt2_cockpit.engine.train.cpushare import CpuShare, pinned
 
-    share = CpuShare()
+    share = CpuShare(pinned=pinned())
     try:
         share.apply()
         return work()

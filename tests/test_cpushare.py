@@ -204,8 +204,7 @@ def test_the_cpu_share_is_applied_before_the_first_eval(corpus, monkeypatch):
     try:
         Stepper(cfg, workload, "cpu", cpu_share=Spy())
     finally:
-        if hasattr(workload, "close"):
-            workload.close()
+        workload.close()
     assert Spy.looks == 1
 
 
@@ -257,3 +256,27 @@ def test_the_loop_counts_a_paused_run_out_until_it_trains_again():
     p = Progress(state="paused")
     handle_commands(SimpleNamespace(dist=Dist(), cpu_share=Share()), Owner(), p)
     assert p.state == "running" and calls == ["idle"]  # (the next step's apply() counts it in again)
+
+
+def test_a_thread_count_the_user_set_is_taken_and_kept(tmp_path, threads, monkeypatch):
+    """OMP_NUM_THREADS set: the run takes that many threads whatever the box does (a count that
+    never changes keeps its losses bit-for-bit the same), still counted by the other runs; its
+    thread count is put back on close (a run inside another program, such as these tests)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpushare.pinned() == 3
+    for value in ("", "0", "two", "-1"):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert cpushare.pinned() is None
+    torch.set_num_threads(2)
+    box, said = FakeBox(4), []
+    share = CpuShare(say=said.append, folder=tmp_path, proc=box, clock=box.clock, sleep=box.sleep, pinned=3)
+    share.apply()
+    assert torch.get_num_threads() == 3 and (tmp_path / str(os.getpid())).read_text() == "training"
+    box.load["hog"] = 4.0  # every core kept busy: an adapting run would drop to one thread
+    box.advance(cpushare.RECHECK_SECONDS)
+    share.apply()
+    assert torch.get_num_threads() == 3 and said == [] and box.now == 1000.0 + cpushare.RECHECK_SECONDS
+    share.idle()
+    assert (tmp_path / str(os.getpid())).read_text() == "idle"
+    share.close()
+    assert torch.get_num_threads() == 2 and not (tmp_path / str(os.getpid())).exists()

@@ -18,7 +18,9 @@ the children they have waited for), a core counting from BUSY_FROM of it. The co
 processes leave are shared equally between the runs that train, at least one thread each. The
 first look comes before the run's first eval (its window opens when the run process starts,
 before torch loads); then the run looks again every RECHECK_SECONDS, changes its thread count
-when its share changed and says why. OMP_WAIT_POLICY=PASSIVE (threads that sleep at once instead
+when its share changed and says why. A run started with OMP_NUM_THREADS set takes that many
+threads and keeps them (`pinned()`): the user's count, and a thread count that never changes keeps
+a run's losses bit-for-bit the same whatever else the box does. OMP_WAIT_POLICY=PASSIVE (threads that sleep at once instead
 of spinning) was measured and left out: ~30% slower per step on an idle 2-core box. No torch at
 import time.
 """
@@ -44,6 +46,12 @@ TRAINING, IDLE = "training", "idle"  # what a run's entry in the registry says
 
 def registry() -> Path:
     return Path(tempfile.gettempdir()) / f"gpt2-cockpit-cpu-runs-{os.getuid()}"
+
+
+def pinned() -> int | None:
+    """The thread count OMP_NUM_THREADS sets for this process (a positive whole number), if any."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def cores() -> int:
@@ -130,7 +138,8 @@ class CpuShare:
 
     def __init__(self, say: Callable[[str], None] = lambda message: None, folder: Path | None = None,
                  proc: ProcStat | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, pinned: int | None = None):
+        self.pinned = pinned  # a thread count the user fixed (OMP_NUM_THREADS): taken, never changed
         self.folder = folder or registry()
         self.pid = os.getpid()
         self.entry = self.folder / str(self.pid)
@@ -138,7 +147,7 @@ class CpuShare:
         self.say = say
         self.proc = proc or ProcStat()
         self.clock, self.sleep = clock, sleep
-        self.default: int | None = None  # torch's own thread count, before we set any
+        self.default: int | None = None  # torch's thread count before we set any (restored on close)
         self.threads: int | None = None  # what we set; None: torch's default, untouched
         self.share: Share | None = None  # the last look's finding
         self._checked: float | None = None  # when we last looked (None: not since a pause, or ever)
@@ -213,6 +222,9 @@ class CpuShare:
         Never more threads than torch's own default (the physical cores, or OMP_NUM_THREADS). A
         run that may have all of those keeps the default untouched: setting even the same count
         explicitly made the CPU baby GPT ~10% slower per step (measured on 2 cores)."""
+        if self.pinned is not None:
+            self._take_pinned()
+            return
         now = self.clock()
         if not self.training:  # the first look, or back from a pause: count this run in at once
             self.training = True
@@ -240,6 +252,20 @@ class CpuShare:
         self.threads = share.threads
         self.say(share.describe())
 
+    def _take_pinned(self) -> None:
+        if not self.training:
+            self.training = True
+            self._register(TRAINING)
+        if self.threads is not None:
+            return
+        import torch
+
+        self.default = torch.get_num_threads()
+        self.threads = self.pinned
+        if self.pinned != self.default:  # (in a fresh process torch already took OMP_NUM_THREADS)
+            torch.set_num_threads(self.pinned)
+        # nothing to say: the count is the user's own
+
     def idle(self) -> None:
         """The run is paused (or waits for data): it takes no share, and the other runs count it
         out at their next look. Its next `apply()` counts it in again at once."""
@@ -248,5 +274,12 @@ class CpuShare:
             self._register(IDLE)
 
     def close(self) -> None:
+        """Out of the registry, and torch's thread count as it was (for a run inside another program,
+        such as a test or a notebook)."""
         self.training = False
         self.entry.unlink(missing_ok=True)
+        if self.threads is not None and self.default is not None and self.threads != self.default:
+            import torch
+
+            torch.set_num_threads(self.default)
+            self.threads = None
