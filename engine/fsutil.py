@@ -1,9 +1,5 @@
 """Crash-safe file writes: a reader sees the old file or the new one, never half of either;
-and what a full disk looks like to the user.
-
-GPT2_COCKPIT_FAKE_FULL_DISK=FILE: while FILE exists, the run's writes (checkpoints, the event
-log, config.toml) fail as on a full disk, so the handling can be rehearsed and tested; delete
-FILE to "free space".
+and what a full disk looks like to the user. A full disk can be faked (engine/faults.py).
 """
 
 from __future__ import annotations
@@ -13,14 +9,14 @@ import os
 import shutil
 from pathlib import Path
 
-FAKE_FULL_DISK = "GPT2_COCKPIT_FAKE_FULL_DISK"
+from . import faults
 
 
 def check_space(path: Path) -> None:
-    """Raise the OSError of a full disk for `path` while the fault-injection file exists."""
-    flag = os.environ.get(FAKE_FULL_DISK)
-    if flag and os.path.exists(flag):
-        raise OSError(errno.ENOSPC, "No space left on device (GPT2_COCKPIT_FAKE_FULL_DISK)", str(path))
+    """Raise the OSError of a full disk for `path` while GPT2_COCKPIT_FAKE_FULL_DISK's file exists."""
+    flag = faults.active().full_disk
+    if flag is not None and flag.exists():
+        raise OSError(errno.ENOSPC, f"No space left on device ({faults.FULL_DISK})", str(path))
 
 
 def is_disk_full(e: BaseException) -> bool:

@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+# Every run in the tests, in this process or a child, trains on one thread that never changes: a
+# run on the CPU otherwise adapts its thread count to what else the box does (cpushare.py), and
+# torch's gradients differ in the last bits between thread counts, which the bit-for-bit tests
+# (exact resume, a remote-controlled run against one left alone) would see as a failure. Set
+# before torch loads; tests of the adapting share build CpuShare themselves.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A small corpus with enough structure to learn from in a few dozen steps.
@@ -20,13 +27,19 @@ TINY_TEXT = "".join(
 
 @pytest.fixture(autouse=True)
 def cockpit_home(tmp_path, monkeypatch):
+    from gpt2_cockpit.engine import faults
+
     home = tmp_path / "home"
     monkeypatch.setenv("GPT2_COCKPIT_HOME", str(home))
-    for var in ("GPT2_COCKPIT_FAKE_OOM_TOKENS", "GPT2_COCKPIT_FAKE_NAN_AT_ITER", "GPT2_COCKPIT_PEAK_TFLOPS"):
+    for var in (*faults.NAMES, "GPT2_COCKPIT_PEAK_TFLOPS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    faults.reset()  # none: a test that sets one calls faults.reset() after
     yield home
     _kill_leftover_runs(home)
+    for var in faults.NAMES:  # what the test set: gone, and so from the faults read once
+        monkeypatch.delenv(var, raising=False)
+    faults.reset()
 
 
 def _kill_leftover_runs(home: Path) -> None:

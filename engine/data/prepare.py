@@ -2,6 +2,10 @@
 
     prepare_tokens(source, "gpt2", 0.1, "text", workers=2, on_progress=print) -> cache folder
 
+prepare_and_open also opens the shards and checks the source is long enough (a run with
+data.order "random"); Preparation prepares in a background thread while a run trains on the
+shards ready so far (engine/data/stream.py).
+
 1. **Plan** (once, kept in the folder's manifest.json): the source's files are cut into *units*
    of about `shard_tokens` tokens each: row ranges of a parquet file (from its metadata alone),
    line-aligned byte ranges of a .jsonl or text file, a whole .csv, the builtin corpus. Every
@@ -12,14 +16,15 @@
    holds out the last val_fraction of every document instead.
 3. **Vocabulary** (char only): a first pass over the units collects the character set; it is
    kept in the manifest, so a resumed preparation does not read the corpus twice.
-4. **Tokenize**: a pool of worker processes takes units; each streams its unit (parquet record
-   batches of the text column only, blocks of lines), encodes, and writes the unit's train and
-   val tokens to `.train-NNNNN.bin.PID.tmp` / `.val-...`, renamed to `train-NNNNN.bin` /
-   `val-NNNNN.bin` when complete, then its own `unit-NNNNN.json`; the main process records each
-   finished unit in the manifest too, and a restart adopts unit records the manifest missed.
-   A shard's bytes depend only on its unit, so the result is byte-identical whatever the number
-   of workers and however often it was interrupted; a SIGKILL loses the units in flight, at most
-   one per worker. Memory per process is one record batch or block plus a token buffer.
+4. **Tokenize**: a pool of worker processes takes units (the evaluation units first, then in
+   order); each streams its unit (parquet record batches of the text column only, blocks of
+   lines), encodes, and writes the unit's train and val tokens to `.train-NNNNN.bin.PID.tmp` /
+   `.val-...`, renamed to `train-NNNNN.bin` / `val-NNNNN.bin` when complete, then its own
+   `unit-NNNNN.json`; the main process records each finished unit in the manifest too, and a
+   restart adopts unit records the manifest missed. A shard's bytes depend only on its unit, so
+   the result is byte-identical whatever the number of workers and however often it was
+   interrupted; a SIGKILL loses the units in flight, at most one per worker. Memory per process
+   is one record batch or block plus a token buffer.
 5. **meta.json** is written last: a folder with one is complete (shards.open_tokens reads it).
 
 Progress goes to `on_progress(PrepareProgress)` (phase, done, total or None, unit, rate, eta or
@@ -49,6 +54,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .. import faults
 from ..errors import UserError
 from ..fsutil import check_space, disk_full_message, is_disk_full
 from ..paths import cache_dir
@@ -125,7 +131,7 @@ def locate(source: str, tokenizer: str, val_fraction: float, text_column: str, s
     cache key depends on the files themselves."""
     if shard_tokens < 1:
         raise UserError(f"data.shard_tokens = {shard_tokens} must be at least 1")
-    files = source_files(source, text_column, say or (lambda msg: None), on_progress=on_progress)
+    files = source_files(source, say or (lambda msg: None), on_progress=on_progress)
     return files, cache_dir() / "tokens" / shards.cache_key(source, tokenizer, val_fraction, text_column, shard_tokens)
 
 
@@ -232,7 +238,7 @@ def _gb(n: float) -> str:
 # --------------------------------------------------------------------------- source files
 
 
-def source_files(source: str, text_column: str, say: Callable[[str], None], download: bool = True,
+def source_files(source: str, say: Callable[[str], None],
                  on_progress: OnProgress | None = None) -> list[tuple[str, str]]:
     """[(kind, path)] of a source, kind one of parquet, jsonl, csv, text, pydocs; downloads first
     (an hf: download reports its bytes as the "download" phase)."""
@@ -250,7 +256,7 @@ def source_files(source: str, text_column: str, say: Callable[[str], None], down
                 meter.append(_Meter("download", total, "bytes", on_progress, done=done))
             meter[0].update(done)
 
-        _, paths = sources.hf_files(source[3:], "train", download=download, progress=say, on_bytes=on_bytes)
+        _, paths = sources.hf_files(source[3:], "train", progress=say, on_bytes=on_bytes)
         if meter:
             meter[0].finish()
     else:
@@ -268,69 +274,110 @@ def _kind(path: Path) -> str:
 def _prepare_locked(folder: Path, source: str, files: list[tuple[str, str]], tokenizer: str, val_fraction: float,
                     text_column: str, workers: int, shard_tokens: int, say, on_progress: OnProgress,
                     pool: dict) -> None:
-    manifest_path = folder / "manifest.json"
-    manifest = _read_json(manifest_path)
-    if manifest is None or manifest.get("version") != MANIFEST_VERSION:
-        for stale in folder.iterdir():
-            stale.unlink()
-        plan = plan_tokenizing(files, text_column, val_fraction, tokenizer, shard_tokens, on_progress)
-        manifest = {"version": MANIFEST_VERSION, "source": source, "tokenizer": tokenizer,
-                    "val_fraction": val_fraction, "text_column": text_column, "shard_tokens": shard_tokens,
-                    "plan": plan, "chars": None, "done": {}}
-        _write_json(manifest_path, manifest)
-    else:
-        say(f"resuming the preparation of {source}: {len(manifest['done'])} of "
-            f"{len(manifest['plan']['units'])} shards already done")
+    """The preparation, under the folder's lock: the plan, the vocabulary, the units still to
+    tokenize, then meta.json."""
+    manifest = _load_or_plan(folder, source, files, tokenizer, val_fraction, text_column, shard_tokens, say,
+                             on_progress)
     for tmp in folder.glob(".*.tmp"):  # left by a killed worker
         tmp.unlink(missing_ok=True)
     plan = manifest["plan"]
-    units = plan["units"]
     ctx = {"files": plan["files"], "text_column": text_column, "val_fraction": val_fraction, "mode": plan["mode"],
            "tokenizer": tokenizer, "folder": str(folder)}
     if tokenizer == "char" and manifest["chars"] is None:
-        chars: set[str] = {"\n"}  # the document separator is "\n\n"
-        meter = _Meter("vocabulary", sum(u["nbytes"] for u in units), "bytes", on_progress)
-        for found in _run_pool(_unit_chars, units, ctx, workers, meter, **pool):
-            chars.update(found["chars"])
-        meter.finish()
-        manifest["chars"] = sorted(chars)
-        _write_json(manifest_path, manifest)
+        manifest["chars"] = _collect_chars(plan["units"], ctx, workers, on_progress, pool)
+        _write_json(folder / "manifest.json", manifest)
+    ctx.update(_tokenizer_context(tokenizer, manifest["chars"]))
+    _adopt_unit_records(folder, manifest)
+    _tokenize_pending(folder, manifest, ctx, workers, on_progress, pool)
+    _write_meta(folder, manifest, source, say, on_progress)
+
+
+def _load_or_plan(folder: Path, source: str, files: list[tuple[str, str]], tokenizer: str, val_fraction: float,
+                  text_column: str, shard_tokens: int, say, on_progress: OnProgress) -> dict:
+    """The folder's manifest, to resume; or, when it has none (or an older one), a new plan in an
+    emptied folder."""
+    manifest = _read_json(folder / "manifest.json")
+    if manifest is not None and manifest.get("version") == MANIFEST_VERSION:
+        say(f"resuming the preparation of {source}: {len(manifest['done'])} of "
+            f"{len(manifest['plan']['units'])} shards already done")
+        return manifest
+    for stale in folder.iterdir():
+        stale.unlink()
+    plan = plan_tokenizing(files, text_column, val_fraction, tokenizer, shard_tokens, on_progress)
+    manifest = {"version": MANIFEST_VERSION, "source": source, "tokenizer": tokenizer,
+                "val_fraction": val_fraction, "text_column": text_column, "shard_tokens": shard_tokens,
+                "plan": plan, "chars": None, "done": {}}
+    _write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def _collect_chars(units: list[dict], ctx: dict, workers: int, on_progress: OnProgress, pool: dict) -> list[str]:
+    """The char tokenizer's vocabulary: every character of the units, and the separator's newline."""
+    chars: set[str] = {"\n"}  # the document separator is "\n\n"
+    meter = _Meter("vocabulary", sum(u["nbytes"] for u in units), "bytes", on_progress)
+    for found in _run_pool(_unit_chars, units, ctx, workers, meter, **pool):
+        chars.update(found["chars"])
+    meter.finish()
+    return sorted(chars)
+
+
+def _tokenizer_context(tokenizer: str, chars: list[str] | None) -> dict:
+    """What the workers need of the tokenizer: the char set or tiktoken's Encoding, and the shards' dtype."""
+    _, dtype = vocabulary(tokenizer, chars)
     if tokenizer == "char":
-        ctx["chars"] = manifest["chars"]
-    else:
-        ctx["encoding"] = tokenizers.GPT2Tokenizer().enc  # one sentence here when tiktoken's file is missing
-    vocab_size, dtype = vocabulary(tokenizer, manifest["chars"])
-    ctx["dtype"] = dtype.name
+        return {"chars": chars, "dtype": dtype.name}
+    # one sentence here when tiktoken's file is missing
+    return {"encoding": tokenizers.GPT2Tokenizer().enc, "dtype": dtype.name}
+
+
+def _adopt_unit_records(folder: Path, manifest: dict) -> None:
+    """Count as done the units finished after the manifest was last written (a kill in between)."""
     done = manifest["done"]
-    for u in units:  # units finished after the manifest was last written (a kill in between)
+    for u in manifest["plan"]["units"]:
         record = folder / f"unit-{u['index']:05d}.json"
         if str(u["index"]) not in done and record.exists():
             result = json.loads(record.read_text())
             done[str(u["index"])] = {k: result[k] for k in ("n_train", "n_val", "texts")}
-    # the eval shards first, then in order: a run training meanwhile needs them in that order
-    first = set(eval_units(plan, val_fraction, shard_tokens, tokenizer)["all"])
-    pending = sorted((u for u in units if str(u["index"]) not in done), key=lambda u: (u["index"] not in first, u["index"]))
+
+
+def _tokenize_pending(folder: Path, manifest: dict, ctx: dict, workers: int, on_progress: OnProgress,
+                      pool: dict) -> None:
+    """Tokenize the units not done yet, the eval shards first, then in order (a run training
+    meanwhile needs them in that order), recording each in the manifest as it finishes."""
+    plan, done, tokenizer = manifest["plan"], manifest["done"], manifest["tokenizer"]
+    units = plan["units"]
+    first = set(eval_units(plan, manifest["val_fraction"], manifest["shard_tokens"], tokenizer)["all"])
+    pending = sorted((u for u in units if str(u["index"]) not in done),
+                     key=lambda u: (u["index"] not in first, u["index"]))
     left = sum(u["nbytes"] for u in pending)
-    check_disk(folder, int(left / BYTES_PER_TOKEN[tokenizer] * np.dtype(dtype).itemsize))
+    check_disk(folder, int(left / BYTES_PER_TOKEN[tokenizer] * np.dtype(ctx["dtype"]).itemsize))
     meter = _Meter("tokenize", sum(u["nbytes"] for u in units), "bytes", on_progress,
                    done=sum(u["nbytes"] for u in units if str(u["index"]) in done))
     for result in _run_pool(_tokenize_unit, pending, ctx, workers, meter, **pool):
         done[str(result["index"])] = {k: result[k] for k in ("n_train", "n_val", "texts")}
         manifest["done"] = dict(sorted(done.items(), key=lambda kv: int(kv[0])))
-        _write_json(manifest_path, manifest)
+        _write_json(folder / "manifest.json", manifest)
     meter.finish()
-    n_train = sum(d["n_train"] for d in done.values())
-    n_val = sum(d["n_val"] for d in done.values())
+
+
+def _write_meta(folder: Path, manifest: dict, source: str, say, on_progress: OnProgress) -> None:
+    """meta.json, the mark of a complete folder (once every unit is done), and the closing report.
+    `source` as this call names it (a resumed manifest's may be spelled otherwise)."""
+    plan, done, tokenizer = manifest["plan"], manifest["done"], manifest["tokenizer"]
     if not sum(d["texts"] for d in done.values()):
         raise UserError(f"data.source {source} is empty")
-    shards = {s: [[f"{s}-{u['index']:05d}.bin", done[str(u["index"])][f"n_{s}"]] for u in units]
-              for s in ("train", "val")}
-    meta = {"dtype": ctx["dtype"], "vocab_size": vocab_size, "chars": manifest["chars"], "tokenizer": tokenizer,
-            "source": source, "val_fraction": val_fraction, "text_column": text_column, "mode": plan["mode"],
-            "n_train": n_train, "n_val": n_val, "n_docs": plan["n_docs"], "shards": shards, "created": time.time()}
+    n_train = sum(d["n_train"] for d in done.values())
+    n_val = sum(d["n_val"] for d in done.values())
+    shard_files = {s: [[f"{s}-{u['index']:05d}.bin", done[str(u["index"])][f"n_{s}"]] for u in plan["units"]]
+                   for s in ("train", "val")}
+    vocab_size, dtype = vocabulary(tokenizer, manifest["chars"])
+    meta = {"dtype": dtype.name, "vocab_size": vocab_size, "chars": manifest["chars"], "tokenizer": tokenizer,
+            "source": source, "val_fraction": manifest["val_fraction"], "text_column": manifest["text_column"],
+            "mode": plan["mode"], "n_train": n_train, "n_val": n_val, "n_docs": plan["n_docs"],
+            "shards": shard_files, "created": time.time()}
     _write_json(folder / "meta.json", meta)
     on_progress(PrepareProgress("done", n_train + n_val, n_train + n_val, "tokens", 0.0, 0.0))
-    say(f"{source}: {n_train:,} train and {n_val:,} val tokens in {len(units)} shard(s) "
+    say(f"{source}: {n_train:,} train and {n_val:,} val tokens in {len(plan['units'])} shard(s) "
         f"({'whole documents' if plan['mode'] == 'documents' else 'the tail of each document'} held out)")
 
 
@@ -434,16 +481,15 @@ def split_share(mode: str, unit: dict, split: str, val_fraction: float) -> float
     return val_fraction if split == "val" else 1 - val_fraction
 
 
-def _parquet_groups(path: Path, text_column: str, check: bool = True) -> list[tuple[int, int]]:
+def _parquet_groups(path: Path, text_column: str) -> list[tuple[int, int]]:
     """(rows, uncompressed bytes of the text column) of each row group, from the file's metadata."""
     pf = sources.parquet_file(path)
-    if check:
-        sources.parquet_column(path, pf, text_column)
+    sources.parquet_column(path, pf, text_column)
     out = []
     for g in range(pf.metadata.num_row_groups):
         rg = pf.metadata.row_group(g)
         size = sum(rg.column(c).total_uncompressed_size for c in range(rg.num_columns)
-                   if rg.column(c).path_in_schema == text_column or not check)
+                   if rg.column(c).path_in_schema == text_column)
         out.append((rg.num_rows, size))
     return out
 
@@ -685,7 +731,8 @@ def _tokenize_unit(unit: dict) -> dict:
             fh.close()
     for s in ("val", "train"):
         os.replace(tmps[s], folder / names[s])
-    time.sleep(float(os.environ.get("GPT2_COCKPIT_FAKE_PREPARE_SECONDS") or 0))  # tests: a slow preparation
+    if faults.active().prepare_seconds:  # tests: a slow preparation
+        time.sleep(faults.active().prepare_seconds)
     result = {"index": unit["index"], "n_train": counts["train"], "n_val": counts["val"], "texts": texts}
     # the unit's own record, written after its shards: a kill before the manifest catches up
     # loses no finished unit (a restart adopts these)
@@ -700,41 +747,65 @@ def _run_pool(fn, units: list[dict], ctx: dict, workers: int, meter: "_Meter",
               cancel: threading.Event | None = None, processes: bool = False) -> Iterator[dict]:
     """fn(unit) for every unit, in worker processes (in this one for a single worker, unless
     `processes`); results as they come. Raises PrepareCancelled once `cancel` is set."""
-    global _LOCAL_REPORT, _CTX, _QUEUE
     if not units:
         return
-    sizes = {u["index"]: u["nbytes"] for u in units}
-    in_flight: dict[int, int] = {}
-    finished = 0.0
-    base = meter.done
-
-    def report(index: int, done: int) -> None:
-        in_flight[index] = min(done, sizes[index])
-        meter.update(base + finished + sum(in_flight.values()))
-
-    def complete(result: dict) -> None:
-        nonlocal finished
-        in_flight.pop(result["index"], None)
-        finished += sizes[result["index"]]
-        meter.update(base + finished + sum(in_flight.values()))
-
-    def check_cancel() -> None:
-        if cancel is not None and cancel.is_set():
-            raise PrepareCancelled()
-
+    progress = _PoolProgress(units, meter)
     workers = min(workers, len(units))
     if workers <= 1 and not (processes and len(units) > 1):
-        saved = (_CTX, _QUEUE, _LOCAL_REPORT)
-        _CTX, _QUEUE, _LOCAL_REPORT = ctx, None, report
-        try:
-            for u in units:
-                check_cancel()
-                result = fn(u)
-                complete(result)
-                yield result
-        finally:
-            _CTX, _QUEUE, _LOCAL_REPORT = saved
-        return
+        yield from _run_here(fn, units, ctx, progress, cancel)
+    else:
+        yield from _run_in_workers(fn, units, ctx, workers, progress, cancel)
+
+
+class _PoolProgress:
+    """The bytes a pool has read, finished units and the reported part of those in flight, fed to its meter."""
+
+    def __init__(self, units: list[dict], meter: "_Meter"):
+        self.sizes = {u["index"]: u["nbytes"] for u in units}
+        self.meter = meter
+        self.base = meter.done
+        self.finished = 0.0
+        self.in_flight: dict[int, int] = {}
+
+    def report(self, index: int, done: int) -> None:
+        self.in_flight[index] = min(done, self.sizes[index])
+        self._update()
+
+    def complete(self, result: dict) -> None:
+        self.in_flight.pop(result["index"], None)
+        self.finished += self.sizes[result["index"]]
+        self._update()
+
+    def _update(self) -> None:
+        self.meter.update(self.base + self.finished + sum(self.in_flight.values()))
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise PrepareCancelled()
+
+
+def _run_here(fn, units: list[dict], ctx: dict, progress: _PoolProgress,
+              cancel: threading.Event | None) -> Iterator[dict]:
+    """fn(unit) for every unit in this process, as a worker would (the context and the progress
+    reports set for the while)."""
+    global _LOCAL_REPORT, _CTX, _QUEUE
+    saved = (_CTX, _QUEUE, _LOCAL_REPORT)
+    _CTX, _QUEUE, _LOCAL_REPORT = ctx, None, progress.report
+    try:
+        for u in units:
+            _check_cancel(cancel)
+            result = fn(u)
+            progress.complete(result)
+            yield result
+    finally:
+        _CTX, _QUEUE, _LOCAL_REPORT = saved
+
+
+def _run_in_workers(fn, units: list[dict], ctx: dict, workers: int, progress: _PoolProgress,
+                    cancel: threading.Event | None) -> Iterator[dict]:
+    """fn(unit) for every unit in a pool of spawned worker processes, results in the order they
+    finish; the workers' progress reports are taken in at least every TICK seconds."""
     mp = multiprocessing.get_context("spawn")
     q = mp.Queue(maxsize=1024)
     pool = mp.Pool(max(workers, 1), initializer=_init_worker, initargs=(ctx, q))
@@ -742,24 +813,34 @@ def _run_pool(fn, units: list[dict], ctx: dict, workers: int, meter: "_Meter",
         results = pool.imap_unordered(fn, units, chunksize=1)
         left = len(units)
         while left:
-            check_cancel()
-            try:
-                result = results.next(timeout=TICK)
-            except multiprocessing.TimeoutError:
-                result = None
-            while True:
-                try:
-                    report(*q.get_nowait())
-                except queue_mod.Empty:
-                    break
+            _check_cancel(cancel)
+            result = _next_result(results)
+            _take_reports(q, progress)
             if result is not None:
                 left -= 1
-                complete(result)
+                progress.complete(result)
                 yield result
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+
+
+def _next_result(results) -> dict | None:
+    """The next finished unit's result, or None when none finished within TICK seconds."""
+    try:
+        return results.next(timeout=TICK)
+    except multiprocessing.TimeoutError:
+        return None
+
+
+def _take_reports(q, progress: _PoolProgress) -> None:
+    """The workers' progress messages waiting in the queue, into `progress`."""
+    while True:
+        try:
+            progress.report(*q.get_nowait())
+        except queue_mod.Empty:
+            return
 
 
 # --------------------------------------------------------------------------- progress

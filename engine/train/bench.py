@@ -51,9 +51,6 @@ class SyntheticWorkload:
     def decode(self, ids: list[int]) -> str:
         return "".join(chr(33 + i % 94) for i in ids)
 
-    def generate(self, *a, **k):
-        return ""
-
     def flops_per_token(self):
         from ..machine.hardware import flops_per_token
 
@@ -64,6 +61,14 @@ class SyntheticWorkload:
         return None
 
     def on_checkpoint(self, *a):
+        pass
+
+    def missing(self, k, rows):
+        return None  # random ids: never anything to wait for
+
+    data_complete = True
+
+    def close(self):
         pass
 
 
@@ -84,8 +89,7 @@ def measure(cfg: cfgmod.Config, steps: int, warmup: int, real_data: bool = False
     try:
         return measure_stepper(cfg, Stepper(cfg, workload, device, Dist()), steps, warmup, log)
     finally:
-        if hasattr(workload, "close"):
-            workload.close()  # a preparation still going on in the background
+        workload.close()  # a preparation still going on in the background
 
 
 def measure_stepper(cfg: cfgmod.Config, stepper, steps: int, warmup: int, log=lambda s: None) -> dict:

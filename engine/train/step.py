@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import time
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn as nn
 
 from .. import config as cfgmod
+from .. import faults
 from ..errors import UserError
 from ..machine.hardware import peak_tflops
 from . import optim
@@ -62,6 +62,15 @@ class Workload(Protocol):
 
     def on_checkpoint(self, run_dir, iter: int, best: bool) -> None:
         """Extra artefacts to write beside a checkpoint (finetune: save_pretrained)."""
+
+    def missing(self, k: int, rows: int) -> str | None:
+        """Why step k's batch of `rows` rows cannot be drawn yet (pretrain: its shards are still being
+        prepared), or None; the loop waits, taking commands, until it is None."""
+
+    data_complete: bool  # nothing is left to wait for: the loop stops asking `missing`
+
+    def close(self) -> None:
+        """Stop what the workload runs in the background (pretrain: a data preparation), at the run's end."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -115,6 +124,8 @@ def apply_memory_limit(cfg: cfgmod.Config, device: str) -> str | None:
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
+    # seed + step would give seed 1's step 0 the batch of seed 0's step 1; a prime past any run's
+    # step count keeps two seeds' batches apart
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
@@ -130,32 +141,39 @@ def is_oom(e: BaseException) -> bool:
                                            or "MPS backend out of memory" in msg)
 
 
-def install_fault_injection(model: nn.Module, rank: int = 0) -> None:
-    """GPT2_COCKPIT_FAKE_OOM_TOKENS=N: any forward over more than N tokens raises a real OutOfMemoryError;
-    GPT2_COCKPIT_FAKE_OOM_RANK=R as well: only on rank R of a torchrun group (one rank runs out)."""
-    budget = os.environ.get("GPT2_COCKPIT_FAKE_OOM_TOKENS")
-    only_rank = os.environ.get("GPT2_COCKPIT_FAKE_OOM_RANK")
-    if not budget or (only_rank and int(only_rank) != rank):
-        return
-    limit = int(budget)
+def install_fault_injection(model: nn.Module, rank: int = 0) -> torch.utils.hooks.RemovableHandle | None:
+    """The fake OOM of engine/faults.py (OOM_TOKENS, OOM_RANK) as a forward pre-hook on `model`;
+    returns its handle, or None (no hook at all) when this rank has none to fake."""
+    f = faults.active()
+    if f.oom_tokens is None or (f.oom_rank is not None and f.oom_rank != rank):
+        return None
+    limit = f.oom_tokens
 
     def hook(module, args, kwargs):
         idx = args[0] if args else kwargs.get("input_ids")
         if idx is not None and idx.numel() > limit:
             raise torch.OutOfMemoryError(
-                f"fake OOM: {idx.numel()} tokens in one forward pass > GPT2_COCKPIT_FAKE_OOM_TOKENS={limit}")
+                f"fake OOM: {idx.numel()} tokens in one forward pass > {faults.OOM_TOKENS}={limit}")
 
-    model.register_forward_pre_hook(hook, with_kwargs=True)
-
-
-def _fake_iter(variable: str) -> int | None:
-    """GPT2_COCKPIT_FAKE_NAN_AT_ITER=K: the loss of iteration K (1-based, as events count) is NaN;
-    GPT2_COCKPIT_FAKE_SPIKE_AT_ITER=K: it is 20 times what it was (and so are the gradients)."""
-    value = os.environ.get(variable)
-    return int(value) if value else None
+    return model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-FAKE_SPIKE_FACTOR = 20.0
+def fake_loss_fault() -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+    """The fake NaN and spike of engine/faults.py (NAN_AT_ITER, SPIKE_AT_ITER) as a function of
+    (loss, step k); None when neither is set."""
+    f = faults.active()
+    nan_at, spike_at = f.nan_at_iter, f.spike_at_iter
+    if nan_at is None and spike_at is None:
+        return None
+
+    def fault(loss: torch.Tensor, k: int) -> torch.Tensor:
+        if nan_at == k + 1:  # k is 0-based, the variables count as events do (from 1)
+            loss = loss * float("nan")
+        if spike_at == k + 1:
+            loss = loss * faults.SPIKE_FACTOR
+        return loss
+
+    return fault
 
 
 # --------------------------------------------------------------------------- spikes
@@ -234,7 +252,7 @@ class Stepper:
                          else torch.autocast(device_type=self.device_type, dtype=self.dtype))
         self.raw_model = workload.model.to(device)
         self.dist.sync_module(self.raw_model)  # every rank starts from rank 0's weights
-        install_fault_injection(self.raw_model, self.dist.rank)
+        self.oom_hook = install_fault_injection(self.raw_model, self.dist.rank)  # None unless faked
         # AdamW, or Muon for the blocks' matrices beside AdamW for the rest (train.optimizer)
         self.optimizer = optim.build(self.raw_model, t)
         # a GradScaler only for float16: bf16 has float32's range and needs no loss scaling
@@ -254,8 +272,7 @@ class Stepper:
         self.flops_per_token = workload.flops_per_token()
         self.loss_history = SpikeDetector(t.spike_window)
         self.grad_history = SpikeDetector(t.spike_window)
-        self._fake_nan_at = _fake_iter("GPT2_COCKPIT_FAKE_NAN_AT_ITER")
-        self._fake_spike_at = _fake_iter("GPT2_COCKPIT_FAKE_SPIKE_AT_ITER")
+        self.loss_fault = fake_loss_fault()  # None unless faked
         if self.cpu_share is not None:
             self.cpu_share.apply()  # the first look: the first eval already runs on this run's share
 
@@ -293,7 +310,8 @@ class Stepper:
             resplits.append(self._resplit())
         if self.dist.enabled:
             self.dist.average_gradients(self.params)
-        self.scaler.unscale_(self.optimizer)
+        self.scaler.unscale_(self.optimizer)  # true gradients before the norm and the clip (fp16)
+        # no clipping: clip at inf, which still returns the total norm the spike check and events read
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
         loss_value, norm_value = torch.stack([loss.float(), norm.float().to(loss.device)]).tolist()  # one sync
@@ -303,6 +321,8 @@ class Stepper:
         skip = bad or (bool(spikes) and self.cfg.train.skip_spikes)
         if not skip:
             self.scaler.step(self.optimizer)
+        # even after a skip: update() ends the step unscale_ began (the next unscale_ raises
+        # otherwise) and, fp16, lowers the scale after an inf gradient; disabled (bf16, fp32) a no-op
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.iters_done = k + 1
@@ -326,6 +346,7 @@ class Stepper:
         per_rank = t.micro_batch * t.grad_accum
         x, y = self.workload.sample_batch("train", per_rank * self.dist.world_size, step_generator(t.seed, k), k)
         r = self.dist.rank
+        # x, y: (rows, T) int64 token ids on the CPU, y is x shifted by one token
         return x[r * per_rank:(r + 1) * per_rank], y[r * per_rank:(r + 1) * per_rank]
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
@@ -351,13 +372,14 @@ class Stepper:
         accum = x.size(0) // mb
         loss_sum = torch.zeros((), device=self.device)
         for i in range(accum):
+            # xb, yb: (mb, T) int64 on the device
             xb, yb = self._to_device(x[i * mb:(i + 1) * mb]), self._to_device(y[i * mb:(i + 1) * mb])
             with self.autocast:
-                _, loss = self.model(xb, yb)
-            if self._fake_nan_at == k + 1:
-                loss = loss * float("nan")
-            if self._fake_spike_at == k + 1:
-                loss = loss * FAKE_SPIKE_FACTOR
+                _, loss = self.model(xb, yb)  # logits (mb, T, vocab) unused; loss: mean cross-entropy, a scalar
+            if self.loss_fault is not None:
+                loss = self.loss_fault(loss, k)
+            # the gradients add up over the micro-batches: dividing each loss by accum makes their sum
+            # the gradient of the mean loss over the step's rows, whatever the split
             loss = loss / accum
             self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
@@ -508,7 +530,6 @@ class Generation:
         self.prompt = prompt
         self.tokens = tokens
         self.new: list[int] = []
-        self.done = False
 
     @property
     def text(self) -> str:
@@ -531,7 +552,6 @@ class Generation:
                     self.new.append(token)
                     if time.perf_counter() >= deadline:
                         return False
-            self.done = True
             return True
         except (torch.OutOfMemoryError, RuntimeError) as e:
             if not is_oom(e):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import config as cfgmod
+from .. import faults
 from .dist import Dist
 from .suite import GIB, Outcome, Skip, Suite
 
@@ -485,10 +486,19 @@ def oom(s: Suite, out: Outcome) -> None:
         return
     cfg = s.config("gpt2-40m-12gb", **{"train.memory_limit_gb": 12.0, "train.micro_batch": 4, "train.grad_accum": 2})
     fake = cfg.train.micro_batch * cfg.model.block_size // 2
-    os.environ["GPT2_COCKPIT_FAKE_OOM_TOKENS"] = str(fake)  # the suite's runner restores the environment
-    out.note(f"a CPU: GPT2_COCKPIT_FAKE_OOM_TOKENS={fake} raises a real torch.OutOfMemoryError at micro-batch "
+    before = os.environ.get(faults.OOM_TOKENS)
+    os.environ[faults.OOM_TOKENS] = str(fake)
+    faults.reset()  # faults are read once per process: read them again
+    out.note(f"a CPU: {faults.OOM_TOKENS}={fake} raises a real torch.OutOfMemoryError at micro-batch "
              f"{cfg.train.micro_batch}; on a GPU this section caps memory at 12 GB and meets a real CUDA OOM")
-    _rehearse(s, cfg, steps=3, out=out, label="fake")
+    try:
+        _rehearse(s, cfg, steps=3, out=out, label="fake")
+    finally:  # the suite's runner restores the environment too, but not the faults read from it
+        if before is None:
+            os.environ.pop(faults.OOM_TOKENS, None)
+        else:
+            os.environ[faults.OOM_TOKENS] = before
+        faults.reset()
     if not out.figures.get("fake.ooms"):
         out.problem = "the fake OOM did not happen"
 
