@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import CLI, TINY_TEXT, cli_env, tiny_overrides
+from gpt2_cockpit.engine import faults
 from gpt2_cockpit.engine.data import prepare as prep
 from gpt2_cockpit.engine.data.stream import ShardStream
-from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.runs.events import read_all
+from gpt2_cockpit.engine.runs.rundir import RunDir
+from helpers import finds_its_disk_full, wait_until
 
 SHARD = 500  # char tokens per shard: the tiny corpus makes about 20 of them
 T = 16
@@ -70,14 +72,6 @@ def test_preparation_order_puts_the_eval_shards_first(corpus):
     evals = prep.eval_units(plan, 0.1, SHARD, "char")
     assert evals["val"] == [u["index"] for u in plan["units"] if u.get("tail")]
     assert evals["train"] == [0, 1, 2, 3]  # EVAL_MAX_UNITS of train text
-
-
-def test_too_short_for_the_block_is_one_sentence(tmp_path):
-    p = tmp_path / "short.txt"
-    p.write_text("abc def\n" * 30)
-    folder = prep.prepare_tokens(str(p), "char", 0.1, shard_tokens=50, workers=1)
-    with pytest.raises(UserError, match="too short"):
-        ShardStream(folder, 64, seed=1).missing(0, 4)
 
 
 def _train_cli(home: Path, args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
@@ -143,7 +137,7 @@ def test_training_starts_before_preparation_ends_and_a_stop_resume_is_exact(tmp_
     stopped_at = max(e["iter"] for e in events if e["type"] == "step")
     _wait_for(events_path, lambda es: any(e["type"] == "step" and e["iter"] > stopped_at + 2 for e in es))
     flag.touch()
-    time.sleep(3)
+    wait_until(lambda: finds_its_disk_full(RunDir(home / "runs" / "live")), what="the run to find its disk full")
     refused = subprocess.run(CLI + ["resume", "live"], env=cli_env(home), capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "no space left" in refused.stdout + refused.stderr
     flag.unlink()
@@ -177,6 +171,7 @@ def test_training_starts_before_preparation_ends_and_a_stop_resume_is_exact(tmp_
 def test_a_full_disk_stops_the_background_preparation_and_a_restart_finishes_it(corpus, tmp_path, monkeypatch):
     flag = tmp_path / "disk-full"
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_FULL_DISK", str(flag))
+    faults.reset()
     files, folder = prep.locate(str(corpus), "char", 0.1, "text", SHARD)
     full: list[Path] = []
     flag.touch()

@@ -22,13 +22,11 @@ import numpy as np
 
 from ..errors import UserError
 from ..paths import cache_dir
-from .shards import build_atomically
+from .shards import build_atomically, check_long_enough
 from .sources import hf_dataset_documents, read_documents, source_identity
 
 CACHE_VERSION = 1
 LINE_SAMPLES_MIN_LINES = 20  # a text file with no blank lines and this many lines: one sample per line
-
-
 WHOLE_DOCS_MIN = 20  # with fewer documents, val is the tail of the token stream, not whole documents
 CHUNK_CHARS = 1 << 20  # long documents are tokenized in pieces of about this many characters
 
@@ -131,13 +129,7 @@ def prepare(source: str, tokenizer, val_fraction: float, block_size: int, text_c
     if not (folder / "meta.json").exists():
         _build(folder, source, tokenizer, val_fraction, text_column, progress)
     data = PackedData(folder)
-    need = block_size + 1
-    for split, arr in (("train", data.train), ("val", data.val)):
-        if len(arr) < need:
-            raise UserError(
-                f"data.source {source} is too short: its {split} split has {len(arr)} tokens and model.block_size "
-                f"{block_size} needs at least {need} (use more text, a smaller model.block_size, or a larger "
-                f"data.val_fraction)")
+    check_long_enough(data, source, block_size)
     return data
 
 

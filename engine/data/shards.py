@@ -1,8 +1,10 @@
-"""The token cache: memory-mapped uint16 shards (uint32 when the vocabulary needs it) with a
-train/val split, keyed by source and tokenizer.
+"""The pretrain token cache: memory-mapped uint16 shards (uint32 when the vocabulary needs it) with
+a train/val split, keyed by source, tokenizer, split and shard size.
 
 engine/data/prepare.py writes a cache folder (meta.json last: a folder with one is complete);
 TokenData reads the shards of a split as one stream, a batch is a fancy-index into it.
+Also the home of two rules the finetune cache shares: the one check of a source too short for
+the block (check_split_long_enough) and the atomic folder build (build_atomically).
 Never imports torch (the planner asks `cached_vocab_size` from the cockpit).
 """
 
@@ -70,18 +72,11 @@ class ShardedTokens:
             out[mask] = self.arrays[s][idx[mask] - self.starts[s]]
         return out
 
-    def __getitem__(self, key) -> np.ndarray:
-        if isinstance(key, slice):
-            return self.take(np.arange(len(self))[key])
-        return self.take(np.asarray(key))
-
     def tolist(self) -> list[int]:
         return self.take(np.arange(len(self))).tolist()
 
 
 @dataclass
-
-
 class TokenData:
     """The train and val token streams of one prepared corpus, memory-mapped shards."""
 
@@ -117,15 +112,24 @@ def open_tokens(folder: Path) -> TokenData:
     return TokenData(folder, meta, split("train"), split("val"))
 
 
-def check_long_enough(data: TokenData, source: str, block_size: int) -> None:
-    need = block_size + 2
-    for split, arr in (("train", data.train), ("val", data.val)):
-        if len(arr) < need:
-            raise UserError(
-                f"data.source {source} is too short: its {split} split has {len(arr)} tokens and "
-                f"block_size {block_size} needs at least {need} (use a longer corpus, a smaller "
-                f"model.block_size, or a larger data.val_fraction)"
-            )
+def check_long_enough(data, source: str, block_size: int) -> None:
+    """check_split_long_enough for both splits of `data` (a TokenData, a packing.PackedData)."""
+    for split in ("train", "val"):
+        check_split_long_enough(source, split, len(getattr(data, split)), block_size)
+
+
+def check_split_long_enough(source: str, split: str, tokens: int, block_size: int, where: str = "") -> None:
+    """The one rule for a source too short for the block: a split needs one window of block_size
+    + 1 tokens (a block's inputs and, shifted by one, its targets). Random windows (n - block_size
+    of them), packed blocks and a shard's windows ((n - 1) // block_size) all need that, and no
+    more. `tokens`: the split's tokens one window can span; `where` says which when not all."""
+    need = block_size + 1
+    if tokens < need:
+        raise UserError(
+            f"data.source {source} is too short: its {split} split has {tokens} tokens{where} and "
+            f"model.block_size {block_size} needs at least {need} (use a longer corpus, a smaller "
+            f"model.block_size, or a larger data.val_fraction)"
+        )
 
 
 def build_atomically(folder: Path, fill: Callable[[Path], dict]) -> None:

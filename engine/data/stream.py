@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import prepare as prep
-from .shards import ShardedTokens
+from .shards import ShardedTokens, check_split_long_enough
 
 PERMUTATIONS_KEPT = 4  # shuffled window orders kept in memory (a batch spans one or two units)
 
@@ -90,26 +90,18 @@ class ShardStream:
         if waiting:
             return (f"waiting for the evaluation shards ({len(self.eval_units['all']) - len(waiting)} of "
                     f"{len(self.eval_units['all'])} ready)")
-        self._check_eval()
+        for split in ("train", "val"):
+            check_split_long_enough(self.source, split, len(self.eval_tokens(split)), self.block_size,
+                                    " in the evaluation shards")
         if self.complete:
-            if self.cum[-1] == 0:
-                raise UserError(f"data.source {self.source} is too short: no document yields a window of "
-                                f"block_size + 1 = {self.block_size + 1} training tokens")
+            # windows are cut shard by shard: some shard must hold one
+            longest = max((c["train"] for c in self.counts.values()), default=0)
+            check_split_long_enough(self.source, "train", longest, self.block_size, " in its longest shard")
             return None
         if self.cum[-1] >= (k + 1) * rows:
             return None
         shard = len(self.cum)  # 1-based number of the first unfinished unit
         return f"waiting for shard {shard} of {len(self.units)}: training is ahead of the data preparation"
-
-    def _check_eval(self) -> None:
-        need = self.block_size + 2
-        for split in ("train", "val"):
-            n = len(self.eval_tokens(split))
-            if n < need:
-                raise UserError(
-                    f"data.source {self.source} is too short: its {split} split has {n} tokens in the evaluation "
-                    f"shards and block_size {self.block_size} needs at least {need} (use a longer corpus, a "
-                    f"smaller model.block_size, or a larger data.val_fraction)")
 
     # ---------------------------------------------------------------- reading
 

@@ -6,8 +6,6 @@ Never imports torch.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..errors import NetworkUnavailable, UserError
@@ -69,9 +67,6 @@ class GPT2Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
 
     def decode(self, ids) -> str:
         return self.enc.decode([i for i in ids if i < self.vocab_size])
