@@ -55,7 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # in the order `gpt2-cockpit --help` lists them
+    _add_run_commands(sub)
+    _add_control_commands(sub)
+    _add_machine_commands(sub)
+    _add_model_commands(sub)
+    _add_reading_commands(sub)
+    return parser
 
+
+def _add_run_commands(sub) -> None:
+    """Starting a run and watching runs: train, attach, runs."""
     p = sub.add_parser("train", help="start a run (opens the cockpit attached to it unless --headless/--detach)")
     p.add_argument("preset", nargs="?", help="preset name or .toml path (default: shakespeare-char on CUDA, else cpu-tiny)")
     _add_set(p)
@@ -70,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("runs", help="list runs: name, preset, state, iter, last loss, age")
 
+
+def _add_control_commands(sub) -> None:
+    """A live run's remote control (resume also restarts a stopped one): pause, stop, checkpoint,
+    resume, sample, set."""
     for name, text in (("pause", "pause a live run between steps"),
                        ("stop", "finish the current step, checkpoint and stop a live run"),
                        ("checkpoint", "write a checkpoint of a live run now")):
@@ -95,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run name or run directory")
     p.add_argument("assignments", nargs="+", metavar="KEY=VALUE", help="e.g. train.learning_rate=1e-4")
 
+
+def _add_machine_commands(sub) -> None:
+    """This machine and what a run costs on it: doctor, plan, bench, presets."""
     p = sub.add_parser("doctor", help="environment diagnostics (exit 1 if a check needed for GPU training fails)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {id, name, status, detail, remedy}")
     p.add_argument("--online", action="store_true",
@@ -138,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list presets (shipped and your own)")
 
+
+def _add_model_commands(sub) -> None:
+    """A run's model and a preset's data: eval, export, prepare."""
     p = sub.add_parser("eval", help="HellaSwag acc and acc_norm of a run, a model folder or a hub name, beside GPT-2's")
     p.add_argument("target", metavar="TARGET",
                    help="a run (its newest checkpoint), a checkpoint file, a Hugging Face model folder (what "
@@ -163,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="tokenizing processes (default: CPU cores - 1)")
 
+
+def _add_reading_commands(sub) -> None:
+    """Runs read from their logs: compare, metrics, plot."""
     p = sub.add_parser("compare", help="runs side by side: state, iters, tokens, best val, speed, config keys that differ")
     p.add_argument("runs", nargs="*", metavar="RUN",
                    help="two or more run names or run directories (default: the two newest runs)")
@@ -187,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("loss", "hellaswag"), default="loss",
                    help="loss (train and val), or hellaswag: acc_norm per evaluation with the GPT-2 "
                         "reference as a dashed line; default loss")
-    return parser
 
 
 # command name -> the function in commands.py that carries it out (args) -> exit code

@@ -445,13 +445,23 @@ class Plan:
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs, values short enough for an 80-column terminal."""
-        s, g = self.shape, self.gpu
+        return (self._model_rows() + self._memory_rows() + self._time_rows() + self._cost_rows()
+                + [("note", note) for note in self.notes])
+
+    def _model_rows(self) -> list[tuple[str, str]]:
+        """The model, what trains, the tokens and the FLOPs."""
+        s = self.shape
         rows = [
             ("preset", f"{self.preset} ({self.engine})"),
             ("model", f"{s.n_layer} layers x {s.n_head} heads x {s.n_embd} wide, context {s.block_size:,}"),
             ("vocabulary", s.vocab_note),
             ("parameters", f"{fmt_si(self.params)} (with position embeddings {fmt_si(self.params_total)})"),
             ("", f"{fmt_si(self.params_non_embedding)} without any embedding"),
+        ]
+        if self.lora:
+            rows.append(("trainable", f"{fmt_si(self.params_trainable)}: LoRA r={self.lora.r} on "
+                                      f"{', '.join(self.lora.targets)} (the model itself is frozen)"))
+        return rows + [
             ("tokens/step", f"{self.tokens_per_step:,} = {self.micro_batch} x {s.block_size:,} x {self.grad_accum} accum"
                             + (f" x {self.world_size} GPUs" if self.world_size > 1 else "")),
             ("total tokens", f"{fmt_si(self.total_tokens)} in {self.max_iters:,} iters"),
@@ -463,14 +473,15 @@ class Plan:
             ("FLOPs total", f"{self.flops_total:.3g} ({fmt_si(self.flops_total, 'FLOP')})".replace("e+", "e")),
             ("precision", f"{_DTYPE_LABEL[self.dtype]}{', torch.compile' if self.compiled else ''}"),
         ]
-        if self.lora:
-            rows.insert(5, ("trainable", f"{fmt_si(self.params_trainable)}: LoRA r={self.lora.r} on "
-                                         f"{', '.join(self.lora.targets)} (the model itself is frozen)"))
+
+    def _memory_rows(self) -> list[tuple[str, str]]:
+        """The memory savers, the estimate (VRAM, or RAM without a GPU) by part, and the verdict."""
+        g, b = self.gpu, self.vram_breakdown
+        rows = []
         savers = [label for on, label in ((self.checkpointing, "gradient checkpointing (~1/3 more compute)"),
                                           (self.optimizer == "adamw8bit", "8-bit AdamW (bitsandbytes)")) if on]
         if savers:
             rows.append(("memory savers", ", ".join(savers)))
-        b = self.vram_breakdown
         if g:
             where = f"of {g.mem_total_gb:.1f} GiB" if g.mem_total_gb else "(GPU memory unknown)"
             verdict = ""
@@ -483,16 +494,26 @@ class Plan:
         rows.append(("", f"weights+grads+optimizer {b['weights'] + b['grads'] + b['optimizer']:.2f}, "
                          f"activations {b['activations']:.2f}, logits {b['logits']:.2f}"
                          + (f", CUDA {b['overhead']:.1f}" if b["overhead"] else "")))
-        if self.max_micro_batch is not None:
-            if self.max_micro_batch < 1 and self.fit_with:
-                rows.append(("", "even micro_batch 1 does not fit as set; the note below says what would"))
-            elif self.max_micro_batch < 1:
-                rows.append(("", "even micro_batch 1 does not fit: a smaller model or a bigger GPU"))
-            elif not self.fits:
-                rows.append(("", f"micro_batch {self.max_micro_batch} would fit (raise grad_accum to keep "
-                                 f"tokens/step)"))
-            elif self.max_micro_batch < 8 * self.micro_batch:
-                rows.append(("", f"largest micro_batch that fits: ~{self.max_micro_batch}"))
+        return rows + self._micro_batch_rows()
+
+    def _micro_batch_rows(self) -> list[tuple[str, str]]:
+        """What micro-batch would fit, where that is worth saying."""
+        if self.max_micro_batch is None:
+            return []
+        if self.max_micro_batch < 1 and self.fit_with:
+            return [("", "even micro_batch 1 does not fit as set; the note below says what would")]
+        if self.max_micro_batch < 1:
+            return [("", "even micro_batch 1 does not fit: a smaller model or a bigger GPU")]
+        if not self.fits:
+            return [("", f"micro_batch {self.max_micro_batch} would fit (raise grad_accum to keep tokens/step)")]
+        if self.max_micro_batch < 8 * self.micro_batch:
+            return [("", f"largest micro_batch that fits: ~{self.max_micro_batch}")]
+        return []
+
+    def _time_rows(self) -> list[tuple[str, str]]:
+        """The GPU, the hours estimated and measured, and HellaSwag's share of them."""
+        g = self.gpu
+        rows = []
         if g:
             peak = f"{g.peak_tflops:g} TFLOP/s" if g.peak_tflops else "peak unknown"
             power = f", {g.power_limit_w:.0f} W" if g.power_limit_w else ""
@@ -511,6 +532,11 @@ class Plan:
         if self.hellaswag_evals:
             share = f": {fmt_hours(self.hellaswag_hours)} of the time" if self.hellaswag_hours is not None else ""
             rows.append(("HellaSwag", f"{self.hellaswag_evals:,} evals x {self.hellaswag_items:,} items{share}"))
+        return rows
+
+    def _cost_rows(self) -> list[tuple[str, str]]:
+        """Energy (at most: every GPU at its power limit) and its cost."""
+        rows = []
         if self.kwh is not None or self.kwh_measured is not None:
             parts = []
             if self.kwh is not None:
@@ -518,7 +544,7 @@ class Plan:
             if self.kwh_measured is not None:
                 parts.append(f"{_kwh(self.kwh_measured)} kWh measured")
             n = f"{self.world_size} GPUs" if self.world_size > 1 else "GPU"
-            rows.append(("energy", f"at most {', '.join(parts)} ({n} at {g.power_limit_w:.0f} W)"))
+            rows.append(("energy", f"at most {', '.join(parts)} ({n} at {self.gpu.power_limit_w:.0f} W)"))
         else:
             rows.append(("energy", "n/a (GPU power limit unknown)"))
         if self.price_per_kwh is not None:
@@ -526,8 +552,6 @@ class Plan:
             rows.append(("cost", f"{' / '.join(costs) or 'n/a'} at {self.price_per_kwh:g}/kWh"))
         else:
             rows.append(("cost", f"n/a (--price-per-kwh or ${PRICE_ENV})"))
-        for note in self.notes:
-            rows.append(("note", note))
         return rows
 
 
@@ -535,7 +559,10 @@ _DTYPE_LABEL = {"bfloat16": "bf16 autocast", "float16": "fp16 autocast + grad sc
 
 
 def _price(price: float | None) -> float | None:
+    """The price per kWh: --price-per-kwh, else $GPT2_COCKPIT_PRICE_PER_KWH, else None."""
     if price is not None:
+        if price < 0:
+            raise UserError(f"--price-per-kwh {price}: expected 0 or more")
         return price
     env = os.environ.get(PRICE_ENV, "").strip()
     if not env:
@@ -593,15 +620,8 @@ def plan_run(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_siz
     """
     if gpu == "auto":
         gpu = None if cfg.train.device == "cpu" else GpuSpec.detect(peak_override=cfg.train.peak_tflops)
-    if world_size < 1:
-        raise UserError(f"--gpus {world_size}: needs at least 1")
-    if not 0 < mfu <= 1:
-        raise UserError(f"--mfu {mfu}: expected a fraction in (0, 1], e.g. 0.35")
-    if ms_per_iter is not None and not ms_per_iter > 0:
-        raise UserError(f"--ms-per-iter {ms_per_iter}: expected a positive number of milliseconds")
+    _check_options(world_size, mfu, ms_per_iter)
     price = _price(price_per_kwh)
-    if price is not None and price < 0:
-        raise UserError(f"--price-per-kwh {price}: expected 0 or more")
 
     shape = model_shape(cfg)
     counts = _param_counts(shape)
@@ -611,70 +631,12 @@ def plan_run(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_siz
     lora = LoraSpec.of(cfg)
     checkpointing = cfg.engine == "finetune" and t.gradient_checkpointing
     trainable = lora.params(shape) if lora else counts["params_total"]
-    fpt = _flops_per_token(counts["params"], shape.n_layer, shape.n_embd, shape.block_size)
-    if lora:  # a frozen weight needs no gradient of its own: 2 FLOPs a token less, adapters 6 more
-        fpt += 6.0 * trainable - 2.0 * counts["params"]
-    attention = 12.0 * shape.n_layer * shape.block_size * shape.n_embd
+    fpt, attention, work = _flops(shape, counts["params"], lora, trainable, checkpointing)
     flops_total = fpt * total_tokens
-    # checkpointing recomputes each block's forward in backward: work the MFU convention leaves
-    # out of the model's FLOPs but the clock does not
-    work = (fpt + 2.0 * counts["params"] + attention / 3) / fpt if checkpointing else 1.0
-
-    on_gpu = gpu is not None
-    dtype = t.dtype if t.dtype != "auto" else ("float32" if not on_gpu else "bfloat16" if gpu.bf16 else "float16")
-    compiled = t.compile is True or (t.compile == "auto" and on_gpu)
-    notes = []
-    if t.dtype == "bfloat16" and on_gpu and not gpu.bf16:
-        notes.append(f"{_short_gpu(gpu.name)} has no bf16: use train.dtype=float16")
-    breakdown = estimate_vram(shape, t.micro_batch, dtype, compiled, on_gpu, world_size, optimizer=t.optimizer,
-                              lora=lora, checkpointing=checkpointing)
-    vram = sum(breakdown.values())
-
-    fits = max_mb = None
-    fit_with: list[dict[str, Any]] = []
-    if on_gpu and gpu.mem_total_gb:
-        budget = gpu.mem_total_gb * GIB * FIT_FRACTION
-        fits = vram <= budget
-        max_mb = _max_micro_batch(breakdown, t.micro_batch, budget)
-        if not fits:
-            fit_with = fit_options(cfg, shape, dtype, compiled, world_size, budget)
-
-    # HellaSwag's evaluations run at the pace training does (the same FLOP rate), so they add
-    # their FLOPs' share to the estimated hours and to the measured ones
+    dtype, compiled = _precision(t, gpu)
+    memory = _memory(cfg, shape, dtype, compiled, gpu, world_size, lora, checkpointing)
     hs_evals, hs_items, hs_flops = hellaswag_cost(cfg, shape, counts["params"])
-    hours = ms_est = kwh = hs_hours = None
-    if on_gpu and gpu.peak_tflops:
-        seconds = flops_total * work / (world_size * gpu.peak_tflops * 1e12 * mfu)
-        hs_hours = hs_flops / (world_size * gpu.peak_tflops * 1e12 * mfu) / 3600
-        hours = seconds / 3600 + hs_hours
-        ms_est = seconds * 1000 / t.max_iters  # a training step's
-    hours_m = kwh_m = None
-    if ms_per_iter is not None:
-        train_seconds = ms_per_iter * t.max_iters / 1000
-        measured_hs_hours = hs_flops / (flops_total / train_seconds) / 3600 if flops_total > 0 else 0.0
-        hours_m = train_seconds / 3600 + measured_hs_hours
-        if hs_hours is None:
-            hs_hours = measured_hs_hours
-    watts = gpu.power_limit_w if on_gpu else None
-    if watts:
-        kwh = watts * world_size * hours / 1000 if hours is not None else None
-        kwh_m = watts * world_size * hours_m / 1000 if hours_m is not None else None
-    cost = kwh * price if kwh is not None and price is not None else None
-    cost_m = kwh_m * price if kwh_m is not None and price is not None else None
-
-    if cfg.engine == "finetune" and t.epochs > 0:
-        notes.append(f"train.epochs = {t.epochs:g}: the run derives max_iters from the data; "
-                     f"this plan uses {t.max_iters:,}")
-    if fits is False:
-        if fit_with:
-            notes.append("it would fit with " + "; or ".join(_fit_text(o, t.micro_batch) for o in fit_with))
-        notes.append("on OOM the run shrinks micro_batch and raises grad_accum (same tokens/step)")
-    if t.decay_end > t.max_iters and not (cfg.engine == "finetune" and t.epochs > 0):
-        last_lr = t.lr_at(t.max_iters - 1)  # the lr of the run's last step
-        notes.append(f"the lr schedule does not end within the run: train.lr_decay_iters = {t.lr_decay_iters:,} "
-                     f"is past max_iters = {t.max_iters:,}, so the last step trains at {last_lr:.3g} "
-                     f"({last_lr / t.learning_rate:.0%} of the peak), not min_lr = {t.min_lr:g}; "
-                     f"train.lr_decay_iters=auto decays over the run")
+    duration = _duration(flops_total * work, hs_flops, flops_total, t.max_iters, gpu, world_size, mfu, ms_per_iter, price)
 
     return Plan(
         preset=cfg.name, engine=cfg.engine, shape=shape, params=counts["params"],
@@ -683,14 +645,139 @@ def plan_run(cfg: cfgmod.Config, gpu: "GpuSpec | None | str" = "auto", world_siz
         tokens_per_step=tokens_per_step, total_tokens=total_tokens, flops_per_token=fpt,
         flops_attention_per_token=attention, flops_total=flops_total,
         tokens_per_param=total_tokens / counts["params"], dtype=dtype, compiled=compiled,
-        vram_breakdown={k: v / GIB for k, v in breakdown.items()}, vram_gb=vram / GIB, gpu=gpu, fits=fits,
-        max_micro_batch=max_mb, mfu=mfu, hours=hours, ms_per_iter_estimate=ms_est,
-        ms_per_iter_measured=ms_per_iter, measured_from=measured_from if ms_per_iter is not None else None,
-        hours_measured=hours_m, kwh=kwh, kwh_measured=kwh_m, price_per_kwh=price, cost=cost, cost_measured=cost_m,
-        hellaswag_evals=hs_evals, hellaswag_items=hs_items, hellaswag_flops=hs_flops, hellaswag_hours=hs_hours,
-        params_trainable=trainable, lora=lora, checkpointing=checkpointing, optimizer=t.optimizer,
-        fit_with=fit_with, notes=notes,
+        vram_breakdown={k: v / GIB for k, v in memory.breakdown.items()}, vram_gb=memory.vram / GIB, gpu=gpu,
+        fits=memory.fits, max_micro_batch=memory.max_micro_batch, mfu=mfu, hours=duration.hours,
+        ms_per_iter_estimate=duration.ms_per_iter_estimate, ms_per_iter_measured=ms_per_iter,
+        measured_from=measured_from if ms_per_iter is not None else None, hours_measured=duration.hours_measured,
+        kwh=duration.kwh, kwh_measured=duration.kwh_measured, price_per_kwh=price, cost=duration.cost,
+        cost_measured=duration.cost_measured, hellaswag_evals=hs_evals, hellaswag_items=hs_items,
+        hellaswag_flops=hs_flops, hellaswag_hours=duration.hellaswag_hours, params_trainable=trainable, lora=lora,
+        checkpointing=checkpointing, optimizer=t.optimizer, fit_with=memory.fit_with,
+        notes=_notes(cfg, gpu, memory),
     )
+
+
+def _check_options(world_size: int, mfu: float, ms_per_iter: float | None) -> None:
+    """The command line's --gpus, --mfu and --ms-per-iter, each refused with one sentence."""
+    if world_size < 1:
+        raise UserError(f"--gpus {world_size}: needs at least 1")
+    if not 0 < mfu <= 1:
+        raise UserError(f"--mfu {mfu}: expected a fraction in (0, 1], e.g. 0.35")
+    if ms_per_iter is not None and not ms_per_iter > 0:
+        raise UserError(f"--ms-per-iter {ms_per_iter}: expected a positive number of milliseconds")
+
+
+def _flops(shape: ModelShape, params: int, lora: LoraSpec | None, trainable: int,
+           checkpointing: bool) -> tuple[float, float, float]:
+    """(training FLOPs per token, their attention part, the work the clock sees per unit of them)."""
+    fpt = _flops_per_token(params, shape.n_layer, shape.n_embd, shape.block_size)
+    if lora:  # a frozen weight needs no gradient of its own: 2 FLOPs a token less, adapters 6 more
+        fpt += 6.0 * trainable - 2.0 * params
+    attention = 12.0 * shape.n_layer * shape.block_size * shape.n_embd
+    # checkpointing recomputes each block's forward in backward: work the MFU convention leaves
+    # out of the model's FLOPs but the clock does not
+    work = (fpt + 2.0 * params + attention / 3) / fpt if checkpointing else 1.0
+    return fpt, attention, work
+
+
+def _precision(t: cfgmod.TrainConfig, gpu: GpuSpec | None) -> tuple[str, bool]:
+    """(dtype, torch.compile) as a run resolves "auto" on this GPU (None: the CPU)."""
+    on_gpu = gpu is not None
+    dtype = t.dtype if t.dtype != "auto" else ("float32" if not on_gpu else "bfloat16" if gpu.bf16 else "float16")
+    compiled = t.compile is True or (t.compile == "auto" and on_gpu)
+    return dtype, compiled
+
+
+@dataclass
+class _Memory:
+    """A config's bytes on one GPU (or in RAM, without one) and whether they fit its memory."""
+
+    breakdown: dict[str, float]  # bytes by part (estimate_vram)
+    vram: float  # their sum
+    fits: bool | None = None  # None: no GPU, or its memory unknown
+    max_micro_batch: int | None = None
+    fit_with: list[dict[str, Any]] = field(default_factory=list)  # when it does not fit: what would
+
+
+def _memory(cfg: cfgmod.Config, shape: ModelShape, dtype: str, compiled: bool, gpu: GpuSpec | None,
+            world_size: int, lora: LoraSpec | None, checkpointing: bool) -> _Memory:
+    t = cfg.train
+    on_gpu = gpu is not None
+    breakdown = estimate_vram(shape, t.micro_batch, dtype, compiled, on_gpu, world_size, optimizer=t.optimizer,
+                              lora=lora, checkpointing=checkpointing)
+    memory = _Memory(breakdown, sum(breakdown.values()))
+    if on_gpu and gpu.mem_total_gb:
+        budget = gpu.mem_total_gb * GIB * FIT_FRACTION
+        memory.fits = memory.vram <= budget
+        memory.max_micro_batch = _max_micro_batch(breakdown, t.micro_batch, budget)
+        if not memory.fits:
+            memory.fit_with = fit_options(cfg, shape, dtype, compiled, world_size, budget)
+    return memory
+
+
+@dataclass
+class _Duration:
+    """How long a run takes, estimated from the GPU's peak and the MFU and measured from a pace,
+    with the energy and cost of each; None where it cannot be said."""
+
+    hours: float | None = None
+    ms_per_iter_estimate: float | None = None
+    hellaswag_hours: float | None = None
+    hours_measured: float | None = None
+    kwh: float | None = None
+    kwh_measured: float | None = None
+    cost: float | None = None
+    cost_measured: float | None = None
+
+
+def _duration(work: float, hs_flops: float, flops_total: float, max_iters: int, gpu: GpuSpec | None,
+          world_size: int, mfu: float, ms_per_iter: float | None, price: float | None) -> _Duration:
+    """`work`: the training FLOPs the clock sees (checkpointing's recomputation included);
+    HellaSwag's evaluations run at the pace training does (the same FLOP rate), so they add
+    their FLOPs' share to the estimated hours and to the measured ones."""
+    duration = _Duration()
+    if gpu is not None and gpu.peak_tflops:
+        seconds = work / (world_size * gpu.peak_tflops * 1e12 * mfu)
+        duration.hellaswag_hours = hs_flops / (world_size * gpu.peak_tflops * 1e12 * mfu) / 3600
+        duration.hours = seconds / 3600 + duration.hellaswag_hours
+        duration.ms_per_iter_estimate = seconds * 1000 / max_iters  # a training step's
+    if ms_per_iter is not None:
+        train_seconds = ms_per_iter * max_iters / 1000
+        measured_hs_hours = hs_flops / (flops_total / train_seconds) / 3600 if flops_total > 0 else 0.0
+        duration.hours_measured = train_seconds / 3600 + measured_hs_hours
+        if duration.hellaswag_hours is None:
+            duration.hellaswag_hours = measured_hs_hours
+    watts = gpu.power_limit_w if gpu is not None else None
+    if watts:
+        duration.kwh = watts * world_size * duration.hours / 1000 if duration.hours is not None else None
+        duration.kwh_measured = watts * world_size * duration.hours_measured / 1000 if duration.hours_measured is not None else None
+    if price is not None:
+        duration.cost = duration.kwh * price if duration.kwh is not None else None
+        duration.cost_measured = duration.kwh_measured * price if duration.kwh_measured is not None else None
+    return duration
+
+
+def _notes(cfg: cfgmod.Config, gpu: GpuSpec | None, memory: _Memory) -> list[str]:
+    """What the plan's numbers alone do not say: a dtype the GPU lacks, a length the data decides,
+    what would fit, a schedule that does not end within the run."""
+    t = cfg.train
+    notes = []
+    if t.dtype == "bfloat16" and gpu is not None and not gpu.bf16:
+        notes.append(f"{_short_gpu(gpu.name)} has no bf16: use train.dtype=float16")
+    if cfg.engine == "finetune" and t.epochs > 0:
+        notes.append(f"train.epochs = {t.epochs:g}: the run derives max_iters from the data; "
+                     f"this plan uses {t.max_iters:,}")
+    if memory.fits is False:
+        if memory.fit_with:
+            notes.append("it would fit with " + "; or ".join(_fit_text(o, t.micro_batch) for o in memory.fit_with))
+        notes.append("on OOM the run shrinks micro_batch and raises grad_accum (same tokens/step)")
+    if t.decay_end > t.max_iters and not (cfg.engine == "finetune" and t.epochs > 0):
+        last_lr = t.lr_at(t.max_iters - 1)  # the lr of the run's last step
+        notes.append(f"the lr schedule does not end within the run: train.lr_decay_iters = {t.lr_decay_iters:,} "
+                     f"is past max_iters = {t.max_iters:,}, so the last step trains at {last_lr:.3g} "
+                     f"({last_lr / t.learning_rate:.0%} of the peak), not min_lr = {t.min_lr:g}; "
+                     f"train.lr_decay_iters=auto decays over the run")
+    return notes
 
 
 def _max_micro_batch(breakdown: dict[str, float], micro_batch: int, budget: float) -> int:

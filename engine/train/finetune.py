@@ -307,10 +307,16 @@ class FinetuneWorkload:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, gen: torch.Generator) -> str:
-        return prompt + self.decode(list(self.stream(self.encode_prompt(prompt), max_new_tokens, temperature, top_k, gen)))
-
     # ------------------------------------------------------------------ the rest of the protocol
+
+    def missing(self, k: int, rows: int) -> None:
+        """Never anything: every document is tokenized and packed before the run starts."""
+        return None
+
+    data_complete = True  # (the same reason)
+
+    def close(self) -> None:
+        pass  # nothing runs in the background
 
     def flops_per_token(self) -> float:
         """6N + attention, less the weight gradients a frozen parameter does not need (2 per token)."""

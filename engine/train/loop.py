@@ -22,7 +22,7 @@ from .. import sampling
 from ..errors import UserError
 from . import hellaswag
 from .owner import NullRunOwner, RunOwner
-from .step import Generation, Stepper, lr_at
+from .step import Generation, Stepper, StepResult, lr_at
 
 SAMPLE_SEED_STRIDE = 104729  # each sample of a run gets its own seed
 # A sample in progress gets this share of each optimizer step's time between steps (at least
@@ -99,32 +99,7 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
         step_ms.append(p.step_seconds * 1000)
         p.iter += 1
 
-        for r in result.resplits:  # out of memory: the same step was redone with a smaller micro-batch
-            run.write_config(stepper.cfg)
-            run.emit("oom", iter=p.iter, micro_batch_before=r.micro_batch_before,
-                     micro_batch_after=r.micro_batch_after, grad_accum_after=r.grad_accum_after)
-        if result.nonfinite:  # a NaN or inf loss or gradient: the update was skipped
-            p.bad_steps += 1
-            pause = p.bad_steps >= t.max_bad_steps
-            run.emit("anomaly", iter=p.iter, kind="nonfinite_loss" if not math.isfinite(result.loss)
-                     else "nonfinite_grad", action="paused" if pause else "skipped_step",
-                     loss=result.loss, grad_norm=result.grad_norm)
-            if pause:
-                set_state(run, p, "paused", f"{p.bad_steps} non-finite steps in a row: lower train.learning_rate "
-                                            f"(gpt2-cockpit set RUN train.learning_rate=...) and resume")
-        else:
-            p.bad_steps = 0
-        for spike in result.spikes:  # far above the recent history: logged, skipped if skip_spikes says so
-            run.emit("anomaly", iter=p.iter, kind=spike.kind, action="none" if result.applied else "skipped_step",
-                     value=spike.value, zscore=round(spike.zscore, 2))
-
-        if p.iter % t.log_interval == 0 or p.iter == t.max_iters:
-            ms = sum(step_ms) / len(step_ms)
-            step_ms.clear()
-            tokens_per_sec = stepper.tokens_per_step / (ms / 1000) if ms > 0 else 0.0
-            run.emit("step", iter=p.iter, loss=result.loss, lr=lr, tokens=p.iter * stepper.tokens_per_step,
-                     tokens_per_sec=round(tokens_per_sec, 1), ms=round(ms, 2), mfu=stepper.mfu(tokens_per_sec),
-                     micro_batch=t.micro_batch, grad_accum=t.grad_accum, grad_norm=result.grad_norm)
+        record_step(stepper, run, p, result, lr, step_ms)
         if due(p.iter, t.eval_interval):
             evaluate(stepper, run, p, track_best=True, checkpoint_best=p.bad_steps == 0)
         if hellaswag_eval is not None and due(p.iter, t.hellaswag_interval):
@@ -152,10 +127,44 @@ def train(stepper: Stepper, run: RunOwner | NullRunOwner, resume: dict[str, Any]
             run.emit("error", message="the run stopped before this sample was finished",
                      request_id=p.sampling.popleft().request_id)
     final = "done" if finished else "stopped"
-    if hasattr(stepper.workload, "close"):
-        stepper.workload.close()  # a preparation going on in the background stops with the run
+    stepper.workload.close()  # a preparation going on in the background stops with the run
     set_state(run, p, final, reason)
     return final
+
+
+def record_step(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress, result: StepResult, lr: float,
+                step_ms: list[float]) -> None:
+    """What step p.iter did, as events: its OOM re-splits, its anomalies (a non-finite step skips
+    its update; max_bad_steps of them in a row pause the run) and, every log_interval steps and at
+    the last, the `step` line with the mean time of the steps since the one before (`step_ms`,
+    emptied)."""
+    t = stepper.cfg.train
+    for r in result.resplits:  # out of memory: the same step was redone with a smaller micro-batch
+        run.write_config(stepper.cfg)
+        run.emit("oom", iter=p.iter, micro_batch_before=r.micro_batch_before,
+                 micro_batch_after=r.micro_batch_after, grad_accum_after=r.grad_accum_after)
+    if result.nonfinite:  # a NaN or inf loss or gradient: the update was skipped
+        p.bad_steps += 1
+        pause = p.bad_steps >= t.max_bad_steps
+        run.emit("anomaly", iter=p.iter, kind="nonfinite_loss" if not math.isfinite(result.loss)
+                 else "nonfinite_grad", action="paused" if pause else "skipped_step",
+                 loss=result.loss, grad_norm=result.grad_norm)
+        if pause:
+            set_state(run, p, "paused", f"{p.bad_steps} non-finite steps in a row: lower train.learning_rate "
+                                        f"(gpt2-cockpit set RUN train.learning_rate=...) and resume")
+    else:
+        p.bad_steps = 0
+    for spike in result.spikes:  # far above the recent history: logged, skipped if skip_spikes says so
+        run.emit("anomaly", iter=p.iter, kind=spike.kind, action="none" if result.applied else "skipped_step",
+                 value=spike.value, zscore=round(spike.zscore, 2))
+
+    if p.iter % t.log_interval == 0 or p.iter == t.max_iters:
+        ms = sum(step_ms) / len(step_ms)
+        step_ms.clear()
+        tokens_per_sec = stepper.tokens_per_step / (ms / 1000) if ms > 0 else 0.0
+        run.emit("step", iter=p.iter, loss=result.loss, lr=lr, tokens=p.iter * stepper.tokens_per_step,
+                 tokens_per_sec=round(tokens_per_sec, 1), ms=round(ms, 2), mfu=stepper.mfu(tokens_per_sec),
+                 micro_batch=t.micro_batch, grad_accum=t.grad_accum, grad_norm=result.grad_norm)
 
 
 def due(iter: int, interval: int) -> bool:
@@ -172,14 +181,11 @@ def wait_for_data(stepper: Stepper, run: RunOwner | NullRunOwner, p: Progress) -
     being prepared (data.order "shards") and may catch up with the preparation. It waits in the
     `preparing` state with the reason, taking commands (stop) meanwhile. Rank 0's view decides,
     so every rank waits at the same step."""
-    missing = getattr(stepper.workload, "missing", None)
-    if missing is None:  # the finetune engine tokenizes everything before it starts
-        p.data_complete = True
-        return
     t = stepper.cfg.train
     rows = t.micro_batch * t.grad_accum * stepper.dist.world_size
+    workload = stepper.workload
     while True:
-        reason, complete = stepper.dist.broadcast((missing(p.iter, rows), stepper.workload.data_complete))
+        reason, complete = stepper.dist.broadcast((workload.missing(p.iter, rows), workload.data_complete))
         p.data_complete = complete
         if reason is None:
             break

@@ -98,9 +98,11 @@ class PretrainWorkload:
 
     @property
     def data_complete(self) -> bool:
+        """Every shard is prepared (or the corpus was prepared whole before the run): no more waiting."""
         return self.shards is None or self.shards.complete
 
     def close(self) -> None:
+        """Stop the preparation still going on in the background, if any."""
         if self.preparation is not None:
             self.preparation.close()
 
@@ -144,9 +146,6 @@ class PretrainWorkload:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
-
-    def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int, gen: torch.Generator) -> str:
-        return prompt + self.decode(list(self.shards(self.encode_prompt(prompt), max_new_tokens, temperature, top_k, gen)))
 
     def flops_per_token(self) -> float:
         m = self.cfg.model

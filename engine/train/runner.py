@@ -123,106 +123,176 @@ def run_process(path: Path | None, resume: bool = False, headless: bool = False)
     Rank 0 alone uses the run directory. `path` is None on the ranks of a machine that joins a
     run held by another (`train --node-rank 1 ...`): they get everything from rank 0."""
     survive_lost_output()  # a closed pipe, terminal or full disk under our output never fails the run
+    from .. import faults
+
+    faults.reset()  # the GPT2_COCKPIT_FAKE_* of this run, read once (tests, the GPU suite)
     main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; rank 0 speaks for the run
     if main and path is None:
         print("gpt2-cockpit: rank 0 needs the run directory (it runs on node 0, which holds it)", file=sys.stderr)
         return 2
-    run = RunDir(Path(path)) if main else None
-    owner = RunOwner(run) if main else NullRunOwner()
-    if headless:
-        owner.listeners.append(progress_printer)
-    dist = None
-    cpu_share = None
-    workload = None
-    lost = None
-    signals = {"count": 0, "training": False}
+    return RunProcess(RunDir(Path(path)) if main else None, resume, headless).run()
 
-    def on_signal(signum, frame):
-        signals["count"] += 1
+
+class StopSignals:
+    """SIGINT and SIGTERM, and SIGHUP for a headless run (its terminal closed): the first, once
+    training runs, lets the step finish, then the run checkpoints and stops; a second one, or one
+    before training started, exits at once (the last checkpoint stands). A detached run ignores
+    SIGHUP."""
+
+    def __init__(self, owner: RunOwner | NullRunOwner):
+        self.owner = owner
+        self.count = 0
+        self.training = False  # set as the loop starts: before, there is nothing to finish
+
+    def install(self, headless: bool) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.on_signal)
+        # a detached run ignores hang-ups; a headless one whose terminal closed checkpoints and stops
+        signal.signal(signal.SIGHUP, self.on_signal if headless else signal.SIG_IGN)
+
+    def on_signal(self, signum, frame) -> None:
+        self.count += 1
         name = signal.Signals(signum).name
-        if not signals["training"] or signals["count"] > 1:
+        if not self.training or self.count > 1:
             # a second signal (or one before training started): leave now; the last checkpoint stands
-            owner.emit("state", state="stopped", reason=f"{name} again: exited without a final checkpoint")
+            self.owner.emit("state", state="stopped", reason=f"{name} again: exited without a final checkpoint")
             os._exit(128 + signum)
-        owner.request_stop(f"{name}: checkpointed and stopped")
+        self.owner.request_stop(f"{name}: checkpointed and stopped")
         print(f"{name}: finishing this step, then checkpoint and stop (again to exit at once)", flush=True)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    # a detached run ignores hang-ups; a headless one whose terminal closed checkpoints and stops
-    signal.signal(signal.SIGHUP, on_signal if headless else signal.SIG_IGN)
-    try:
-        # pid, heartbeat and control socket before torch loads (seconds): a launcher and a
-        # cockpit see the run at once
-        owner.open()
-        owner.emit("state", state="preparing", reason="resuming" if resume else "loading data and model")
-        from .cpushare import CpuShare
 
-        def say_cpu(message: str) -> None:  # what the CPU share did: in the event log and stdout.log
-            owner.emit("notice", message=message)
-            if not (headless and main):  # (there the progress printer prints notices)
-                print(message, flush=True)
+class RunProcess:
+    """One run process from its start to its exit code, phase by phase: open the owner (and the
+    CPU share), join the torchrun group, build the Stepper, train, leave the group together. The
+    resources the phases open (workload, owner, CPU share, process group) are closed in close(),
+    whatever happened; the exit code says how it ended (0 done or stopped, 1 failed, 2 refused)."""
+
+    def __init__(self, run_dir: RunDir | None, resume: bool, headless: bool):
+        self.run_dir = run_dir  # None on the ranks other than 0
+        self.resume = resume
+        self.headless = headless
+        self.owner = RunOwner(run_dir) if run_dir is not None else NullRunOwner()
+        if headless:
+            self.owner.listeners.append(progress_printer)
+        self.signals = StopSignals(self.owner)
+        self.cpu_share = None
+        self.dist = None
+        self.lost: LostRank | None = None
+        self.workload = None
+
+    def run(self) -> int:
+        self.signals.install(self.headless)
+        try:
+            self.open()
+            cfg, state = self.join_group()
+            stepper = self.build(cfg)
+            return self.train(stepper, state)
+        except UserError as e:
+            return self.refused(e)
+        except Exception as e:
+            return self.failed(e)
+        finally:
+            self.close()
+
+    # ------------------------------------------------------------------ the phases
+
+    def open(self) -> None:
+        """pid, heartbeat and control socket before torch loads (seconds): a launcher and a
+        cockpit see the run at once; then the CPU share, measuring how busy the CPU is."""
+        self.owner.open()
+        self.owner.emit("state", state="preparing", reason="resuming" if self.resume else "loading data and model")
+        from .cpushare import CpuShare, pinned
 
         # how busy the CPU is, measured from now on: the first look comes before the first eval
-        cpu_share = CpuShare(say=say_cpu)
+        self.cpu_share = CpuShare(say=self.say_cpu, pinned=pinned())
+
+    def say_cpu(self, message: str) -> None:
+        """What the CPU share did: in the event log and stdout.log."""
+        self.owner.emit("notice", message=message)
+        if not (self.headless and self.run_dir is not None):  # (there the progress printer prints notices)
+            print(message, flush=True)
+
+    def join_group(self) -> tuple[cfgmod.Config, dict | None]:
+        """torchrun's process group (a group of one without torchrun), watched for a rank that
+        dies; the config and the checkpoint to resume from, as rank 0 read them."""
+        from .dist import Dist
+
+        self.dist = Dist.from_env()
+        self.dist.init()
+        self.lost = LostRank(self.run_dir, self.dist)
+        self.owner.watch(self.lost.check)  # rank 0: a rank on this machine that dies fails the run at once
+        return shared_start(self.run_dir, self.dist, self.resume)
+
+    def build(self, cfg: cfgmod.Config):
+        """The device, the seed, the workload and the Stepper that trains it."""
         import torch
 
-        from .dist import Dist
-        from .loop import train
         from .step import Stepper, resolve_device
 
-        dist = Dist.from_env()
-        dist.init()
-        lost = LostRank(run, dist)
-        owner.watch(lost.check)  # rank 0: a rank on this machine that dies fails the run at once
-        cfg, state = shared_start(run, dist, resume)
-        device = resolve_device(cfg, dist)
+        device = resolve_device(cfg, self.dist)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
-        torch.manual_seed(cfg.train.seed + dist.rank)  # dropout masks differ per rank
-        workload = build_workload(cfg, progress=lambda msg: print(msg, flush=True),
-                                  on_prepare=lambda p: owner.emit("prepare", **p.fields()),
-                                  on_disk_full=getattr(owner, "disk_full", None))
-        if run is not None and cfg != run.config():  # what the engine resolved (finetune: epochs -> max_iters)
-            owner.write_config(cfg)
+        torch.manual_seed(cfg.train.seed + self.dist.rank)  # dropout masks differ per rank
+        self.workload = build_workload(cfg, progress=lambda msg: print(msg, flush=True),
+                                       on_prepare=lambda p: self.owner.emit("prepare", **p.fields()),
+                                       # rank 0's owner pauses the run when the disk fills; on another
+                                       # machine the preparation's error fails the run
+                                       on_disk_full=self.owner.disk_full if self.run_dir is not None else None)
+        if self.run_dir is not None and cfg != self.run_dir.config():  # what the engine resolved (finetune: epochs -> max_iters)
+            self.owner.write_config(cfg)
         if device.startswith("cuda"):  # a GPU run takes no share of the CPU
-            cpu_share.close()
-            cpu_share = None
-        stepper = lost.stepper = Stepper(cfg, workload, device, dist, cpu_share)
+            self.cpu_share.close()
+            self.cpu_share = None
+        stepper = self.lost.stepper = Stepper(cfg, self.workload, device, self.dist, self.cpu_share)
         if stepper.memory_note:  # train.memory_limit_gb: what it did (or that a CPU run ignores it)
             print(stepper.memory_note, flush=True)
-        signals["training"] = True
-        final = train(stepper, owner, resume=state)
-        owner.watch(None)  # the others may leave as soon as the barrier lets them
-        if not dist.barrier():  # every rank leaves the group together
+        return stepper
+
+    def train(self, stepper, state: dict | None) -> int:
+        """The loop, then every rank leaves the group together."""
+        from .loop import train
+
+        self.signals.training = True
+        final = train(stepper, self.owner, resume=state)
+        self.owner.watch(None)  # the others may leave as soon as the barrier lets them
+        if not self.dist.barrier():
             print("gpt2-cockpit: another rank left the group before the end (the run itself had ended)", flush=True)
         return 0 if final in ("done", "stopped") else 1
-    except UserError as e:
-        print(f"gpt2-cockpit: {e}", file=sys.stderr, flush=True)
-        if progress_printer in owner.listeners:  # said once: the headless printer need not echo it
-            owner.listeners.remove(progress_printer)
-        owner.fail(str(e))
+
+    # ------------------------------------------------------------------ how it ended
+
+    def refused(self, error: UserError) -> int:
+        """A user's mistake (a config, a missing file): one sentence, exit code 2."""
+        self.fail_said(str(error))
         return 2
-    except Exception as e:
-        message = lost.message(e) if lost is not None else None
+
+    def failed(self, error: Exception) -> int:
+        """A lost rank: the sentence that names it; anything else: the traceback. Exit code 1."""
+        message = self.lost.message(error) if self.lost is not None else None
         if message is not None:  # a rank died or hung: say which, and how to go on
-            print(f"gpt2-cockpit: {message}", file=sys.stderr, flush=True)
-            if progress_printer in owner.listeners:  # said once: the headless printer need not echo it
-                owner.listeners.remove(progress_printer)
-            owner.fail(message)
+            self.fail_said(message)
             return 1
         traceback.print_exc()
-        first = str(e).splitlines()[0] if str(e) else ""
-        owner.fail(f"{e.__class__.__name__}: {e}", reason=f"{e.__class__.__name__}: {first}")
+        first = str(error).splitlines()[0] if str(error) else ""
+        self.owner.fail(f"{error.__class__.__name__}: {error}", reason=f"{error.__class__.__name__}: {first}")
         return 1
-    finally:
-        if workload is not None and hasattr(workload, "close"):
-            workload.close()  # e.g. stop a data preparation still going on in the background
-        owner.close()
-        if cpu_share is not None:
-            cpu_share.close()
-        if dist is not None:
-            dist.close()
+
+    def fail_said(self, message: str) -> None:
+        """The run failed with `message`, said once on stderr (the headless printer need not echo it)."""
+        print(f"gpt2-cockpit: {message}", file=sys.stderr, flush=True)
+        if progress_printer in self.owner.listeners:
+            self.owner.listeners.remove(progress_printer)
+        self.owner.fail(message)
+
+    def close(self) -> None:
+        """Whatever the phases opened, whatever happened."""
+        if self.workload is not None:
+            self.workload.close()  # e.g. stop a data preparation still going on in the background
+        self.owner.close()
+        if self.cpu_share is not None:
+            self.cpu_share.close()
+        if self.dist is not None:
+            self.dist.close()
 
 
 def shared_start(run: RunDir | None, dist, resume: bool) -> tuple[cfgmod.Config, dict | None]:
@@ -292,8 +362,7 @@ def sample_from_checkpoint(run: RunDir, prompt: str, max_new_tokens: int, temper
         return stepper.generate(prompt, max_new_tokens, temperature, top_k,
                                 seed=cfg.train.seed + SAMPLE_SEED_STRIDE + int(state["iter"]))
     finally:
-        if hasattr(workload, "close"):
-            workload.close()
+        workload.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,1 @@
-"""The cockpit's screens: home (diagnostics, presets, runs, plan), run, preset editor."""
+"""The cockpit's four screens: home (diagnostics, presets, runs, plan), run, compare, preset editor."""
