@@ -7,7 +7,8 @@ applied between "steps", the events it causes are written, and only then the rep
 `{"ok": true}` or `{"ok": false, "error": ...}`, nothing more. A sample is accepted first; its
 text follows as a `sample` event with the request's id (or an `error` event with it).
 
-Also the small helpers every cockpit test uses to drive the app with Pilot.
+Also the small helpers every cockpit test uses to drive the app with Pilot, and to start a real
+run process for it to watch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import signal
+import sys
 import threading
 import time
 
@@ -22,9 +25,10 @@ import pytest
 
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import presets
+from gpt2_cockpit.engine.runs import launch
 from gpt2_cockpit.engine.runs.control import ControlServer
 from gpt2_cockpit.engine.runs.events import EventWriter
-from gpt2_cockpit.engine.runs.rundir import RunDir, create
+from gpt2_cockpit.engine.runs.rundir import RunDir, create, pid_alive
 
 
 def make_run(name: str = "fake", preset: str = "cpu-tiny", overrides: list[str] | None = None) -> RunDir:
@@ -176,6 +180,13 @@ class FakeRun:
 
 # --------------------------------------------------------------------------- driving the app
 
+POLL = 0.05  # seconds between the run screen's reads of the log, in tests that fix it
+
+
+def fake_doctor(checks) -> list[str]:
+    """The command home runs for its diagnostics, printing `checks` as `doctor --json` would."""
+    return [sys.executable, "-c", f"import json; print(json.dumps({checks!r}))"]
+
 
 def run_app(app, size=(80, 24)):
     """Decorator: run an async test body against `app` inside run_test()."""
@@ -204,6 +215,62 @@ def status_text(app) -> str:
     from gpt2_cockpit.tui.widgets.status import StatusPane
 
     return text_of(app.screen.query_one(StatusPane))
+
+
+def shown_iter(app) -> int:
+    """The iteration the status pane shows (it repaints new figures at its pace, not at once)."""
+    return int(status_text(app).split("iter", 1)[1].split("/", 1)[0])
+
+
+def notifications(app) -> list[str]:
+    """What the app tells the user from now on ("title: message"), in a list that grows."""
+    told: list[str] = []
+    notify = app.notify
+
+    def recording(message, **kw):
+        told.append(f"{kw.get('title', '')}: {message}")
+        return notify(message, **kw)
+
+    app.notify = recording
+    return told
+
+
+async def more_polls(pilot, screen, n: int = 3, timeout: float = 20.0) -> None:
+    """Let the run screen read the log `n` more times (and handle all but the last read): what a
+    poll would change has had its chance to show."""
+    target = screen.feed.polls + n
+    await wait_for(pilot, lambda: screen.feed.polls >= target, timeout=timeout, what=f"{n} more polls")
+
+
+# --------------------------------------------------------------------------- a real run process
+
+START = 60.0  # seconds for the run process to import torch, tokenize and take its first steps
+
+
+def spawn_real_run(corpus, name: str, **train) -> tuple[RunDir, int]:
+    """A detached tiny run on the CPU that would train for a long time unless stopped (no eval, no
+    checkpoint but the one a stop writes); (its run directory, its pid)."""
+    from conftest import tiny_overrides
+
+    run = launch.create_run("cpu-tiny", tiny_overrides(corpus, **{
+        "max_iters": 100_000, "lr_decay_iters": 100_000, "warmup_iters": 2, "log_interval": 1,
+        "eval_interval": 100_000, "checkpoint_interval": 100_000, **train}), name)
+    return run, launch.spawn(run, resume=False, gpus=None)
+
+
+def process_gone(pid: int) -> bool:
+    """Exited (a zombie, not yet reaped by its parent, this test process, counts as gone)."""
+    return not pid_alive(pid)
+
+
+def kill_if_running(pid: int | None) -> None:
+    """A failed test must not leave a run training (conftest kills leftovers too): SIGKILL its group."""
+    if pid is None or process_gone(pid):
+        return
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except OSError:
+        pass
 
 
 @pytest.fixture

@@ -11,27 +11,18 @@ from gpt2_cockpit.cli import main as cli
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.runs import launch
 from gpt2_cockpit.engine.train import checkpoint as ckpt
-from gpt2_cockpit.engine.train import runner
 from gpt2_cockpit.engine.train.export import to_hf, tokenizer_from_tiktoken
 from gpt2_cockpit.engine.train.model import GPT, GPTConfig
 from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
 from conftest import TINY_TEXT, tiny_overrides
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from helpers import export_run, exportable_char_run, one_thread  # noqa: F401 (one_thread: an autouse fixture)
 
 
 @pytest.fixture
 def char_run(corpus):
     """A tiny char-level pretrain run, a few steps, without biases (GPT-2 needs zeros there)."""
-    run = launch.create_run("cpu-tiny", tiny_overrides(corpus, max_iters=4, eval_interval=0)
-                            + ["model.bias=false", "model.block_size=24"], "p")
-    assert runner.run_process(run.path) == 0
+    run, code, _ = exportable_char_run(corpus, "p")
+    assert code == 0
     return run
 
 
@@ -43,8 +34,7 @@ def _ours(run):
 
 
 def test_char_run_exports_with_our_logits_and_vocabulary(char_run, tmp_path, capsys):
-    out = tmp_path / "hf"
-    assert cli.main(["export", "p", "--to", str(out)]) == 0
+    out = export_run("p", tmp_path / "hf")
     assert "exported p" in capsys.readouterr().out
 
     from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline

@@ -20,21 +20,13 @@ from gpt2_cockpit.engine.paths import cache_dir
 from gpt2_cockpit.engine.train import hellaswag as hs
 from gpt2_cockpit.engine.train.dist import Dist
 from conftest import TINY_TEXT
-from helpers import of_type, run_inprocess
+from helpers import export_run, exportable_char_run, of_type, run_inprocess, save_tiny_gpt2
+from helpers import one_thread  # noqa: F401 (an autouse fixture)
 
 SENTENCES = [f"The {a} {b} sat on the {c}. It was {d}." for a in ("quick", "lazy", "small", "old")
              for b in ("cat", "dog", "fox") for c in ("mat", "log", "hill") for d in ("warm", "cold")]
 ENDINGS = ["mat.", "log. It was cold.", "hill. It was warm.", "fox.", "mat. It was warm.",
            "log. It was cold. The lazy dog sat on the hill. It was warm.", "old cat.", "hill."]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread hand-offs cost more than the matmuls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_items(n: int, seed: int = 0) -> list[dict]:
@@ -124,9 +116,8 @@ def same_scores(a: dict, b: dict) -> bool:
 def test_char_run_in_the_run_and_on_the_command_line(corpus, items_file, tmp_path, capsys):
     """The brute force on the checkpoint; the event at iter K equals `eval` of the checkpoint at K;
     `eval RUN` equals `eval` of its export."""
-    run, code, events = run_inprocess(corpus, "c", ["model.block_size=24", "model.bias=false"], max_iters=4,
-                                      eval_interval=0, checkpoint_interval=2, hellaswag_interval=2,
-                                      hellaswag_source=f'"{items_file}"')
+    run, code, events = exportable_char_run(corpus, "c", checkpoint_interval=2, hellaswag_interval=2,
+                                            hellaswag_source=f'"{items_file}"')
     assert code == 0
     scored = of_type(events, "hellaswag")
     assert [e["iter"] for e in scored] == [0, 2, 4]  # before training too: the curve's baseline
@@ -144,8 +135,7 @@ def test_char_run_in_the_run_and_on_the_command_line(corpus, items_file, tmp_pat
     older = eval_json(capsys, str(run.checkpoints / "ckpt-00000002.pt"), "--hellaswag", items_file)
     assert same_scores(older, scored[1])
 
-    out = tmp_path / "export"
-    assert cli.main(["export", "c", "--to", str(out)]) == 0
+    out = export_run("c", tmp_path / "export")
     capsys.readouterr()
     exported = eval_json(capsys, str(out), "--hellaswag", items_file)
     assert same_scores(exported, newest) and exported["model"] == f"model folder {out}"
@@ -177,32 +167,15 @@ def test_bpe_run_scores_on_gpt2s_vocabulary_and_equals_its_export(bpe, corpus, i
     check_against_brute_force(model, lambda x: model.module(x, x)[0], items)
     newest = eval_json(capsys, "b", "--hellaswag", items_file)
     assert same_scores(newest, of_type(events, "hellaswag")[-1])
-    out = tmp_path / "export"
-    assert cli.main(["export", "b", "--to", str(out)]) == 0
+    out = export_run("b", tmp_path / "export")
     capsys.readouterr()
     assert same_scores(eval_json(capsys, str(out), "--hellaswag", items_file), newest)
 
 
 @pytest.fixture
 def tiny_gpt2(tmp_path):
-    """A 2-layer GPT2LMHeadModel and a byte-level BPE tokenizer trained here, saved as a model folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    folder = tmp_path / "tiny-gpt2"
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([TINY_TEXT], trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  unk_token="<|endoftext|>")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=40, n_embd=32, n_layer=2, n_head=2,
-                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(folder)
-    return folder
+    """A 2-layer GPT2LMHeadModel with a 40-token window and its BPE tokenizer, as a model folder."""
+    return save_tiny_gpt2(tmp_path / "tiny-gpt2", n_positions=40)
 
 
 def test_hugging_face_folder_scores_with_its_own_tokenizer(tiny_gpt2, items_file, capsys):

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from conftest import tiny_overrides
-from gpt2_cockpit.engine import sampling
+from gpt2_cockpit.engine import presets, sampling
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.runs.events import read_all
 from gpt2_cockpit.engine.runs.launch import create_run
@@ -117,7 +117,9 @@ def test_refused_commands_say_why_and_change_nothing(corpus):
     assert any("unknown command" in e for e in errors.values())
     events = read_all(run.events_path)
     assert not of_type(events, "sample") and not of_type(events, "set")
-    assert run.config().model.n_layer == 2 and run.config().train.learning_rate == stepper.cfg.train.learning_rate
+    preset = presets.load("cpu-tiny", tiny_overrides(corpus, max_iters=4))  # what the run started with
+    assert run.config().model.n_layer == preset.model.n_layer == 2
+    assert run.config().train.learning_rate == stepper.cfg.train.learning_rate == preset.train.learning_rate
 
 
 def test_a_failed_sample_is_an_error_event_with_its_request_id_and_the_run_goes_on(corpus, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gpt2_cockpit.cli import main as cli
+from gpt2_cockpit.engine import faults
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.machine import memtrack, planner
@@ -159,6 +160,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_gpt2, corpus):
 
 def test_oom_live_settings_and_sampling_work_with_lora(tiny_gpt2, corpus, monkeypatch):
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "64")  # 4 rows x 32 tokens fail, 2 rows fit
+    faults.reset()
     run = launch.create_run("gpt2-finetune", ft_overrides(tiny_gpt2, corpus, max_iters=6, eval_interval=3) + LORA, "c")
     replies = {}
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from conftest import CLI, cli_env, tiny_overrides
+from gpt2_cockpit.engine import faults
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.machine import planner
@@ -209,6 +210,7 @@ def test_resuming_with_the_other_optimizer_is_one_sentence(corpus):
 def test_oom_resplit_with_muon_trains_as_the_smaller_split(monkeypatch, corpus):
     _, _, ref = run_inprocess(corpus, "ref", micro_batch=2, grad_accum=4, max_iters=8, optimizer="muon")
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_OOM_TOKENS", "32")  # 4 x 16 tokens do not fit, 2 x 16 do
+    faults.reset()
     _, code, events = run_inprocess(corpus, "oom", micro_batch=4, grad_accum=2, max_iters=8, optimizer="muon")
     assert code == 0
     (oom,) = of_type(events, "oom")
@@ -219,6 +221,7 @@ def test_oom_resplit_with_muon_trains_as_the_smaller_split(monkeypatch, corpus):
 @needs_muon
 def test_nan_and_spike_steps_leave_both_optimizers_alone(corpus, monkeypatch):
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "20")
+    faults.reset()
     stepper = muon_stepper(corpus, max_iters=30)
     for k in range(19):
         assert stepper.step(k, 1e-3).applied

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CLI, cli_env, tiny_overrides
-from helpers import of_type, run_inprocess, step_losses
+from helpers import finds_its_disk_full, of_type, run_inprocess, step_losses, wait_until
+from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.runs import control as ctl
 from gpt2_cockpit.engine.runs import launch
@@ -18,6 +19,8 @@ from gpt2_cockpit.engine.runs.rundir import resolve, summarize
 
 pytestmark = pytest.mark.slow
 
+wait_for = wait_until  # the name tests/test_ddp_*.py import from here
+
 
 def cli(home, *args, timeout=120):
     return subprocess.run(CLI + list(args), env=cli_env(home), capture_output=True, text=True, timeout=timeout)
@@ -25,16 +28,6 @@ def cli(home, *args, timeout=120):
 
 def sets(items):
     return [a for item in items for a in ("--set", item)]
-
-
-def wait_for(pred, timeout=60.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events_of(home, name):
@@ -55,7 +48,7 @@ def long_run(corpus, **train):
 def test_headless_sigterm_checkpoints_stops_and_resumes(cockpit_home, corpus):
     proc = subprocess.Popen(CLI + ["train", "--headless", "--name", "h"] + sets(long_run(corpus)),
                             env=cli_env(cockpit_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: any(e["type"] == "step" and e["iter"] >= 5 for e in events_of(cockpit_home, "h")), what="steps")
+    wait_until(lambda: any(e["type"] == "step" and e["iter"] >= 5 for e in events_of(cockpit_home, "h")), what="steps")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
@@ -81,13 +74,15 @@ def test_detached_run_is_remote_controlled_without_changing_its_trajectory(cockp
     run = resolve("d")
     assert run.path.stat().st_mode & 0o777 == 0o700
     assert run.socket_path.stat().st_mode & 0o777 == 0o600
-    wait_for(lambda: len(step_losses(events_of(cockpit_home, "d"))) >= 3, what="a few steps")
+    wait_until(lambda: len(step_losses(events_of(cockpit_home, "d"))) >= 3, what="a few steps")
 
     assert cli(cockpit_home, "pause", "d").returncode == 0
     assert last_state(cockpit_home, "d") == "paused"
     paused_iter = max(step_losses(events_of(cockpit_home, "d")) or [0])
+    # a sleep on purpose: really paused means no new step, and "no step" has no event to wait for
+    # (a step of this tiny model takes milliseconds: half a second would show several)
     time.sleep(0.5)
-    assert max(step_losses(events_of(cockpit_home, "d")) or [0]) == paused_iter  # really paused
+    assert max(step_losses(events_of(cockpit_home, "d")) or [0]) == paused_iter
 
     s = cli(cockpit_home, "sample", "d", "The ", "--max-new-tokens", "30", "--top-k", "5")
     assert s.returncode == 0 and s.stdout.startswith("The ") and len(s.stdout.strip()) > 10
@@ -95,10 +90,11 @@ def test_detached_run_is_remote_controlled_without_changing_its_trajectory(cockp
     assert c.returncode == 0 and f"iter {paused_iter}" in c.stdout
     assert (run.checkpoints / f"ckpt-{paused_iter:08d}.pt").exists()
     assert cli(cockpit_home, "resume", "d").returncode == 0
-    wait_for(lambda: max(step_losses(events_of(cockpit_home, "d"))) >= paused_iter + 5, what="steps after resume")
+    wait_until(lambda: max(step_losses(events_of(cockpit_home, "d"))) >= paused_iter + 5, what="steps after resume")
     assert last_state(cockpit_home, "d") == "running"
     st = cli(cockpit_home, "set", "d", "train.learning_rate=1e-4")
-    assert st.returncode == 0 and ("1e-4" in st.stdout or "0.0001" in st.stdout)
+    lr0 = presets.load("cpu-tiny", long_run(corpus)).train.learning_rate  # what it trained with until now
+    assert st.returncode == 0 and st.stdout == f"d: train.learning_rate {lr0} -> 0.0001\n", st.stdout + st.stderr
     assert "learning_rate = 0.0001" in run.config_path.read_text()
     bad = cli(cockpit_home, "set", "d", "train.n_layer=3")
     assert bad.returncode != 0 and "unknown key" in bad.stderr
@@ -108,8 +104,8 @@ def test_detached_run_is_remote_controlled_without_changing_its_trajectory(cockp
     assert "d " in listing and "running" in listing
     stop = cli(cockpit_home, "stop", "d")
     assert stop.returncode == 0
-    wait_for(lambda: last_state(cockpit_home, "d") == "stopped", what="stopped")
-    wait_for(lambda: not run.alive(), what="process exit")
+    wait_until(lambda: last_state(cockpit_home, "d") == "stopped", what="stopped")
+    wait_until(lambda: not run.alive(), what="process exit")
 
     events = events_of(cockpit_home, "d")
     (set_event,) = of_type(events, "set")
@@ -134,9 +130,9 @@ def test_kill_9_shows_crashed_and_resume_continues(cockpit_home, corpus):
     r = cli(cockpit_home, "train", "--detach", "--name", "k", *sets(long_run(corpus, checkpoint_interval=5)))
     assert r.returncode == 0, r.stderr
     run = resolve("k")
-    wait_for(lambda: of_type(events_of(cockpit_home, "k"), "checkpoint"), what="a checkpoint")
+    wait_until(lambda: of_type(events_of(cockpit_home, "k"), "checkpoint"), what="a checkpoint")
     os.kill(run.pid(), signal.SIGKILL)
-    wait_for(lambda: not run.alive(), what="death")
+    wait_until(lambda: not run.alive(), what="death")
     assert summarize(run).state == "crashed"
     assert "crashed" in cli(cockpit_home, "runs").stdout
     bad = cli(cockpit_home, "sample", "nope")
@@ -144,10 +140,10 @@ def test_kill_9_shows_crashed_and_resume_continues(cockpit_home, corpus):
     last_ckpt = of_type(events_of(cockpit_home, "k"), "checkpoint")[-1]["iter"]
     r = cli(cockpit_home, "resume", "k", "--detach")
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: len(of_type(events_of(cockpit_home, "k"), "run")) == 2, what="restart")
+    wait_until(lambda: len(of_type(events_of(cockpit_home, "k"), "run")) == 2, what="restart")
     assert of_type(events_of(cockpit_home, "k"), "run")[-1]["resumed_from"] == last_ckpt
     assert cli(cockpit_home, "stop", "k").returncode == 0
-    wait_for(lambda: not run.alive(), what="exit")
+    wait_until(lambda: not run.alive(), what="exit")
 
 
 def test_two_process_gloo_run_trains_pauses_samples_stops(cockpit_home, corpus):
@@ -155,7 +151,7 @@ def test_two_process_gloo_run_trains_pauses_samples_stops(cockpit_home, corpus):
             *sets(long_run(corpus) + ["train.device=cpu"]))
     assert r.returncode == 0, r.stderr
     run = resolve("g")
-    wait_for(lambda: len(step_losses(events_of(cockpit_home, "g"))) >= 3, timeout=90, what="DDP steps")
+    wait_until(lambda: len(step_losses(events_of(cockpit_home, "g"))) >= 3, timeout=90, what="DDP steps")
     (ev,) = of_type(events_of(cockpit_home, "g"), "run")
     assert ev["world_size"] == 2
     step = of_type(events_of(cockpit_home, "g"), "step")[-1]
@@ -164,8 +160,8 @@ def test_two_process_gloo_run_trains_pauses_samples_stops(cockpit_home, corpus):
     s = cli(cockpit_home, "sample", "g", "The", "--max-new-tokens", "20")
     assert s.returncode == 0 and s.stdout.startswith("The")
     assert cli(cockpit_home, "stop", "g").returncode == 0
-    wait_for(lambda: last_state(cockpit_home, "g") == "stopped", timeout=60, what="stopped")
-    wait_for(lambda: not run.alive(), what="exit")
+    wait_until(lambda: last_state(cockpit_home, "g") == "stopped", timeout=60, what="stopped")
+    wait_until(lambda: not run.alive(), what="exit")
     assert of_type(events_of(cockpit_home, "g"), "checkpoint")
 
 
@@ -173,7 +169,7 @@ def test_the_largest_sample_never_holds_the_run_hostage(cockpit_home, corpus):
     r = cli(cockpit_home, "train", "--detach", "--name", "hostage", *sets(long_run(corpus)))
     assert r.returncode == 0, r.stderr
     run = resolve("hostage")
-    wait_for(lambda: len(step_losses(events_of(cockpit_home, "hostage"))) >= 3, what="a few steps")
+    wait_until(lambda: len(step_losses(events_of(cockpit_home, "hostage"))) >= 3, what="a few steps")
     too_many = cli(cockpit_home, "sample", "hostage", "hi", "--max-new-tokens", "100000000")
     assert too_many.returncode == 2 and "from 1 to 20,000" in too_many.stderr
     with pytest.raises(UserError, match="the prompt is 200000 characters"):
@@ -184,15 +180,15 @@ def test_the_largest_sample_never_holds_the_run_hostage(cockpit_home, corpus):
     sample = subprocess.Popen(CLI + ["sample", "hostage", "The ", "--max-new-tokens", "20000"], env=cli_env(cockpit_home),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        started = wait_for(lambda: max(step_losses(events_of(cockpit_home, "hostage"))), what="the sample's start")
-        wait_for(lambda: max(step_losses(events_of(cockpit_home, "hostage"))) >= started + 5, what="training goes on")
+        started = wait_until(lambda: max(step_losses(events_of(cockpit_home, "hostage"))), what="the sample's start")
+        wait_until(lambda: max(step_losses(events_of(cockpit_home, "hostage"))) >= started + 5, what="training goes on")
         t0 = time.monotonic()
         pause = cli(cockpit_home, "pause", "hostage")
         assert pause.returncode == 0 and time.monotonic() - t0 < 5, pause.stderr
         assert last_state(cockpit_home, "hostage") == "paused"
         assert not of_type(events_of(cockpit_home, "hostage"), "sample")  # still sampling, and paused
         os.kill(run.pid(), signal.SIGTERM)
-        wait_for(lambda: not run.alive(), timeout=30, what="exit after SIGTERM")
+        wait_until(lambda: not run.alive(), timeout=30, what="exit after SIGTERM")
         _, err = sample.communicate(timeout=30)
     finally:
         sample.kill()
@@ -209,18 +205,18 @@ def test_a_full_disk_pauses_the_run_and_resume_goes_on_once_there_is_room(cockpi
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     run = resolve("full")
-    wait_for(lambda: of_type(events_of(cockpit_home, "full"), "checkpoint"), what="a first checkpoint")
+    wait_until(lambda: of_type(events_of(cockpit_home, "full"), "checkpoint"), what="a first checkpoint")
     flag.touch()  # from now on every write of the run fails as on a full disk
-    time.sleep(3)
+    wait_until(lambda: finds_its_disk_full(run), what="the run to find its disk full and pause")
     frozen = len(events_of(cockpit_home, "full"))
-    time.sleep(2)
+    time.sleep(2)  # a sleep on purpose: while the disk is full nothing may be written, and nothing has no event
     assert len(events_of(cockpit_home, "full")) == frozen and run.alive()  # nothing written, still there
     refused = cli(cockpit_home, "resume", "full")
     assert refused.returncode == 2 and "no space left" in refused.stderr and "free some space first" in refused.stderr
     assert not [p for p in run.checkpoints.iterdir() if ".tmp" in p.name]  # no partial checkpoint
 
     flag.unlink()  # space is freed: the events held back are written within a heartbeat or two
-    wait_for(lambda: last_state(cockpit_home, "full") == "paused", timeout=30, what="the paused state in the log")
+    wait_until(lambda: last_state(cockpit_home, "full") == "paused", timeout=30, what="the paused state in the log")
     events = events_of(cockpit_home, "full")
     (error,) = of_type(events, "error")
     assert "no space left to write" in error["message"] and "free on that disk" in error["message"]
@@ -228,9 +224,9 @@ def test_a_full_disk_pauses_the_run_and_resume_goes_on_once_there_is_room(cockpi
     last = of_type(events, "checkpoint")[-1]
     assert (run.checkpoints / Path(last["path"]).name).exists()
     assert cli(cockpit_home, "resume", "full").returncode == 0
-    wait_for(lambda: max(step_losses(events_of(cockpit_home, "full"))) >= last["iter"] + 10, what="training again")
+    wait_until(lambda: max(step_losses(events_of(cockpit_home, "full"))) >= last["iter"] + 10, what="training again")
     assert cli(cockpit_home, "stop", "full").returncode == 0
-    wait_for(lambda: not run.alive(), what="exit")
+    wait_until(lambda: not run.alive(), what="exit")
     assert of_type(events_of(cockpit_home, "full"), "state")[-1]["state"] == "stopped"
     lines = run.events_path.read_text().splitlines()
     assert len(lines) == len(events_of(cockpit_home, "full"))  # every line whole: nothing half-written

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gpt2_cockpit.engine import config as cfgmod
+from gpt2_cockpit.engine import faults
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.train import checkpoint as ckpt
@@ -122,6 +123,7 @@ def test_checkpoint_holds_everything_for_resume(corpus):
 
 def test_nan_is_skipped_and_training_goes_on(corpus, monkeypatch):
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "5")
+    faults.reset()
     run, code, events = run_inprocess(corpus, "n", max_iters=12)
     assert code == 0
     (a,) = of_type(events, "anomaly")
@@ -158,6 +160,7 @@ def test_repeated_nonfinite_steps_pause_the_run(corpus, monkeypatch):
     from gpt2_cockpit.engine.train.loop import train
 
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_NAN_AT_ITER", "3")
+    faults.reset()
     run = create_run("cpu-tiny", tiny_overrides(corpus) + ["train.max_bad_steps=1"], "p")
     cfg = run.config()
     owner = StopWhenPaused(run)
@@ -201,6 +204,7 @@ def test_no_gpu_means_no_gpu_events_and_no_error(corpus):
 
 def test_a_loss_spike_is_an_anomaly_event(corpus, monkeypatch):
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_SPIKE_AT_ITER", "30")
+    faults.reset()
     _, code, events = run_inprocess(corpus, "spike", max_iters=34, eval_interval=0)
     assert code == 0
     spikes = [a for a in of_type(events, "anomaly") if a["iter"] == 30]
@@ -214,6 +218,7 @@ def test_a_loss_spike_is_an_anomaly_event(corpus, monkeypatch):
 
 def test_skip_spikes_leaves_the_weights_of_a_spike_step_alone(corpus, monkeypatch):
     monkeypatch.setenv("GPT2_COCKPIT_FAKE_SPIKE_AT_ITER", "25")
+    faults.reset()
     cfg = presets.load("cpu-tiny", tiny_overrides(corpus) + ["train.skip_spikes=true"])
     stepper = Stepper(cfg, PretrainWorkload(cfg), "cpu")
     for k in range(24):

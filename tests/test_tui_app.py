@@ -5,10 +5,11 @@ server and an event log in a test thread) or a recorded event log. CPU-only, off
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
-from fakerun import FakeRun, fake, grad_norm_at, loss_at, lr_at, make_run, run_app, status_text, text_of, wait_for
+from fakerun import (POLL, FakeRun, fake, fake_doctor, grad_norm_at, loss_at, lr_at, make_run,  # noqa: F401 (fake)
+                     more_polls, notifications, run_app, shown_iter, status_text, text_of, wait_for)
+from helpers import wait_until
 
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.fmt import fmt_count, fmt_lr
@@ -25,17 +26,11 @@ from gpt2_cockpit.tui.widgets.plan import DiagnosticsPane, PlanPane
 from gpt2_cockpit.tui.widgets.samples import SamplePane
 from gpt2_cockpit.tui.widgets.status import GpuPane, StatusPane
 
-POLL = 0.05
-
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_COCKPIT_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-def fake_doctor(checks) -> list[str]:
-    return [sys.executable, "-c", f"import json; print(json.dumps({checks!r}))"]
 
 
 # --------------------------------------------------------------------------- run screen
@@ -59,8 +54,7 @@ def test_attach_sends_the_whole_history_to_the_plot_in_one_batch(fake):
         assert val.xs == [250, 500, 750, 1000, 1250, 1500, 1750, 2000]
         assert val.ys[-1] == pytest.approx(loss_at(2000) + 0.1)
         assert loss.redraws <= 2  # the replay was one batch, not 200 repaints
-        await pilot.pause(0.2)
-        assert loss.canvas.renders >= 1
+        await wait_for(pilot, lambda: loss.canvas.renders >= 1, what="the plot painted")
         assert "2000/2000" in status_text(app)
 
 
@@ -96,11 +90,8 @@ def test_new_steps_keep_the_plot_and_status_moving(fake):
         await wait_for(pilot, lambda: len(screen.model.iters) >= 15, what="new steps")
         await wait_for(pilot, lambda: screen.query_one(LossPane).canvas.figure.series[0].xs[-1] >= 150)
         assert screen.model.iter >= 150
-
-        def shown_iter() -> int:  # the status repaints new figures every few seconds (pace.status)
-            return int(status_text(app).split("iter", 1)[1].split("/", 1)[0])
-
-        await wait_for(pilot, lambda: shown_iter() >= 150, what="the status to show the new steps")
+        # the status repaints new figures every few seconds (pace.status)
+        await wait_for(pilot, lambda: shown_iter(app) >= 150, what="the status to show the new steps")
 
 
 def test_p_pauses_the_run_and_the_screen_says_so(fake):
@@ -139,7 +130,7 @@ def test_typed_prompt_produces_a_sample_that_is_shown_once(fake):
         views = lambda: screen.query_one(SamplePane).views  # noqa: E731
         await wait_for(pilot, lambda: any(v.sample and "Hello -> generated" in v.sample.text for v in views()),
                        what="the sample on screen")
-        await pilot.pause(0.3)  # more polls: the pending view was resolved, not joined by a second one
+        await more_polls(pilot, screen)  # the sample's event read again: it resolved the pending view, no second one
         shown = [v for v in views() if v.sample and v.sample.request_id == sent()[0]["request_id"]]
         assert len(shown) == 1 and shown[0].sample.iter == 200
         assert "@iter 200" in text_of(shown[0])
@@ -171,6 +162,7 @@ def test_bad_sample_settings_are_refused_before_sending(fake):
         await wait_for(pilot, lambda: app.screen.model.live)
         app.screen.query_one("#temperature").value = "0"
         await pilot.press("s", "x", "enter")
+        # a sleep on purpose: nothing may reach the run, and "nothing" has no event to wait for
         await pilot.pause(0.2)
         assert not [m for m in f.received if m.get("cmd") == "sample"]
 
@@ -186,7 +178,7 @@ def test_x_asks_before_stopping(fake):
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
         assert isinstance(app.screen, RunScreen)
-        await pilot.pause(0.1)
+        await pilot.pause(0.1)  # a sleep on purpose: no stop may reach the run meanwhile
         assert {"cmd": "stop"} not in f.received
         await pilot.press("x", "y")
         await wait_for(pilot, lambda: {"cmd": "stop"} in f.received, what="stop sent")
@@ -247,7 +239,9 @@ def test_control_failure_is_told_not_raised(fake):
         await pilot.press("c")
         log = app.screen.query_one(LogPane)
         await wait_for(pilot, lambda: any(e.severity == "error" for e in log.entries), what="the error in the log")
-        assert any("not running" in e.text or "answer" in e.text for e in log.entries)
+        # the process is there (its pid is ours), its socket is not: control.request says so
+        assert [e.text for e in log.entries if e.severity == "error"] == [
+            f"the run at {f.run.path} is not running (no process answers its control socket)"]
         assert app.is_running
 
 
@@ -288,8 +282,7 @@ def test_a_run_that_died_without_saying_shows_crashed(home):
     @run_app(app)
     async def _(pilot):
         await wait_for(pilot, lambda: app.screen.model.alive is False)
-        await pilot.pause(0.05)
-        assert "crashed" in status_text(app)
+        await wait_for(pilot, lambda: "crashed" in status_text(app), what="crashed on screen")
 
 
 def test_gpu_pane_shows_readings_with_na_for_missing_figures(fake):
@@ -302,7 +295,7 @@ def test_gpu_pane_shows_readings_with_na_for_missing_figures(fake):
     async def _(pilot):
         gpu = app.screen.query_one(GpuPane)
         await wait_for(pilot, lambda: app.screen.model.gpus)
-        await pilot.pause(0.1)
+        await wait_for(pilot, lambda: "97%" in gpu.text, what="the reading in the GPU pane")
         text = gpu.text
         assert "97%" in text and "10.5/12.0 GiB" in text and "N/A °C" in text and "N/A W" in text
         assert "RTX 4070 Ti" in text  # big enough for the detailed view
@@ -353,10 +346,8 @@ def test_q_leaves_and_the_run_goes_on(fake):
 
     assert app.return_code == 0
     assert not [m for m in f.received if m.get("cmd") in ("stop", "pause")]
-    before, deadline = f.iter, time.monotonic() + 5
-    while f.iter == before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert f.iter > before  # still training
+    before = f.iter
+    wait_until(lambda: f.iter > before, timeout=5, what="a step after the cockpit left")  # still training
 
 
 # --------------------------------------------------------------------------- home screen
@@ -499,7 +490,9 @@ def test_a_reply_never_changes_the_panes_only_the_log_does(fake):
         await wait_for(pilot, lambda: screen.model.live)
         await pilot.press("p")
         await wait_for(pilot, lambda: {"cmd": "pause"} in f.received, what="pause sent")
-        await pilot.pause(0.4)  # the ok reply is back and several polls have run
+        await wait_for(pilot, lambda: not [w for w in app.workers if w.group == "control"],
+                       what="the ok reply")  # the command's worker ends once the reply is in
+        await more_polls(pilot, screen)  # and the log was read since: it says nothing of a pause
         assert screen.model.state == "running"
         assert "running → pausing…" in status_text(app)  # still on its way: nothing in the log says otherwise
         f.events.emit("state", state="paused", reason="from another viewer")
@@ -512,9 +505,7 @@ def test_a_refused_command_clears_its_marker_and_says_why(fake):
     f = fake(steps=20)
     f.refuse["pause"] = "the run is saving a checkpoint; try again in a moment"
     app = make_app("run", str(f.run.path), poll_interval=POLL)
-    told = []
-    notify = app.notify
-    app.notify = lambda message, **kw: (told.append(message), notify(message, **kw))
+    told = notifications(app)
 
     @run_app(app)
     async def _(pilot):
@@ -610,9 +601,9 @@ def test_cursor_reads_out_the_point_under_it_and_esc_hides_it(fake):
         m = screen.model
         k = m.steps.index_near(loss.cursor)
         assert loss.cursor == m.iters[k] < 500
-        await pilot.pause(0.05)
-        text = str(loss.readout.render())
         point = m.steps.point(k)
+        await wait_for(pilot, lambda: f"iter {point.iter}" in str(loss.readout.render()), what="the readout")
+        text = str(loss.readout.render())
         assert f"iter {point.iter}" in text and point.iter == loss.cursor
         assert f"{fmt_count(point.tokens)} tok" in text and point.tokens == point.iter * 768
         assert f"loss {point.loss:.4f}" in text and point.loss == pytest.approx(loss_at(point.iter))
@@ -705,8 +696,9 @@ def test_g_shows_learning_rate_and_gradient_norm_under_the_loss(fake):
         await wait_for(pilot, lambda: app.screen.model.iter == 500 and loss.canvas.figure.points > 0)
         assert not loss.aux_canvas.display
         await pilot.press("g")
-        await pilot.pause(0.05)
-        assert loss.aux_canvas.display and loss.aux_canvas.size.height >= 5 and loss.canvas.size.height >= 5
+        assert loss.aux_canvas.display
+        await wait_for(pilot, lambda: loss.aux_canvas.size.height > 0, what="the lr / grad plot laid out")
+        assert loss.aux_canvas.size.height >= 5 and loss.canvas.size.height >= 5
         lr, grad = loss.aux_canvas.figure.series
         assert lr.label == "lr ÷ 1.00e-03" and grad.label.startswith("grad norm ÷ ")
         assert lr.ys[-1] == pytest.approx(1.0) and lr.ys[0] == pytest.approx(0.1)  # warm-up to the peak

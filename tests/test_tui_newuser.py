@@ -6,14 +6,11 @@ Driven with Pilot against a FakeRun, a recorded log, or (tests at the end) a rea
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-
 import pytest
-from conftest import tiny_overrides
-from fakerun import FakeRun, fake, make_run, run_app, status_text, text_of, wait_for  # noqa: F401
-from test_tui_realrun import START, process_gone
+from fakerun import (POLL, START, FakeRun, fake, fake_doctor, kill_if_running, make_run,  # noqa: F401 (fake)
+                     notifications, process_gone, run_app, shown_iter, spawn_real_run, status_text, text_of,
+                     wait_for)
+from helpers import wait_until
 
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.runs import launch
@@ -31,13 +28,6 @@ from gpt2_cockpit.tui.widgets.plan import DiagnosticsPane
 from gpt2_cockpit.tui.widgets.samples import SamplePane
 from gpt2_cockpit.tui.widgets.status import StatusPane
 
-POLL = 0.05
-
-
-def fake_doctor(checks) -> list[str]:
-    return [sys.executable, "-c", f"import json; print(json.dumps({checks!r}))"]
-
-
 NO_GPU_CHECKS = [  # what `gpt2-cockpit doctor --json` says on a machine without an NVIDIA GPU
     {"id": "nvidia_driver", "name": "NVIDIA driver", "status": "fail", "detail": "NVML not found",
      "remedy": "install the NVIDIA driver (535 or newer)", "required": True},
@@ -49,28 +39,11 @@ NO_GPU_CHECKS = [  # what `gpt2-cockpit doctor --json` says on a machine without
 ]
 
 
-def notifications(app) -> list[str]:
-    """What the app has told the user so far (titles and messages)."""
-    told: list[str] = []
-    notify = app.notify
-
-    def recording(message, **kw):
-        told.append(f"{kw.get('title', '')}: {message}")
-        return notify(message, **kw)
-
-    app.notify = recording
-    return told
-
-
 async def highlight(pilot, app, name: str) -> None:
     """Highlight preset `name` on home (the default depends on the machine's GPU)."""
     await wait_for(pilot, lambda: app.screen.preset_infos, what="the presets")
     app.screen.query_one(PresetList).highlighted = [i.name for i in app.screen.preset_infos].index(name)
     await wait_for(pilot, lambda: app.screen.selected_preset_name() == name, what=f"{name} highlighted")
-
-
-def shown_iter(app) -> int:
-    return int(status_text(app).split("iter", 1)[1].split("/", 1)[0])
 
 
 # --------------------------------------------------------------------------- 4. the preset editor
@@ -132,7 +105,7 @@ def test_enter_on_a_preset_says_what_would_start_and_asks_once(monkeypatch):
             assert plan.device and f"on {plan.device}" in question  # where it would train
             await pilot.press("enter")  # the focused button is Cancel: a stray Enter starts nothing
             await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen), what="home again")
-            await pilot.pause(0.2)
+            await pilot.pause(0.2)  # a sleep on purpose: no run may start meanwhile
             assert not started and not list_dirs()
             await pilot.press("enter")
             await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question again")
@@ -201,7 +174,7 @@ def test_the_log_reflows_when_the_terminal_is_resized(fake):
         for n in range(12):
             log.say(f"{n}: {long}")
         log.say("the newest line")
-        await pilot.pause(0.1)
+        await wait_for(pilot, lambda: log.lines and "the newest line" in log.lines[-1].text, what="the lines written")
 
         def widest() -> int:
             return max(line.cell_length for line in log.lines)
@@ -213,14 +186,14 @@ def test_the_log_reflows_when_the_terminal_is_resized(fake):
         wide = widest()
         await pilot.resize_terminal(80, 24)
         await wait_for(pilot, lambda: widest() < wide and fits(), timeout=5, what="the log rewrapped for 80 columns")
-        await pilot.pause(0.1)
+        await pilot.pause(0.1)  # a sleep on purpose: once settled, it still fits (no later rewrap undoes it)
         narrow = log.scrollable_content_region.width
         assert fits(), (widest(), narrow)
         assert log.scroll_y == log.max_scroll_y and "the newest line" in log.lines[-1].text  # the newest in view
         assert log.max_scroll_x == 0  # no horizontal scrollbar over the last line
         await pilot.resize_terminal(160, 48)
         await wait_for(pilot, lambda: widest() > narrow, timeout=5, what="the log rewrapped for 160 columns")
-        await pilot.pause(0.1)
+        await pilot.pause(0.1)  # a sleep on purpose, as above
         assert fits()  # wider lines again, not the narrow wrapping
         assert log.scroll_y == log.max_scroll_y and "the newest line" in log.lines[-1].text
 
@@ -269,7 +242,7 @@ def test_dimmed_keys_of_a_run_that_is_not_live_say_why(state):
     async def _(pilot):
         screen = app.screen
         await wait_for(pilot, lambda: screen.model.alive is False and screen.model.state == state)
-        await pilot.pause(0.05)
+        await wait_for(pilot, lambda: state in status_text(app), what="the status repainted")
         assert dict(screen.model.status_rows())["ETA"] == "-" and "ms/it" not in status_text(app)
         assert screen.check_action("checkpoint", ()) is None  # dimmed...
         await pilot.press("c")  # ...and pressed anyway, it says why
@@ -297,8 +270,8 @@ def test_home_diagnostics_say_what_to_do_without_a_gpu():
         lines = diag.text.splitlines()
         # right under the counts, so it shows in the pane's few lines at 80x24
         assert lines[1] == "Without an NVIDIA GPU, train on the CPU: gpt2-cockpit train cpu-tiny"
-        await pilot.pause(0.1)
-        assert diag.region.height >= 4  # on screen: the counts and this line inside the border
+        # on screen: the counts and this line inside the border
+        await wait_for(pilot, lambda: diag.region.height >= 4, what="the diagnostics pane laid out")
 
 
 # --------------------------------------------------------------------------- 10. the plot keeps up
@@ -330,26 +303,15 @@ def test_the_loss_plot_keeps_up_with_the_status(fake):
 def stopped_real_run(corpus):
     """A tiny run that trained a few steps and was stopped: it checkpointed between two logged
     steps (log_interval 5) and its process exited."""
-    run = launch.create_run("cpu-tiny", tiny_overrides(
-        corpus, max_iters=100_000, lr_decay_iters=100_000, warmup_iters=2, log_interval=5,
-        eval_interval=100_000, checkpoint_interval=100_000), "halted")
-    pids = [launch.spawn(run, resume=False, gpus=None)]
-    deadline = time.monotonic() + START
-    while "\"type\":\"step\"" not in run.events_path.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    launch.command(run, {"cmd": "stop"}, timeout=60)
-    deadline = time.monotonic() + 30
-    while not process_gone(pids[0]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert process_gone(pids[0])
-    yield run, pids
-    if run.pid_path.exists():  # the restarted process, if a failed test left it training
-        try:
-            pid = int(run.pid_path.read_text())
-            if not process_gone(pid):
-                os.killpg(os.getpgid(pid), 9)
-        except (OSError, ValueError):
-            pass
+    run, pid = spawn_real_run(corpus, "halted", log_interval=5)
+    try:
+        wait_until(lambda: "\"type\":\"step\"" in run.events_path.read_text(), timeout=START, what="a first step")
+        launch.command(run, {"cmd": "stop"}, timeout=60)
+        wait_until(lambda: process_gone(pid), timeout=30, what="the run process to exit")
+        yield run, [pid]
+    finally:
+        kill_if_running(pid)
+        kill_if_running(run.pid())  # the restarted process, if a failed test left it training
 
 
 def test_a_stopped_real_run_samples_its_checkpoint_and_resumes_from_the_cockpit(stopped_real_run):

@@ -5,46 +5,23 @@ end: every change on screen comes from the run's event log, the replies only acc
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
-from conftest import tiny_overrides
-from fakerun import run_app, status_text, text_of, wait_for
+from fakerun import START, kill_if_running, process_gone, run_app, spawn_real_run, status_text, text_of, wait_for
+from helpers import wait_until
 
-from gpt2_cockpit.engine.runs import launch
 from gpt2_cockpit.tui.app import make_app
 from gpt2_cockpit.tui.widgets.dialogs import ConfirmScreen, LiveSettingsScreen
 from gpt2_cockpit.tui.widgets.log_pane import LogPane
 from gpt2_cockpit.tui.widgets.samples import SamplePane
 from gpt2_cockpit.tui.widgets.status import StatusPane
 
-START = 60.0  # seconds for the run process to import torch, tokenize and take its first steps
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # a zombie (exited, not yet reaped by its parent, this test process) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-
 
 @pytest.fixture
 def real_run(corpus):
     """A detached tiny run that would train for a long time unless stopped."""
-    run = launch.create_run("cpu-tiny", tiny_overrides(
-        corpus, max_iters=100_000, lr_decay_iters=100_000, warmup_iters=2, log_interval=1,
-        eval_interval=100_000, checkpoint_interval=100_000), "real")
-    pid = launch.spawn(run, resume=False, gpus=None)
+    run, pid = spawn_real_run(corpus, "real")
     yield run, pid
-    if not process_gone(pid):  # a failed test must not leave it training (conftest kills it too)
-        os.killpg(os.getpgid(pid), 9)
+    kill_if_running(pid)
 
 
 def test_pause_sample_set_resume_and_stop_a_real_run(real_run):
@@ -102,7 +79,4 @@ def test_pause_sample_set_resume_and_stop_a_real_run(real_run):
         assert "stopped" in status_text(app) and not m.live
         assert not [e for e in log.entries if e.severity == "error"], [e.text for e in log.entries]
 
-    deadline = time.monotonic() + 10
-    while not process_gone(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert process_gone(pid)
+    wait_until(lambda: process_gone(pid), timeout=10, what="the run process to exit")

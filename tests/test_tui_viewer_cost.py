@@ -10,7 +10,7 @@ import selectors
 import time
 
 import pytest
-from fakerun import FakeRun, fake, make_run, run_app, status_text, wait_for
+from fakerun import POLL, fake, more_polls, run_app, status_text, wait_for  # noqa: F401 (fake)
 
 from gpt2_cockpit.tui import pace as pacemod
 from gpt2_cockpit.tui import terminal
@@ -19,9 +19,6 @@ from gpt2_cockpit.tui.pace import LEAN, NORMAL, IdleCores, Pace, next_pace
 from gpt2_cockpit.tui.screens.run import RunScreen
 from gpt2_cockpit.tui.widgets.loss_plot import LossPane
 from gpt2_cockpit.tui.widgets.status import StatusPane
-
-POLL = 0.05
-
 
 # --------------------------------------------------------------------------- the pace
 
@@ -118,13 +115,13 @@ def test_status_repaints_only_what_changed_and_new_steps_at_its_pace(fake):
         await wait_for(pilot, lambda: "200/2000" in status_text(app), what="the replayed status")
         screen.set_pace(Pace(POLL, 0.1, NORMAL.plot_share, NORMAL.plot_max))
         repaints = status.repaints
-        await pilot.pause(0.6)  # six status periods, nothing new in the log
+        await more_polls(pilot, screen, 12)  # 12 polls (at least 0.6 s): six status periods, nothing new in the log
         assert status.repaints == repaints
         screen.set_pace(Pace(POLL, 3600.0, NORMAL.plot_share, NORMAL.plot_max))
         for _ in range(3):
             f.step()  # new steps: not urgent, shown at the next status period (an hour away)
         await wait_for(pilot, lambda: screen.model.iter == 230, what="the new steps")
-        await pilot.pause(0.3)
+        await more_polls(pilot, screen)  # polls after the new steps: none repaints them early
         assert "200/2000" in status_text(app)
         f.events.emit("checkpoint", iter=230, path=str(f.run.checkpoints / "ckpt-230.pt"), best=True)
         await wait_for(pilot, lambda: "@230" in status_text(app), timeout=5, what="the checkpoint at once")
@@ -140,11 +137,11 @@ def test_plot_redraws_for_new_data_within_its_cpu_budget(fake):
         screen = app.screen
         loss = screen.query_one(LossPane)
         await wait_for(pilot, lambda: loss.canvas.figure.points > 0, what="the first plot")
-        await pilot.pause(0.3)
-        assert loss.redraw_cost() > 0  # measured: the figures and their painting
+        # measured: the figures and their painting
+        await wait_for(pilot, lambda: loss.redraw_cost() > 0, what="a measured redraw")
         loss.set_budget(cpu_share=loss.redraw_cost() / 2.0, max_gap=2.0)  # a redraw every 2 s at most
         redraws, drawn_to = loss.redraws, loss.canvas.figure.series[0].xs[-1]
-        await pilot.pause(1.0)
+        await pilot.pause(1.0)  # a sleep on purpose: new steps arrive all along, and the budget holds back the redraws
         assert loss.redraws - redraws <= 1
         await wait_for(pilot, lambda: loss.canvas.figure.series[0].xs[-1] > drawn_to, timeout=10,
                        what="a redraw with the new steps")

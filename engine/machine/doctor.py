@@ -286,8 +286,7 @@ def check_gpu(p: _Probe) -> Check:
 def check_gpu_processes(p: _Probe) -> Check:
     c = Check("gpu_processes", "GPU processes", "pass", "")
     if not p.gpus:
-        c.status, c.detail, c.remedy = "warn", "not checked: NVML sees no GPU", "see the failed checks above"
-        return c
+        return _not_checked(c, "NVML sees no GPU")
     me = os.getpid()
     found, unknown = [], []
     for g in p.gpus:
@@ -329,17 +328,16 @@ def _capability(p: _Probe) -> tuple[int, int] | None:
     return p.gpus[0].compute_capability if p.gpus else None
 
 
-def _no_cuda(c: Check, p: _Probe) -> Check:
-    c.status = "warn"
-    c.detail = "not checked: torch has no CUDA GPU"
-    c.remedy = "see the failed checks above"
+def _not_checked(c: Check, why: str) -> Check:
+    """A check that depends on one that failed: a warning that says why, pointing above."""
+    c.status, c.detail, c.remedy = "warn", f"not checked: {why}", "see the failed checks above"
     return c
 
 
 def check_bf16(p: _Probe) -> Check:
     c = Check("bf16", "bf16", "pass", "")
     if not p.cuda_available:
-        return _no_cuda(c, p)
+        return _not_checked(c, "torch has no CUDA GPU")
     cuda = p.torch.cuda
     try:  # torch >= 2.3 answers True for bf16 emulated in software unless told not to
         native = cuda.is_bf16_supported(including_emulation=False)
@@ -358,7 +356,7 @@ def check_bf16(p: _Probe) -> Check:
 def check_sdpa(p: _Probe) -> Check:
     c = Check("sdpa", "SDPA kernels", "pass", "")
     if not p.cuda_available:
-        return _no_cuda(c, p)
+        return _not_checked(c, "torch has no CUDA GPU")
     b = p.torch.backends.cuda
     cc = _capability(p) or (0, 0)
     built = call_or_none(getattr(b, "is_flash_attention_available", lambda: True))
@@ -382,9 +380,7 @@ def check_sdpa(p: _Probe) -> Check:
 def check_cudnn(p: _Probe) -> Check:
     c = Check("cudnn", "cuDNN", "pass", "")
     if p.torch is None or not getattr(p.torch.version, "cuda", None):
-        c.status, c.detail = "warn", "not checked: no CUDA build of torch"
-        c.remedy = "see the failed checks above"
-        return c
+        return _not_checked(c, "no CUDA build of torch")
     v = call_or_none(p.torch.backends.cudnn.version)
     if not v:
         c.status, c.detail = "warn", "torch finds no cuDNN (GPT training does not need it, convolutions would)"
@@ -513,6 +509,11 @@ def check_weights(p: _Probe) -> Check:
     return c
 
 
+def _free_bytes(where: Path) -> int:
+    """Free bytes on the disk holding `where` (the tests swap this for a disk of their choosing)."""
+    return shutil.disk_usage(where).free
+
+
 def check_disk(p: _Probe) -> Check:
     c = Check("disk", "disk", "pass", "", required=True)
     target = p.runs_path
@@ -523,7 +524,7 @@ def check_disk(p: _Probe) -> Check:
     where = Path(target)
     while not where.exists() and where != where.parent:  # the nearest existing parent
         where = where.parent
-    free = shutil.disk_usage(where).free
+    free = _free_bytes(where)
     c.detail = f"{free / GIB:.1f} GiB free at {where}" + ("" if where == Path(target) else f" (for {target})")
     if free < 1 * GIB:
         c.status, c.remedy = "fail", "free some space: checkpoints and token files need at least a few GiB"
