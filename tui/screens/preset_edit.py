@@ -11,11 +11,9 @@ import re
 from functools import partial
 from typing import Any, get_type_hints
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
@@ -25,7 +23,7 @@ from gpt2_cockpit.engine.errors import UserError
 
 from ..validation import Checked, failures
 from ..widgets.dialogs import ConfirmScreen, value_text
-from ..widgets.plan import PlanPane, PlanResult, compute_plan
+from ..widgets.plan import Planner, PlanPane, PlanResult
 
 
 def editable_keys(cfg: cfgmod.Config) -> list[str]:
@@ -66,19 +64,13 @@ def new_preset_name(base: str) -> str:
     return name
 
 
-class PresetEditScreen(Screen[str | None]):
+class PresetEditScreen(Planner, Screen[str | None]):
     """Dismisses with the saved preset's name, or None."""
 
     BINDINGS = [
         Binding("ctrl+s", "save", "Save preset", tooltip="Save these settings as your own preset"),
         Binding("escape", "back", "Back", tooltip="Back to home without saving"),
     ]
-
-    class PlanReady(Message):
-        def __init__(self, generation: int, result: PlanResult) -> None:
-            super().__init__()
-            self.generation = generation
-            self.result = result
 
     def __init__(self, preset_name: str) -> None:
         super().__init__()
@@ -88,7 +80,6 @@ class PresetEditScreen(Screen[str | None]):
         self.cfg: cfgmod.Config | None = self.base  # the valid config of the form, None while invalid
         self.errors: dict[str, str] = {}  # key (or "*" for the changes together) -> why not
         self.origin = f"preset {preset_name}"
-        self._generation = 0
         self._texts = {field_id(k): value_text(self.base.get(k)) for k in self.keys}
 
     def compose(self) -> ComposeResult:
@@ -154,17 +145,11 @@ class PresetEditScreen(Screen[str | None]):
             self._replan()
 
     def _replan(self) -> None:
-        self._generation += 1
         self.query_one(PlanPane).show(self.preset_name, "", None)
-        self._plan(self._generation, self.cfg)
+        self.request_plan(self.preset_name, self.cfg)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
-    def _plan(self, generation: int, cfg: cfgmod.Config) -> None:
-        self.post_message(self.PlanReady(generation, compute_plan(cfg)))
-
-    def on_preset_edit_screen_plan_ready(self, message: PlanReady) -> None:
-        if message.generation == self._generation:  # an older plan may finish after a newer edit
-            self.query_one(PlanPane).show(self.preset_name, "", message.result)
+    def plan_ready(self, key: str, result: PlanResult) -> None:
+        self.query_one(PlanPane).show(self.preset_name, "", result)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

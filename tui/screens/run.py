@@ -50,7 +50,7 @@ from ..model import Changes, RunModel, Sample
 from ..pace import NORMAL, IdleCores, Pace, next_pace
 from ..widgets.dialogs import ConfirmScreen, LiveSettingsScreen
 from ..widgets.log_pane import LogPane
-from ..widgets.loss_plot import LossPane
+from ..widgets.loss_plot import LossPane, view_bindings
 from ..widgets.samples import SamplePane
 from ..widgets.status import GpuPane, StatusPane
 
@@ -120,11 +120,7 @@ class RunScreen(Screen):
         Binding("x", "stop", "Stop", tooltip="Checkpoint and stop the run (asks first)"),
         Binding("e", "edit_settings", "Settings", tooltip="Change live settings: learning rate, max iters, intervals"),
         Binding("q", "leave", "Leave", tooltip="Leave the cockpit; the run goes on"),
-        Binding("l", "toggle_log_scale", "Log scale", show=False, tooltip="Loss plot: linear or log y-axis"),
-        Binding("t", "toggle_x_axis", "X axis: iter/tokens/time", show=False,
-                tooltip="Loss plot: x by iteration, tokens or active wall time"),
-        Binding("left_square_bracket", "smoothing(-1)", "Less smoothing", show=False),
-        Binding("right_square_bracket", "smoothing(1)", "More smoothing", show=False),
+        *view_bindings(show=False),  # l, t, [ and ]: the loss plot's PlotView (its actions below)
         Binding("z", "zoom", "Zoom: all/last 50%/last 10%", show=False, tooltip="Loss plot: the whole run or its recent part"),
         Binding("left", "cursor(-1)", "Cursor left", show=False, tooltip="Loss plot: a cursor that reads out one point"),
         Binding("right", "cursor(1)", "Cursor right", show=False, tooltip="Loss plot: a cursor that reads out one point"),

@@ -21,7 +21,8 @@ cursor, ...) redraws at once. The model's step history is bounded (series.py) an
 curves are downsampled to about two points per column, so a redraw costs the same for a
 200-step run and a 200,000-step one.
 
-`curves()` is shared with the compare screen, so one run's line looks the same in both.
+`curves()` is shared with the compare screen, so one run's line looks the same in both, and so
+is `PlotView`: the smoothing, log-scale and x-axis settings, their keys and their cycling rules.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.timer import Timer
@@ -164,16 +166,73 @@ def x_ticks(xs: list[float], count: int, x_axis: str) -> tuple[list[float] | Non
     return ticks, [f"{t:g}" for t in ticks]
 
 
-# --------------------------------------------------------------------------- the pane
+# --------------------------------------------------------------------------- the view settings
 
 
-class LossPane(Vertical):
-    """Loss history with adjustable smoothing, log scale, x-axis, zoom, a cursor and lr/grad norm."""
+def view_bindings(show: bool) -> list[Binding]:
+    """The keys of `PlotView`'s actions (t, l, [ and ]); `show`: t and l in the Footer."""
+    return [
+        Binding("t", "toggle_x_axis", "X: iter/tokens/time", show=show,
+                tooltip="Loss plot: x by iteration, tokens or active wall time"),
+        Binding("l", "toggle_log_scale", "Log scale", show=show, tooltip="Loss plot: linear or log y-axis"),
+        Binding("left_square_bracket", "smoothing(-1)", "Less smoothing", show=False),
+        Binding("right_square_bracket", "smoothing(1)", "More smoothing", show=False),
+    ]
 
-    # the user's view settings: changing one redraws the plot and its subtitle at once
+
+class PlotView:
+    """How a loss plot is viewed, the same on the run screen's LossPane and the compare screen
+    (a mixin for a Textual widget or screen): the train curve's smoothing, a linear or log
+    y-axis and the x-axis (iter, tokens or time), with the rules that cycle them and the
+    actions of `view_bindings`' keys. A change calls the node's `view_changed()`, which redraws."""
+
     smoothing: reactive[float] = reactive(0.6, init=False)  # EMA weight, one of SMOOTHING_STEPS
     log_y: reactive[bool] = reactive(False, init=False)
     x_axis: reactive[str] = reactive("iter", init=False)  # one of X_AXES
+
+    def cycle_smoothing(self, direction: int) -> None:
+        """The next smoothing step up (1) or down (-1) from the nearest one, stopping at the ends."""
+        steps = SMOOTHING_STEPS
+        i = min(range(len(steps)), key=lambda k: abs(steps[k] - self.smoothing))
+        self.smoothing = steps[max(0, min(len(steps) - 1, i + direction))]
+
+    def toggle_log(self) -> None:
+        self.log_y = not self.log_y
+
+    def toggle_x_axis(self) -> None:
+        """iter, tokens, time, then iter again."""
+        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
+
+    # the keys' actions, on the node whose bindings are view_bindings()
+    action_smoothing = cycle_smoothing
+    action_toggle_log_scale = toggle_log
+    action_toggle_x_axis = toggle_x_axis
+
+    def view_subtitle(self) -> str:
+        """The settings and the key that changes each (fits the pane at 80 columns)."""
+        return f"ema {self.smoothing:.2f} [] · {'log' if self.log_y else 'lin'} l · {self.x_axis} t"
+
+    def watch_smoothing(self) -> None:
+        self.view_changed()
+
+    def watch_log_y(self) -> None:
+        self.view_changed()
+
+    def watch_x_axis(self) -> None:
+        self.view_changed()
+
+    def view_changed(self) -> None:
+        """A setting changed (on the UI thread): redraw with it and say it."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- the pane
+
+
+class LossPane(PlotView, Vertical):
+    """Loss history with adjustable smoothing, log scale, x-axis, zoom, a cursor and lr/grad norm."""
+
+    # the user's view settings (PlotView's too): changing one redraws the plot and its subtitle at once
     zoom: reactive[float] = reactive(1.0, init=False)  # one of ZOOMS
     cursor: reactive[int | None] = reactive(None, init=False)  # the iteration under the cursor, or hidden
     show_aux: reactive[bool] = reactive(False, init=False)  # the lr / grad norm plot
@@ -234,17 +293,6 @@ class LossPane(Vertical):
 
     # ---------------------------------------------------------------- user settings
 
-    def cycle_smoothing(self, direction: int) -> None:
-        steps = SMOOTHING_STEPS
-        i = min(range(len(steps)), key=lambda k: abs(steps[k] - self.smoothing))
-        self.smoothing = steps[max(0, min(len(steps) - 1, i + direction))]
-
-    def toggle_log(self) -> None:
-        self.log_y = not self.log_y
-
-    def toggle_x_axis(self) -> None:
-        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
-
     def cycle_zoom(self) -> None:
         self.zoom = ZOOMS[(ZOOMS.index(self.zoom) + 1) % len(ZOOMS)] if self.zoom in ZOOMS else ZOOMS[0]
 
@@ -270,42 +318,31 @@ class LossPane(Vertical):
     def hide_cursor(self) -> None:
         self.cursor = None
 
-    def _settings_changed(self) -> None:
+    def view_changed(self) -> None:
         self._update_subtitle()
         self.redraw()
-
-    def watch_smoothing(self) -> None:
-        self._settings_changed()
-
-    def watch_log_y(self) -> None:
-        self._settings_changed()
-
-    def watch_x_axis(self) -> None:
-        self._settings_changed()
 
     def watch_zoom(self) -> None:
         if self.cursor is not None:  # keep the cursor in view
             k0 = first_visible(self.model, self.zoom)
             if self.model.steps.iters and self.cursor < self.model.steps.iters[k0]:
                 self.cursor = self.model.steps.iters[k0]
-        self._settings_changed()
+        self.view_changed()
 
     def watch_cursor(self) -> None:
         self.readout.display = self.cursor is not None
-        self._settings_changed()
+        self.view_changed()
 
     def watch_show_aux(self) -> None:
         self.aux_canvas.display = self.show_aux
-        self._settings_changed()
+        self.view_changed()
 
     def watch_show_hellaswag(self) -> None:
-        self._settings_changed()  # redraw() shows or hides its canvas
+        self.view_changed()  # redraw() shows or hides its canvas
 
     def _update_subtitle(self) -> None:
-        # the view and the key that changes each part (fits the pane at 80 columns)
-        scale = "log" if self.log_y else "lin"
         zoom = "all" if self.zoom >= 1 else f"{self.zoom:.0%}"  # the newest share of the run
-        self.border_subtitle = f"ema {self.smoothing:.2f} [] · {scale} l · {self.x_axis} t · {zoom} z"
+        self.border_subtitle = f"{self.view_subtitle()} · {zoom} z"
 
     # ---------------------------------------------------------------- drawing
 

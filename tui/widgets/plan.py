@@ -1,7 +1,8 @@
 """The plan pane (what a preset will cost) and the diagnostics summary, for the home screen.
 
 The figures come from the engine (planner, `gpt2-cockpit doctor --json`); these widgets only
-show them. Computing them happens in the screens' thread workers.
+show them. Computing them happens in the screens' thread workers: a plan's in `Planner`'s (the
+home screen's and the preset editor's), the diagnostics in the home screen's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from textual import work
 from textual.content import Content
+from textual.message import Message
 
 from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine.errors import UserError
@@ -84,6 +87,49 @@ def _device(cfg: cfgmod.Config, gpu: Any) -> str:
     if cfg.train.device == "cuda":
         return "CUDA, which the preset asks for, but no NVIDIA GPU was found"
     return "the CPU (no NVIDIA GPU found)"
+
+
+class PlanReady(Message, bubble=False):
+    """A plan from `Planner`'s worker: of `key` (what the screen planned: a preset's name), for
+    its request number `request`."""
+
+    def __init__(self, key: str, request: int, result: PlanResult) -> None:
+        super().__init__()
+        self.key = key
+        self.request = request
+        self.result = result
+
+
+class Planner:
+    """A screen's plans, computed off the UI thread (a mixin for a Screen: the home screen and
+    the preset editor). `request_plan(key, cfg)` plans `cfg` in a thread worker (group "plan",
+    exclusive: a newer request cancels the older one) and hands the result to the screen's
+    `plan_ready(key, result)` only if no newer request came meanwhile: a cancelled thread runs
+    on to its end, and its stale plan must not overwrite the newer one. A planner that fails
+    (other than the UserError compute_plan turns into a result) gives an error result, shown
+    like any other."""
+
+    _plan_request = 0  # the newest request's number
+
+    def request_plan(self, key: str, cfg: cfgmod.Config) -> None:
+        self._plan_request += 1
+        self._plan_worker(key, self._plan_request, cfg)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
+    def _plan_worker(self, key: str, request: int, cfg: cfgmod.Config) -> None:
+        try:
+            result = compute_plan(cfg)
+        except Exception as e:  # a bug in the planner: say so in the pane, not "planning…" forever
+            result = PlanResult([], error=f"planning failed: {e.__class__.__name__}: {e}")
+        self.post_message(PlanReady(key, request, result))  # type: ignore[attr-defined]
+
+    def on_plan_ready(self, message: PlanReady) -> None:
+        if message.request == self._plan_request:
+            self.plan_ready(message.key, message.result)
+
+    def plan_ready(self, key: str, result: PlanResult) -> None:
+        """The newest requested plan (on the UI thread): show it."""
+        raise NotImplementedError
 
 
 class PlanPane(TextPane):
