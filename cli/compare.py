@@ -56,7 +56,7 @@ def compare(args: argparse.Namespace) -> int:
     if len(args.runs) == 1:
         raise UserError("compare needs at least two runs (see 'gpt2-cockpit runs')")
     runs = _distinct_runs(args.runs) if args.runs else _newest_two()
-    stats = [metrics.load(run).stats for run in runs]
+    stats = [metrics.load(run, every_step=False).stats for run in runs]
     differ = metrics.config_diff({s.name: s.config for s in stats}, {s.name: s.changes for s in stats})
     best = metrics.best_run(stats)
     best_hellaswag = metrics.best_hellaswag_run(stats)

@@ -419,3 +419,25 @@ def test_ema_and_tokens_at_are_the_cockpits_too():
         s.append({"iter": it, "loss": 2.0, "tokens": tokens, "time": 1.0 * it})
     assert [s.tokens_at(it) for it in (5, 15, 30)] == [metrics.tokens_at([10, 20], [1000, 3000], it)
                                                        for it in (5, 15, 30)]
+
+
+def test_compare_reads_a_long_log_without_decoding_its_steps():
+    """`compare`'s figures (load(every_step=False)) equal those of every step decoded, while of each
+    run of steps between two other events only the first and the last RECENT_STEPS are decoded."""
+    events = start(100)
+    t = 102.0
+    for it in range(1, 3001):
+        t += 0.5
+        events.append(step(t, it, 3.0 - it / 2000, tokens_per_sec=1000.0 + it % 7))
+        if it % 500 == 0:
+            events.append(ev("eval", t + 0.1, iter=it, train_loss=2.0, val_loss=2.1 - it / 10_000))
+        if it == 1200:
+            events += [ev("state", t + 0.2, state="paused", reason=""), ev("set", t + 0.3, key="train.learning_rate",
+                       old=1e-3, new=5e-4), ev("state", t + 40, state="running", reason="")]
+            t += 40
+    events.append(ev("state", t + 1, state="done", reason="max_iters reached"))
+    run = make_run("long", events, "train.max_iters=3000")
+    every, few = metrics.load(run), metrics.load(run, every_step=False)
+    assert few.stats == every.stats and few.evals == every.evals
+    assert every.stats.iter == 3000 and every.stats.changes[0].iter == 1200
+    assert len(every.steps) == 3000 and len(few.steps) <= 8 * (metrics.RECENT_STEPS + 1)

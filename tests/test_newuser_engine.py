@@ -256,16 +256,20 @@ def test_the_compare_screen_shows_the_change_too(lowered_live):
         assert dict(screen.rows())["train.learning_rate"] == ["0.0003", "0.001 → 0.0003 @70"]
 
 
-def test_the_compare_screen_keeps_a_sets_iteration_when_its_steps_are_dropped():
-    from gpt2_cockpit.tui.screens.compare import KEEP_STEPS, keep_for_metrics
+def test_compare_keeps_a_sets_iteration_when_it_decodes_few_steps():
+    """`compare` and the compare screen decode few of a long log's steps (LogFold): a `set` logged
+    without its iteration still took effect after the step before it."""
+    from gpt2_cockpit.engine.runs.events import LogReader
 
     events = started(0, 1e-3) + steps(2, 10, 700) + [ev("set", 80, key="train.learning_rate", old=0.001,
                                                         new=0.0003)] + steps(81, 710, 1500)
-    kept: list[dict] = []
-    for k in range(0, len(events), 7):  # batches, as the log reader hands them over
-        keep_for_metrics(kept, events[k:k + 7])
-    assert sum(e["type"] == "step" for e in kept) == KEEP_STEPS
-    assert [(c.key, c.iter) for c in metrics.config_changes(kept)] == [("train.learning_rate", 700)]
+    run = log_run("r", events)
+    for chunk_bytes in (512, 8 << 20):  # batches, as the log reader hands them over
+        thin = metrics.LogFold(every_step=False)
+        for batch in LogReader(run.events_path, chunk_bytes=chunk_bytes).batches():
+            thin.add(batch)
+        assert [(c.key, c.iter) for c in thin.changes] == [("train.learning_rate", 700)]
+    assert len(thin.rows.steps) <= 2 * (metrics.RECENT_STEPS + 1) < 150  # of 150 steps
 
 
 def test_compare_with_no_runs_named_compares_the_two_newest(capsys):

@@ -10,7 +10,7 @@ from fakerun import FakeRun, make_run, run_app, wait_for
 
 from gpt2_cockpit.engine.runs import metrics
 from gpt2_cockpit.tui.app import make_app
-from gpt2_cockpit.tui.screens.compare import CompareScreen, keep_for_metrics, load_run, run_color
+from gpt2_cockpit.tui.screens.compare import CompareScreen, load_run, run_color
 from gpt2_cockpit.tui.screens.home import HomeScreen, RunsTable
 
 NO_DOCTOR = [sys.executable, "-c", "print('[]')"]
@@ -139,6 +139,35 @@ def test_the_same_runs_get_the_same_colours_whatever_the_marking_order(sweep):
         assert {c.run.name: c.color for c in second.runs} == colours
 
 
+def test_compare_and_the_run_screen_share_the_plot_view_keys_and_rules(sweep):
+    """One PlotView (widgets/loss_plot.py) on both: [ and ] step the smoothing and stop at the
+    ends, t cycles iter/tokens/time, l toggles log; the subtitle says it the same way."""
+    from gpt2_cockpit.tui.screens.run import RunScreen
+    from gpt2_cockpit.tui.widgets.loss_plot import SMOOTHING_STEPS, LossPane, PlotView
+
+    assert issubclass(CompareScreen, PlotView) and issubclass(LossPane, PlotView)
+    keys = {key: b[0].action for key, b in CompareScreen._merged_bindings.key_to_bindings.items()}
+    run_keys = {key: b[0].action for key, b in RunScreen._merged_bindings.key_to_bindings.items()}
+    for key in ("t", "l", "left_square_bracket", "right_square_bracket"):
+        assert keys[key] == run_keys[key]
+    app = make_app("home", doctor_argv=NO_DOCTOR)
+
+    @run_app(app, size=(100, 30))
+    async def _(pilot):
+        screen = await open_compare(pilot, app, ["lr-1e-3", "lr-3e-3"])
+        subtitle = lambda: screen.query_one("#compare-plot").border_subtitle  # noqa: E731
+        assert screen.smoothing == 0.6 and subtitle() == "ema 0.60 [] · lin l · iter t"
+        smoothed = screen.canvas.figure.series[0].ys
+        await pilot.press(*["right_square_bracket"] * (len(SMOOTHING_STEPS) + 1))
+        assert screen.smoothing == SMOOTHING_STEPS[-1] and "ema 0.99" in subtitle()
+        await pilot.press(*["left_square_bracket"] * (len(SMOOTHING_STEPS) + 1))
+        assert screen.smoothing == 0.0 and screen.canvas.figure.series[0].ys != smoothed  # raw now
+        await pilot.press("t", "t", "l")
+        assert subtitle() == "ema 0.00 [] · log l · time t" and screen.canvas.figure.log_y
+        await pilot.press("t")
+        assert screen.x_axis == "iter"
+
+
 def test_palette_offers_compare_once_two_runs_are_marked(sweep):
     app = make_app("home", doctor_argv=NO_DOCTOR)
 
@@ -171,10 +200,12 @@ def test_compare_saves_an_svg_screenshot_where_it_says(sweep, home_dir):
         assert any(str(svgs[0].name) in m for m in told)
 
 
-def test_metrics_get_every_event_they_need_but_few_steps(home_dir):
-    """The events kept for metrics.load give the same figures as the whole log, with at most
-    KEEP_STEPS step events however long the run (a restart from an earlier checkpoint included)."""
-    from gpt2_cockpit.tui.feed import LogReader
+@pytest.mark.parametrize("chunk_bytes", [4096, 8 << 20])  # many small batches, or one
+def test_the_figures_decode_few_steps_and_match_the_whole_log(home_dir, chunk_bytes):
+    """The compare screen's figures (a LogFold that decodes of each run of steps its first and
+    its last RECENT_STEPS) are those of every event decoded, however long the run (a restart from
+    an earlier checkpoint included)."""
+    from gpt2_cockpit.engine.runs.events import LogReader, read_all
 
     f = FakeRun(make_run(name="long"))
     f.history(150)
@@ -188,12 +219,14 @@ def test_metrics_get_every_event_they_need_but_few_steps(home_dir):
         f.step()
     f.events.emit("state", state="done", reason="max_iters reached")
     f.close()
-    kept: list[dict] = []
-    for batch in LogReader(f.run.events_path, gpu_lines=0, chunk_bytes=4096).batches():  # many small batches
-        keep_for_metrics(kept, batch)
-    assert sum(e["type"] == "step" for e in kept) == 32
-    whole, thin = metrics.load(f.run).stats, metrics.load(f.run, kept).stats
-    assert thin == whole and whole.iter == 1600
+    thin = metrics.LogFold(every_step=False)
+    for batch in LogReader(f.run.events_path, chunk_bytes=chunk_bytes).batches():
+        thin.add(batch)
+    whole = metrics.load(f.run, read_all(f.run.events_path)).stats
+    assert metrics.load(f.run).stats == whole  # the fast reader, every step decoded
+    assert thin.metrics(f.run).stats == whole and whole.iter == 1600
+    if chunk_bytes > 1 << 20:  # (a small read holds few steps: it decodes them all)
+        assert len(thin.rows.steps) < len(metrics.load(f.run).steps)  # fewer steps decoded
     c = load_run(f.run, "primary")
     assert c.stats == whole and c.model.iter == 1600
     assert c.model.iters == list(range(10, 1601, 10))  # the first 1010..1500 superseded by the restart

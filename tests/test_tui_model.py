@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -234,11 +235,16 @@ def test_the_raw_plot_of_a_long_run_shows_a_single_step_spike():
     assert max(train.ys) == 99.0 and len(train.xs) <= 160
 
 
-def write_log(path, events):
+def write_log(path, events, spaced: bool = False):
+    """The events as the EventWriter writes them; `spaced`: then rewritten as json.dumps writes by
+    default (", " and ": " separators), as another tool might."""
     w = EventWriter(path)
     for e in events:
         w.emit(e.pop("type"), **e)
     w.close()
+    if spaced:
+        lines = path.read_text().splitlines()
+        path.write_text("".join(json.dumps(json.loads(line)) + "\n" for line in lines))
 
 
 def sample_history(n: int = 3000):
@@ -282,18 +288,22 @@ def sample_history(n: int = 3000):
     return out
 
 
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
 @pytest.mark.parametrize("chunk_bytes", [64 << 20, 1 << 20, 5000])  # GPU lines: read as they come / looked up at the end
-def test_the_fast_reader_folds_a_log_exactly_as_decoding_every_event(tmp_path, chunk_bytes):
+def test_the_fast_reader_folds_a_log_exactly_as_decoding_every_event(tmp_path, chunk_bytes, spaced):
     """Raw step lines folded by the fast path give the same model as every event decoded and
-    ingested one by one, whatever the chunking, with buckets both one step and many wide."""
+    ingested one by one, whatever the chunking and the JSON spacing, with buckets both one step
+    and many wide."""
     log = tmp_path / "events.jsonl"
-    write_log(log, sample_history())
+    write_log(log, sample_history(), spaced)
     for max_buckets in (8192, 256):
         fast, slow = RunModel("r"), RunModel("r")
         fast.steps, slow.steps = StepSeries(max_buckets), StepSeries(max_buckets)
-        reader = LogReader(log, chunk_bytes=chunk_bytes)
+        reader = LogReader(log, gpu_lines=GPU_LINES_KEPT, chunk_bytes=chunk_bytes)
         replay(reader, fast)
-        assert any(isinstance(i, StepLines) for i in LogReader(log, chunk_bytes=chunk_bytes).poll())
+        items = LogReader(log, chunk_bytes=chunk_bytes).poll()
+        assert any(isinstance(i, StepLines) for i in items)  # the fast path, in either spacing
+        assert not any(isinstance(i, dict) and i["type"] in ("step", "gpu") for i in items)
         slow.steps.expect(reader.expected_steps)  # the replay's hint about the log's length, if any
         slow.ingest(read_all(log))
         for name in StepSeries.FIELDS:
@@ -313,17 +323,18 @@ def test_the_fast_reader_folds_a_log_exactly_as_decoding_every_event(tmp_path, c
         assert fast.gpus == slow.gpus and list(fast.gpu_util[1]) == list(slow.gpu_util[1])
 
 
-def test_the_reader_skips_gpu_lines_but_keeps_the_newest_and_holds_a_partial_line(tmp_path):
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+def test_the_reader_skips_gpu_lines_but_keeps_the_newest_and_holds_a_partial_line(tmp_path, spaced):
     log = tmp_path / "events.jsonl"
     events = [{"type": "gpu", "index": g, "name": "A100", "util": u, "mem_used": None, "mem_total": None,
                "temp": None, "power": None} for u in range(5000) for g in range(8)]
     events += [{"type": "prepare", "phase": "tokenize", "done": 1, "total": 2, "unit": "MB", "rate": 1, "eta": 1}]
-    write_log(log, events)
+    write_log(log, events, spaced)
     with open(log, "a") as f:
         f.write('{"time": 5, "iter": 7, "type": "step", "loss": 2.5}\n')  # another writer's key order
         f.write("not json\n")
         f.write('{"type":"step","time":6,"iter":8,"lo')  # being written
-    reader = LogReader(log, chunk_bytes=64 << 10)
+    reader = LogReader(log, gpu_lines=GPU_LINES_KEPT, chunk_bytes=64 << 10)
     items = reader.poll()
     gpu = [e for e in items if isinstance(e, dict) and e["type"] == "gpu"]
     assert len(gpu) == GPU_LINES_KEPT  # of 40,000
@@ -337,10 +348,11 @@ def test_the_reader_skips_gpu_lines_but_keeps_the_newest_and_holds_a_partial_lin
     assert m.gpus[7].util == 4999 and len(m.gpu_util[7]) == GPU_HISTORY and m.iters == [7]
     with open(log, "a") as f:
         f.write('ss":2.25,"lr":0.001}\n')
+        f.write('{ "type" : "step", "time" : 7, "iter" : 9, "loss" : 2.0 }\n')  # a pretty-printer's
     more = reader.poll()
-    assert len(more) == 1 and isinstance(more[0], StepLines) and more[0].losses == [b"2.25"]
+    assert len(more) == 1 and isinstance(more[0], StepLines) and more[0].losses == [b"2.25", b"2.0"]
     m.ingest(more)
-    assert m.iters == [7, 8] and m.losses == [2.5, 2.25]
+    assert m.iters == [7, 8, 9] and m.losses == [2.5, 2.25, 2.0]
 
 
 def test_active_time_leaves_out_pauses_as_compare_does():

@@ -22,12 +22,13 @@ import statistics
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from itertools import chain
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .. import config as cfgmod
 from ..errors import UserError
-from .events import EventReader
-from .rundir import RunDir, summarize
+from .events import LogReader, StepLines
+from .rundir import LogSummary, RunDir
 
 # The states in which the run process is doing the run's work: training, and finishing it
 # (`stopping`: the last eval and checkpoint). Paused, preparing (loading data and the model) and
@@ -212,18 +213,6 @@ def wall_seconds(events: Iterable[dict[str, Any]], now: float | None = None) -> 
     return round(sum(end - start for start, end in running_spans(events, now)), 3)
 
 
-def _elapsed_at(spans: list[tuple[float, float]], t: float | None) -> float | None:
-    """Active seconds up to Unix time t (to the millisecond the log's times carry)."""
-    if t is None:
-        return None
-    total = 0.0
-    for start, end in spans:
-        if t <= start:
-            break
-        total += min(t, end) - start
-    return round(total, 3)
-
-
 # --------------------------------------------------------------------------- history
 
 
@@ -238,68 +227,10 @@ class History:
 
 def history(events: Iterable[dict[str, Any]], now: float | None = None) -> History:
     """The run's current step, eval and HellaSwag rows, a restart's superseded tail dropped
-    (module docstring)."""
-    events = list(events)
-    spans = running_spans(events, now)
-    h = History()
-
-    def truncate(last_iter: int) -> None:
-        while h.steps and h.steps[-1].iter > last_iter:
-            h.steps.pop()
-        while h.evals and h.evals[-1].iter > last_iter:
-            h.evals.pop()
-        while h.hellaswag and h.hellaswag[-1].iter > last_iter:
-            h.hellaswag.pop()
-
-    for e in events:
-        kind = e.get("type")
-        if kind == "run":
-            resumed = _int(e.get("resumed_from"))
-            if resumed is not None:
-                h.resumed_from = resumed
-                truncate(resumed)
-        elif kind == "step":
-            it = _int(e.get("iter"))
-            if it is None:
-                continue
-            if h.steps and it <= h.steps[-1].iter:
-                truncate(it - 1)
-            t = _finite(e.get("time"))
-            h.steps.append(StepRow(
-                iter=it, tokens=_int(e.get("tokens")), loss=_finite(e.get("loss")), lr=_finite(e.get("lr")),
-                grad_norm=_finite(e.get("grad_norm")), ms=_finite(e.get("ms")),
-                tokens_per_sec=_finite(e.get("tokens_per_sec")), mfu=_finite(e.get("mfu")),
-                micro_batch=_int(e.get("micro_batch")), grad_accum=_int(e.get("grad_accum")),
-                time=t, elapsed=_elapsed_at(spans, t)))
-        elif kind == "eval":
-            it = _int(e.get("iter"))
-            if it is None:
-                continue
-            while h.evals and h.evals[-1].iter >= it:  # an eval logged again (as the cockpit does)
-                h.evals.pop()
-            t = _finite(e.get("time"))
-            h.evals.append(EvalRow(iter=it, train_loss=_finite(e.get("train_loss")),
-                                   val_loss=_finite(e.get("val_loss")), val_ppl=_finite(e.get("val_ppl")),
-                                   time=t, elapsed=_elapsed_at(spans, t)))
-        elif kind == "hellaswag":
-            it = _int(e.get("iter"))
-            if it is None:
-                continue
-            while h.hellaswag and h.hellaswag[-1].iter >= it:  # scored again after a restart
-                h.hellaswag.pop()
-            t = _finite(e.get("time"))
-            h.hellaswag.append(HellaSwagRow(iter=it, acc=_finite(e.get("acc")), acc_norm=_finite(e.get("acc_norm")),
-                                            n=_int(e.get("n")), seconds=_finite(e.get("seconds")),
-                                            time=t, elapsed=_elapsed_at(spans, t)))
-            ref, ref_acc = e.get("reference"), _finite(e.get("reference_acc_norm"))
-            if isinstance(ref, str) and ref_acc is not None:
-                h.reference = (ref, ref_acc)
-    counted = [s for s in h.steps if s.tokens is not None]
-    iters, tokens = [s.iter for s in counted], [s.tokens for s in counted]
-    for row in h.evals + h.hellaswag:
-        at = tokens_at(iters, tokens, row.iter)
-        row.tokens = round(at) if at is not None else None
-    return h
+    (module docstring). (`now` is not needed: an event's active seconds are those at its time.)"""
+    log = LogFold()
+    log.add(events)
+    return log.history()
 
 
 def tokens_at(iters: Sequence[float], tokens: Sequence[float], it: float) -> float | None:
@@ -343,50 +274,10 @@ class ConfigChange:
 
 
 def config_changes(events: Iterable[dict[str, Any]]) -> list[ConfigChange]:
-    """Every change of a config key during the run, in log order: live `set` events, the
-    micro_batch / grad_accum splits of `oom` events, and the keys a restart's `run` event logs
-    with another value than the run had (`resume --set`).
-
-    A `set` event carries no iteration in older logs; it then took effect after the newest step
-    event before it (so at most log_interval steps late). A restart from the checkpoint at K
-    supersedes what came after K: a change logged there took effect at K, as config.toml kept it.
-    """
-    changes: list[ConfigChange] = []
-    current: dict[str, Any] | None = None  # the run's config as it stands, flattened
-    last_iter: int | None = None
-    for e in events:
-        kind = e.get("type")
-        if kind == "step":
-            last_iter = _int(e.get("iter"))
-        elif kind == "run" and isinstance(e.get("config"), Mapping):
-            logged = flatten(e["config"])
-            resumed = _int(e.get("resumed_from"))
-            if current is not None:
-                at = resumed if resumed is not None else 0
-                for c in changes:
-                    if c.iter is not None and c.iter > at:
-                        c.iter = at
-                changes += [ConfigChange(key, current[key], value, at, "resume") for key, value in logged.items()
-                            if key not in DIFF_IGNORED and key in current and current[key] != value]
-            current = logged
-            last_iter = resumed if resumed is not None else last_iter
-        elif kind == "set" and isinstance(e.get("key"), str):
-            it = _int(e.get("iter"))
-            changes.append(ConfigChange(e["key"], e.get("old"), e.get("new"), it if it is not None else last_iter, "set"))
-            if current is not None:
-                current[e["key"]] = e.get("new")
-        elif kind == "oom":
-            it, before, after = _int(e.get("iter")), _int(e.get("micro_batch_before")), _int(e.get("micro_batch_after"))
-            accum = _int(e.get("grad_accum_after"))
-            if before is not None and after is not None and before != after:
-                changes.append(ConfigChange("train.micro_batch", before, after, it, "oom"))
-            old_accum = (current or {}).get("train.grad_accum")
-            if accum is not None and accum != old_accum:
-                changes.append(ConfigChange("train.grad_accum", old_accum, accum, it, "oom"))
-            if current is not None:
-                current.update({k: v for k, v in (("train.micro_batch", after), ("train.grad_accum", accum))
-                                if v is not None})
-    return changes
+    """Every change of a config key during the run, in log order (LogFold.changes)."""
+    log = LogFold()
+    log.add(events)
+    return log.changes
 
 
 def spell(value: Any) -> str:
@@ -454,33 +345,21 @@ class RunMetrics:
     reference: tuple[str, float] | None = None  # (name, acc_norm) of the GPT-2 the run compares with
 
 
-def load(run: RunDir, events: list[dict[str, Any]] | None = None, now: float | None = None) -> RunMetrics:
+def load(run: RunDir, events: Iterable[dict[str, Any]] | None = None, now: float | None = None,
+         every_step: bool = True) -> RunMetrics:
     """Read a run's log (or use `events`, its whole log in order) and compute its figures.
 
     `now` ends a live run's open active span (default: the current time, if the run's process is
-    alive; a dead run's span ends at its last event).
+    alive; a dead run's span ends at its last event). `every_step=False`: only the figures are
+    wanted (`compare`), and a long log's steps are not all decoded (LogFold).
     """
+    log = LogFold(every_step)
     if events is None:
-        events = EventReader(run.events_path).poll()
-    summary = summarize(run, events)
-    if now is None and summary.alive:
-        now = time.time()
-    h = history(events, now)
-    s = RunStats(name=run.name, preset=summary.preset, engine=summary.engine, state=summary.state,
-                 max_iters=summary.max_iters, path=str(run.path), config=resolved_config(run, events))
-    if h.steps:
-        last = h.steps[-1]
-        s.iter, s.tokens, s.last_train_loss = last.iter, last.tokens, last.loss
-        paces = [r.tokens_per_sec for r in h.steps[-RECENT_STEPS:] if r.tokens_per_sec and r.tokens_per_sec > 0]
-        s.tokens_per_sec = statistics.median(paces) if paces else None
-    s.iter = max(s.iter, h.resumed_from or 0)  # restarted, no step logged since: the checkpoint's iter
-    s.best_val_loss, s.best_val_iter = best_val(h.evals)
-    s.wall_seconds = wall_seconds(events, now)
-    s.changes = config_changes(events)
-    s.best_acc_norm, s.best_acc_norm_iter = best_acc_norm(h.hellaswag)
-    if h.reference is not None:
-        s.hellaswag_reference, s.hellaswag_reference_acc_norm = h.reference
-    return RunMetrics(s, h.steps, h.evals, h.hellaswag, h.reference)
+        for batch in LogReader(run.events_path).batches():
+            log.add(batch)
+    else:
+        log.add(events)
+    return log.metrics(run, now)
 
 
 def best_val(evals: list[EvalRow]) -> tuple[float | None, int | None]:
@@ -513,20 +392,188 @@ def best_run(stats: Iterable[RunStats]) -> RunStats | None:
     return min(scored, key=lambda s: s.best_val_loss) if scored else None
 
 
+# --------------------------------------------------------------------------- reading a log
+
+
+class LogFold:
+    """A run's log folded as it is read: events in log order, or LogReader's items (events and
+    StepLines), into what its figures need: the current history's rows (module docstring), the
+    active clock, the config changes and the summary. Holds rows, not events.
+
+    `every_step=False` (`compare`, the compare screen) decodes of each run of consecutive raw step
+    lines only its first line and its last RECENT_STEPS: the figures come out the same (the last
+    step, the recent pace, the tokens at each eval, which follows a step, the active time, which
+    needs a run of steps' first and last times) without decoding a week-long log's 200,000 steps.
+    The rows then hold those steps only: `metrics` and `plot` read every step.
+    """
+
+    def __init__(self, every_step: bool = True):
+        self.every_step = every_step
+        self.clock = ActiveClock()
+        self.rows = History()
+        self.summary = LogSummary()
+        self.changes: list[ConfigChange] = []
+        self.config: dict[str, Any] | None = None  # the newest `run` event's config
+        self._current: dict[str, Any] | None = None  # the config as it stands, flattened
+        self._last_iter: int | None = None  # the newest step's (what a `set` without an iter follows)
+
+    def add(self, items: Iterable[Any]) -> None:
+        for item in items:
+            if isinstance(item, StepLines):
+                n = len(item.lines)
+                if self.every_step or n <= RECENT_STEPS + 1:
+                    decoded: Iterable[dict[str, Any]] = item.decoded()
+                else:
+                    decoded = chain(item.decoded(slice(0, 1)), item.decoded(slice(n - RECENT_STEPS, n)))
+                for e in decoded:
+                    self.feed(e)
+            else:
+                self.feed(item)
+
+    def feed(self, e: dict[str, Any]) -> None:
+        """One event, in log order."""
+        self.summary.feed(e)
+        self.clock.feed(e)
+        kind = e.get("type")
+        if kind == "step":
+            self._step(e)
+        elif kind == "eval":
+            self._scored(self.rows.evals, e, lambda it, t, elapsed: EvalRow(
+                iter=it, train_loss=_finite(e.get("train_loss")), val_loss=_finite(e.get("val_loss")),
+                val_ppl=_finite(e.get("val_ppl")), time=t, elapsed=elapsed))
+        elif kind == "hellaswag":
+            self._scored(self.rows.hellaswag, e, lambda it, t, elapsed: HellaSwagRow(
+                iter=it, acc=_finite(e.get("acc")), acc_norm=_finite(e.get("acc_norm")), n=_int(e.get("n")),
+                seconds=_finite(e.get("seconds")), time=t, elapsed=elapsed))
+            ref, ref_acc = e.get("reference"), _finite(e.get("reference_acc_norm"))
+            if isinstance(ref, str) and ref_acc is not None:
+                self.rows.reference = (ref, ref_acc)
+        elif kind == "run":
+            self._run(e)
+        elif kind == "set" and isinstance(e.get("key"), str):
+            it = _int(e.get("iter"))
+            self.changes.append(ConfigChange(e["key"], e.get("old"), e.get("new"),
+                                             it if it is not None else self._last_iter, "set"))
+            if self._current is not None:
+                self._current[e["key"]] = e.get("new")
+        elif kind == "oom":
+            self._oom(e)
+
+    def _elapsed(self, t: float | None) -> float | None:
+        """Active seconds at the time of the event just fed (to the millisecond the log carries)."""
+        return round(self.clock.at(t), 3) if t is not None else None
+
+    def _truncate(self, last_iter: int) -> None:
+        """A restart from the checkpoint at `last_iter` supersedes every row after it."""
+        h = self.rows
+        for rows in (h.steps, h.evals, h.hellaswag):
+            while rows and rows[-1].iter > last_iter:
+                rows.pop()
+
+    def _step(self, e: dict[str, Any]) -> None:
+        it = _int(e.get("iter"))
+        if it is None:
+            return
+        self._last_iter = it
+        steps = self.rows.steps
+        if steps and it <= steps[-1].iter:
+            self._truncate(it - 1)
+        t = _finite(e.get("time"))
+        steps.append(StepRow(
+            iter=it, tokens=_int(e.get("tokens")), loss=_finite(e.get("loss")), lr=_finite(e.get("lr")),
+            grad_norm=_finite(e.get("grad_norm")), ms=_finite(e.get("ms")),
+            tokens_per_sec=_finite(e.get("tokens_per_sec")), mfu=_finite(e.get("mfu")),
+            micro_batch=_int(e.get("micro_batch")), grad_accum=_int(e.get("grad_accum")),
+            time=t, elapsed=self._elapsed(t)))
+
+    def _scored(self, rows: list, e: dict[str, Any], row: Callable[[int, float | None, float | None], Any]) -> None:
+        """An eval or a HellaSwag point: it replaces any at the same iter or later (logged again,
+        as the cockpit does, or scored again after a restart)."""
+        it = _int(e.get("iter"))
+        if it is None:
+            return
+        while rows and rows[-1].iter >= it:
+            rows.pop()
+        t = _finite(e.get("time"))
+        rows.append(row(it, t, self._elapsed(t)))
+
+    def _run(self, e: dict[str, Any]) -> None:
+        """A run process started: a restart supersedes what came after its checkpoint, and the
+        keys it logs with another value than the run had are changes (`resume --set`)."""
+        resumed = _int(e.get("resumed_from"))
+        if resumed is not None:
+            self.rows.resumed_from = resumed
+            self._truncate(resumed)
+        if not isinstance(e.get("config"), Mapping):
+            return
+        self.config = e["config"]
+        logged = flatten(e["config"])
+        if self._current is not None:
+            at = resumed if resumed is not None else 0
+            for c in self.changes:  # a change logged after the checkpoint took effect at it
+                if c.iter is not None and c.iter > at:
+                    c.iter = at
+            self.changes += [ConfigChange(key, self._current[key], value, at, "resume") for key, value in logged.items()
+                             if key not in DIFF_IGNORED and key in self._current and self._current[key] != value]
+        self._current = logged
+        self._last_iter = resumed if resumed is not None else self._last_iter
+
+    def _oom(self, e: dict[str, Any]) -> None:
+        """An out-of-memory split: micro_batch and grad_accum changed."""
+        it, before, after = _int(e.get("iter")), _int(e.get("micro_batch_before")), _int(e.get("micro_batch_after"))
+        accum = _int(e.get("grad_accum_after"))
+        if before is not None and after is not None and before != after:
+            self.changes.append(ConfigChange("train.micro_batch", before, after, it, "oom"))
+        old_accum = (self._current or {}).get("train.grad_accum")
+        if accum is not None and accum != old_accum:
+            self.changes.append(ConfigChange("train.grad_accum", old_accum, accum, it, "oom"))
+        if self._current is not None:
+            self._current.update({k: v for k, v in (("train.micro_batch", after), ("train.grad_accum", accum))
+                                  if v is not None})
+
+    def history(self) -> History:
+        """The rows, the evals' and HellaSwag points' tokens placed by the steps' (tokens_at)."""
+        h = self.rows
+        counted = [s for s in h.steps if s.tokens is not None]
+        iters, tokens = [s.iter for s in counted], [s.tokens for s in counted]
+        for row in h.evals + h.hellaswag:
+            at = tokens_at(iters, tokens, row.iter)
+            row.tokens = round(at) if at is not None else None
+        return h
+
+    def metrics(self, run: RunDir, now: float | None = None) -> RunMetrics:
+        """The run's figures: `now` as in load()."""
+        summary = self.summary.summary(run)
+        if now is None and summary.alive:
+            now = time.time()
+        h = self.history()
+        s = RunStats(name=run.name, preset=summary.preset, engine=summary.engine, state=summary.state,
+                     max_iters=summary.max_iters, path=str(run.path), config=resolved_config(run, self.config))
+        if h.steps:
+            last = h.steps[-1]
+            s.iter, s.tokens, s.last_train_loss = last.iter, last.tokens, last.loss
+            paces = [r.tokens_per_sec for r in h.steps[-RECENT_STEPS:] if r.tokens_per_sec and r.tokens_per_sec > 0]
+            s.tokens_per_sec = statistics.median(paces) if paces else None
+        s.iter = max(s.iter, h.resumed_from or 0)  # restarted, no step logged since: the checkpoint's iter
+        s.best_val_loss, s.best_val_iter = best_val(h.evals)
+        s.wall_seconds = round(self.clock.seconds(now), 3)
+        s.changes = list(self.changes)
+        s.best_acc_norm, s.best_acc_norm_iter = best_acc_norm(h.hellaswag)
+        if h.reference is not None:
+            s.hellaswag_reference, s.hellaswag_reference_acc_norm = h.reference
+        return RunMetrics(s, h.steps, h.evals, h.hellaswag, h.reference)
+
+
 # --------------------------------------------------------------------------- configs
 
 
-def resolved_config(run: RunDir, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def resolved_config(run: RunDir, logged: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's config.toml as a TOML-shaped dict (config.to_raw); if the file cannot be read
-    or validated, the config its newest `run` event logged; {} if neither exists."""
+    or validated, `logged`, the config its newest `run` event logged; {} if neither exists."""
     try:
         return cfgmod.to_raw(run.config())
     except UserError:
-        pass
-    for e in reversed(events or []):
-        if e.get("type") == "run" and isinstance(e.get("config"), dict):
-            return e["config"]
-    return {}
+        return logged or {}
 
 
 def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

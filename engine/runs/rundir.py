@@ -11,12 +11,12 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .. import config as cfgmod
 from ..errors import UserError
 from ..paths import runs_dir
-from .events import FINAL_STATES, EventReader
+from .events import FINAL_STATES, LogReader, StepLines
 
 HEARTBEAT_SECONDS = 5.0  # the run touches `heartbeat` this often
 HEARTBEAT_STALE = 60.0  # older than this and the pid is not trusted (it may have been reused)
@@ -178,33 +178,94 @@ class RunSummary:
         return time.time() - (self.updated or self.started or time.time())
 
 
-def summarize(run: RunDir, events: list[dict[str, Any]] | None = None) -> RunSummary:
-    s = RunSummary(run.name, run.path)
-    if events is None:
-        events = EventReader(run.events_path).poll()
-    try:
-        cfg = run.config()
-        s.preset, s.engine, s.max_iters = cfg.name, cfg.engine, cfg.train.max_iters
-    except UserError:
-        pass
-    for e in events:
+class LogSummary:
+    """What `runs` and the cockpit's list show of a run's log, fed as the log is read (LogReader's
+    items: events, and StepLines of which only the newest step is decoded), holding none of it."""
+
+    def __init__(self) -> None:
+        self.preset: str | None = None
+        self.engine: str | None = None
+        self.state, self.reason = "new", ""
+        self.iter: int | None = None
+        self.loss: float | None = None
+        self.val_loss: float | None = None
+        self.max_iters: int | None = None  # set live (`set train.max_iters`)
+        self.started: float | None = None
+        self.updated: float | None = None  # the newest event's time, GPU readings left out
+
+    def add(self, items: Iterable[Any]) -> None:
+        for item in items:
+            if isinstance(item, StepLines):
+                newest = item.newest()
+                if newest is not None:
+                    self.feed(newest)
+            else:
+                self.feed(item)
+
+    def feed(self, e: dict[str, Any]) -> None:
         t = e.get("type")
         if t == "run":
-            s.preset = e.get("preset", s.preset)
-            s.engine = e.get("engine", s.engine)
-            s.started = s.started or e.get("time")
+            self.preset = e.get("preset", self.preset)
+            self.engine = e.get("engine", self.engine)
+            self.started = self.started or e.get("time")
         elif t == "state":
-            s.state, s.reason = e.get("state", s.state), e.get("reason") or ""
+            self.state, self.reason = e.get("state", self.state), e.get("reason") or ""
         elif t == "step":
-            s.iter, s.loss = e.get("iter", s.iter), e.get("loss")
+            self.iter, self.loss = e.get("iter", self.iter), e.get("loss")
         elif t == "eval":
-            s.val_loss = e.get("val_loss")
+            self.val_loss = e.get("val_loss")
         elif t == "set" and e.get("key") == "train.max_iters":
-            s.max_iters = e.get("new", s.max_iters)
-        s.updated = e.get("time", s.updated)
-    s.alive = run.alive()
-    s.state = effective_state(s.state, s.alive)
-    return s
+            self.max_iters = e.get("new", self.max_iters)
+        elif t == "gpu":  # sampled beside the run, and skipped by the fast reader: not its news
+            return
+        self.updated = e.get("time", self.updated)
+
+    def summary(self, run: RunDir) -> RunSummary:
+        """The run as its config.toml, this log and its process say now."""
+        s = RunSummary(run.name, run.path)
+        try:
+            cfg = run.config()
+            s.preset, s.engine, s.max_iters = cfg.name, cfg.engine, cfg.train.max_iters
+        except UserError:
+            pass
+        s.preset, s.engine = self.preset or s.preset, self.engine or s.engine
+        s.max_iters = self.max_iters if self.max_iters is not None else s.max_iters
+        s.state, s.reason, s.iter, s.loss, s.val_loss = self.state, self.reason, self.iter or 0, self.loss, self.val_loss
+        s.started, s.updated = self.started, self.updated
+        s.alive = run.alive()
+        s.state = effective_state(s.state, s.alive)
+        return s
+
+
+def summarize(run: RunDir, events: Iterable[dict[str, Any]] | None = None) -> RunSummary:
+    """The run at a glance, from its whole log (read fast: no step but the newest decoded) or
+    from `events`."""
+    log = LogSummary()
+    if events is None:
+        for batch in LogReader(run.events_path).batches():
+            log.add(batch)
+    else:
+        log.add(events)
+    return log.summary(run)
+
+
+class RunIndex:
+    """Summaries of every run, reading only what each log gained since the last look (the
+    cockpit's list of runs, refreshed every few seconds)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[LogReader, LogSummary]] = {}
+
+    def summaries(self) -> list[RunSummary]:
+        out = []
+        for run in list_dirs():
+            reader, log = self._seen.get(run.path, (None, None))
+            if reader is None or reader.shrank():  # new, or a run of the same name made afresh
+                reader, log = self._seen[run.path] = LogReader(run.events_path), LogSummary()
+            for batch in reader.batches():
+                log.add(batch)
+            out.append(log.summary(run))
+        return out
 
 
 def effective_state(logged: str, alive: bool | None) -> str:

@@ -1,6 +1,7 @@
 """Side-by-side CPU comparison with nanoGPT's train.py on the same corpus and settings.
 
     NANOGPT_DIR=/path/to/nanoGPT python tests/benchmarks/compare_nanogpt.py [--iters 2000] [--rounds 2]
+        [--against CHECKOUT]
 
 nanoGPT is not part of this project: point NANOGPT_DIR at a checkout of karpathy/nanoGPT.
 Both train nanoGPT's CPU baby GPT (4 layers, 4 heads, 128 wide, context 64, micro-batch 12,
@@ -8,6 +9,8 @@ lr 1e-3, warm-up 100, no dropout, eval_iters 20) on the char-level text of CPyth
 docs (our builtin:python-docs token files, copied into nanoGPT's data layout). The runs
 alternate (ours, theirs, ours, theirs...) so background load hits both alike; the report is
 the median per-iteration time (eval iterations excluded) and the final val loss of each.
+`--against CHECKOUT` adds another checkout of gpt2-cockpit to the rotation (against.py): ours
+before and after a change, beside nanoGPT.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from against import checkout_env
 
 BABY = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0)
 
@@ -53,8 +57,8 @@ def run_nanogpt(nano: Path, iters: int, out: Path) -> tuple[list[float], float]:
     return times, float(evals[-1])
 
 
-def run_ours(home: Path, iters: int, name: str) -> tuple[list[float], float]:
-    env = dict(os.environ, GPT2_COCKPIT_HOME=str(home))
+def run_ours(home: Path, iters: int, name: str, checkout: Path | None = None) -> tuple[list[float], float]:
+    env = checkout_env(checkout, dict(os.environ, GPT2_COCKPIT_HOME=str(home)))
     sets = ["train.log_interval=1", "train.eval_iters=20", "train.sample_interval=0", f"train.max_iters={iters}",
             f"train.lr_decay_iters={iters}", "train.checkpoint_interval=0"]
     cmd = [sys.executable, "-m", "gpt2_cockpit.cli", "train", "cpu-tiny", "--headless", "--name", name]
@@ -73,6 +77,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--against", type=Path, help="another checkout of gpt2-cockpit, run in the same rotation")
     args = p.parse_args()
     nano = Path(os.environ.get("NANOGPT_DIR", ""))
     if not (nano / "train.py").is_file():
@@ -80,11 +85,15 @@ def main() -> int:
         return 2
     home = Path(tempfile.mkdtemp(prefix="cockpit-vs-nanogpt-"))
     prepare(home, nano)
-    results = {"ours": [], "nanogpt": []}
+    results: dict[str, list] = {"ours": [], "nanogpt": []}
+    if args.against:
+        results["against"] = []
     for r in range(args.rounds):
         results["ours"].append(run_ours(home, args.iters, f"ours-{r}"))
         results["nanogpt"].append(run_nanogpt(nano, args.iters, home / f"nano-{r}"))
-        for who in ("ours", "nanogpt"):
+        if args.against:
+            results["against"].append(run_ours(home, args.iters, f"against-{r}", args.against))
+        for who in results:
             t, v = results[who][-1]
             print(f"round {r + 1} {who:8s} median {statistics.median(t):6.1f} ms/iter  mean {statistics.mean(t):6.1f}  "
                   f"val loss {v:.4f}", flush=True)

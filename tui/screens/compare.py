@@ -7,7 +7,8 @@ as the run screen does (bounded, so a week-long log costs what a short one does)
 Data flow: a thread worker reads each log (`load_run`) and posts `CompareLoaded`; later looks
 (every few seconds while a run is live) read only what the logs gained and post
 `CompareUpdated`, whose new events the screen folds into its models. The worker owns the
-readers and the events kept for metrics; the screen owns the models.
+readers and each run's metrics.LogFold (the figures, folded as the log is read); the screen owns
+the models.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
 from textual.message import Message
-from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
@@ -32,18 +32,16 @@ from gpt2_cockpit.engine.fmt import NA, fmt_count, fmt_duration, fmt_float
 from gpt2_cockpit.engine.runs import metrics
 from gpt2_cockpit.engine.runs.rundir import RunDir
 
-from ..feed import LogReader, StepLines
-from ..model import Changes, RunModel
+from ..feed import LogReader, replay
+from ..model import RunModel
 from ..plot import Figure, PlotCanvas, Series
 from ..widgets.dialogs import value_text
-from ..widgets.loss_plot import (SMOOTHING_STEPS, SPIKE_MARKER, X_AXES, axis_label, curves, time_scale,
-                                 x_ticks)
+from ..widgets.loss_plot import PlotView, SPIKE_MARKER, axis_label, curves, time_scale, view_bindings, x_ticks
 
 # One colour per run, by the run's place among the compared runs sorted by name (so the same
 # runs get the same colours every time). Theme variables, so the plot follows the theme.
 RUN_COLORS = ("primary", "warning", "success", "error", "foreground", "text-secondary")
 REFRESH = 5.0  # seconds between looks at the logs while a compared run is live
-KEEP_STEPS = 32  # step events kept for metrics (its tokens/s is the median of the last 20)
 
 
 def run_color(index: int) -> str:
@@ -55,46 +53,21 @@ def run_color(index: int) -> str:
 
 @dataclass
 class Compared:
-    """One run being compared. `reader` and `events` belong to the worker, `model` to the screen."""
+    """One run being compared. `reader` and `log` belong to the worker, `model` to the screen."""
 
     run: RunDir
     color: str
     reader: LogReader
     model: RunModel
-    events: list[dict[str, Any]] = field(default_factory=list)  # what metrics.load needs, bounded
+    log: metrics.LogFold = field(default_factory=lambda: metrics.LogFold(every_step=False))  # its figures
     stats: metrics.RunStats | None = None
-
-
-def keep_for_metrics(events: list[dict[str, Any]], items: list[Any]) -> None:
-    """Add a batch to the events kept for metrics.load: everything but GPU readings, and of the
-    steps only the newest KEEP_STEPS (its figures need the last step, the recent pace, every
-    eval and state change; not 200,000 step rows)."""
-    for item in items:
-        if isinstance(item, StepLines):
-            events.extend(StepLines(item.lines[-KEEP_STEPS:], []).decoded())
-        elif item.get("type") == "set" and "iter" not in item:  # the step before it may be dropped below:
-            last = next((e.get("iter") if e["type"] == "step" else e.get("resumed_from")  # keep its iter
-                         for e in reversed(events) if e.get("type") in ("step", "run")), None)
-            events.append({**item, "iter": last})
-        elif item.get("type") not in ("gpu", "prepare"):
-            events.append(item)
-    steps = [k for k, e in enumerate(events) if e.get("type") == "step"]
-    if len(steps) > KEEP_STEPS:
-        drop = set(steps[:-KEEP_STEPS])
-        events[:] = [e for k, e in enumerate(events) if k not in drop]
 
 
 def load_run(run: RunDir, color: str) -> Compared:
     """Replay one run's log into a new RunModel and its figures (blocking: call from a worker)."""
-    c = Compared(run, color, LogReader(run.events_path, gpu_lines=0), RunModel(run.name))
-    ch = Changes()
-    for batch in c.reader.batches():
-        if c.reader.expected_steps:
-            c.model.steps.expect(c.reader.expected_steps)
-        c.model.ingest(batch, ch)
-        ch.trim(0)
-        keep_for_metrics(c.events, batch)
-    c.stats = metrics.load(run, c.events).stats
+    c = Compared(run, color, LogReader(run.events_path), RunModel(run.name))
+    replay(c.reader, c.model, also=c.log.add)
+    c.stats = c.log.metrics(run).stats
     return c
 
 
@@ -116,21 +89,14 @@ class CompareUpdated(Message):
 # --------------------------------------------------------------------------- the screen
 
 
-class CompareScreen(Screen):
+class CompareScreen(PlotView, Screen):
     AUTO_FOCUS = ""
     BINDINGS = [
-        Binding("t", "toggle_x_axis", "X: iter/tokens/time", tooltip="Plot by iteration, tokens or active wall time"),
-        Binding("l", "toggle_log_scale", "Log scale", tooltip="Loss plot: linear or log y-axis"),
-        Binding("left_square_bracket", "smoothing(-1)", "Less smoothing", show=False),
-        Binding("right_square_bracket", "smoothing(1)", "More smoothing", show=False),
+        *view_bindings(show=True),  # t, l, [ and ]: PlotView's actions
         Binding("v", "screenshot", "Save SVG", tooltip="Save this screen as an SVG file in the current folder"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Read the runs' logs again"),
         Binding("escape,h", "back", "Back", tooltip="Back to the runs"),
     ]
-
-    smoothing: reactive[float] = reactive(0.6, init=False)
-    log_y: reactive[bool] = reactive(False, init=False)
-    x_axis: reactive[str] = reactive("iter", init=False)
 
     def __init__(self, runs: list[RunDir]) -> None:
         super().__init__()
@@ -176,9 +142,9 @@ class CompareScreen(Screen):
         new, stats = [], []
         for c in self.runs:
             items = c.reader.poll()
-            keep_for_metrics(c.events, items)
+            c.log.add(items)
             new.append(items)
-            stats.append(metrics.load(c.run, c.events).stats)
+            stats.append(c.log.metrics(c.run).stats)
         self.post_message(CompareUpdated(new, stats))
 
     def on_compare_loaded(self, message: CompareLoaded) -> None:
@@ -330,35 +296,14 @@ class CompareScreen(Screen):
             self.redraw()
 
     def _update_subtitle(self) -> None:
-        scale = "log" if self.log_y else "lin"
-        self.query_one("#compare-plot").border_subtitle = f"ema {self.smoothing:.2f} [] · {scale} l · {self.x_axis} t"
+        self.query_one("#compare-plot").border_subtitle = self.view_subtitle()
 
-    def _view_changed(self) -> None:
+    def view_changed(self) -> None:
         self._update_subtitle()
         if self.runs:
             self.redraw()
 
-    def watch_smoothing(self) -> None:
-        self._view_changed()
-
-    def watch_log_y(self) -> None:
-        self._view_changed()
-
-    def watch_x_axis(self) -> None:
-        self._view_changed()
-
-    # ---------------------------------------------------------------- keys
-
-    def action_toggle_x_axis(self) -> None:
-        self.x_axis = X_AXES[(X_AXES.index(self.x_axis) + 1) % len(X_AXES)]
-
-    def action_toggle_log_scale(self) -> None:
-        self.log_y = not self.log_y
-
-    def action_smoothing(self, direction: int) -> None:
-        steps = SMOOTHING_STEPS
-        i = min(range(len(steps)), key=lambda k: abs(steps[k] - self.smoothing))
-        self.smoothing = steps[max(0, min(len(steps) - 1, i + direction))]
+    # ---------------------------------------------------------------- keys (t, l, [ and ]: PlotView's)
 
     def action_screenshot(self) -> None:
         name = f"compare-{'-'.join(r.name for r in self.run_dirs)[:80]}-{time.strftime('%Y%m%d-%H%M%S')}.svg"

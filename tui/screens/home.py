@@ -18,43 +18,16 @@ from textual.widgets import DataTable, Footer, OptionList
 from textual.widgets.option_list import Option
 from textual.worker import Worker, WorkerState
 
-from gpt2_cockpit.engine import config as cfgmod
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.errors import UserError
 from gpt2_cockpit.engine.fmt import fmt_age
 from gpt2_cockpit.engine.runs import launch
-from gpt2_cockpit.engine.runs.rundir import RunDir, RunSummary, list_dirs, summarize
+from gpt2_cockpit.engine.runs.rundir import RunDir, RunIndex, RunSummary
 
-from ..feed import LogReader, StepLines
 from ..widgets.dialogs import ConfirmScreen
-from ..widgets.plan import DiagnosticsPane, PlanPane, PlanResult, compute_plan, run_doctor
+from ..widgets.plan import DiagnosticsPane, Planner, PlanPane, PlanResult, run_doctor
 
 RUNS_REFRESH = 3.0  # seconds between looks at the runs folder while home is showing
-
-
-class RunIndex:
-    """Summaries of every run, reading only what each event log gained since the last look
-    (with the cockpit's fast reader: a week-long log's steps and GPU readings are not decoded)."""
-
-    KEEP = ("run", "state", "eval", "set")
-
-    def __init__(self) -> None:
-        self._seen: dict[Path, tuple[LogReader, list[dict], list[dict]]] = {}
-
-    def summaries(self) -> list[RunSummary]:
-        out = []
-        for run in list_dirs():
-            reader, kept, last_step = self._seen.setdefault(run.path, (LogReader(run.events_path, gpu_lines=0), [], []))
-            for batch in reader.batches():
-                for e in batch:
-                    if isinstance(e, StepLines):
-                        last_step[:] = list(StepLines(e.lines[-1:], []).decoded())
-                    elif e.get("type") == "step":
-                        last_step[:] = [e]
-                    elif e.get("type") in self.KEEP:
-                        kept.append(e)
-            out.append(summarize(run, kept + last_step))
-        return out
 
 
 class PresetList(OptionList):
@@ -88,7 +61,7 @@ class RunsTable(DataTable):
             self.screen.toggle_mark(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
 
 
-class HomeScreen(Screen):
+class HomeScreen(Planner, Screen):
     AUTO_FOCUS = "PresetList"
     BINDINGS = [
         Binding("r", "refresh", "Refresh", tooltip="Look again at runs and diagnostics"),
@@ -97,12 +70,6 @@ class HomeScreen(Screen):
         Binding("q", "quit_app", "Quit", tooltip="Leave the cockpit; runs go on"),
         Binding("m", "why('compare')", show=False),  # m while dimmed says why
     ]
-
-    class PlanReady(Message):
-        def __init__(self, preset: str, result: PlanResult) -> None:
-            super().__init__()
-            self.preset = preset
-            self.result = result
 
     class DiagnosticsReady(Message):
         def __init__(self, checks: list[dict[str, Any]] | str) -> None:
@@ -171,6 +138,8 @@ class HomeScreen(Screen):
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         name = event.option.id
+        if self._start_when_planned != name:  # Enter on another preset, then a move away: not that one
+            self._start_when_planned = None
         try:
             cfg = presets.load(name)
         except UserError as e:
@@ -178,24 +147,20 @@ class HomeScreen(Screen):
             self.query_one(PlanPane).show(name, "", self.plans[name])
             return
         self.query_one(PlanPane).show(name, cfg.description, None)
-        self._plan(name, cfg)
+        self.request_plan(name, cfg)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="plan")
-    def _plan(self, name: str, cfg: cfgmod.Config) -> None:
-        self.post_message(self.PlanReady(name, compute_plan(cfg)))
-
-    def on_home_screen_plan_ready(self, message: PlanReady) -> None:
-        self.plans[message.preset] = message.result
-        if self._start_when_planned == message.preset:
+    def plan_ready(self, key: str, result: PlanResult) -> None:
+        self.plans[key] = result
+        if self._start_when_planned == key:
             self._start_when_planned = None
-            self._confirm_start(message.preset)
-        if message.preset != self.selected_preset_name():
+            self._confirm_start(key)
+        if key != self.selected_preset_name():
             return
         try:
-            description = presets.load(message.preset).description
+            description = presets.load(key).description
         except UserError:
             description = ""
-        self.query_one(PlanPane).show(message.preset, description, message.result)
+        self.query_one(PlanPane).show(key, description, result)
 
     # ---------------------------------------------------------------- starting a run
 
