@@ -20,7 +20,7 @@ from gpt2_cockpit.engine.runs.events import read_all
 from gpt2_cockpit.engine.train import runner
 from gpt2_cockpit.engine.train.finetune import FinetuneWorkload, load_pretrained
 from conftest import TINY_TEXT
-from helpers import of_type, step_losses
+from helpers import of_type, save_tiny_gpt2, step_losses
 
 VOCAB = 300
 
@@ -37,23 +37,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
     """A 2-layer GPT-2 and a byte-level BPE tokenizer trained on the spot, saved as a model folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator([TINY_TEXT], trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  unk_token="<|endoftext|>")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
-    model.save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), vocab=VOCAB)
 
 
 def ft_overrides(model_dir, corpus, **train) -> list[str]:

@@ -20,6 +20,8 @@ from ..fsutil import check_space, fsync_dir
 
 FORMAT = 1
 KEEP_LAST = 2
+BEST = "best.pt"  # a pretrain run's checkpoint of its lowest val loss
+BEST_DIR = "model-best"  # a finetune run's model folder of its lowest val loss (model/ is the newest)
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
@@ -47,7 +49,7 @@ def save(folder: Path, iter: int, state: dict[str, Any], best: bool) -> Path:
         if link.exists():
             link.unlink()
         os.link(path, link)
-        os.replace(link, folder / "best.pt")
+        os.replace(link, folder / BEST)
     fsync_dir(folder)
     prune(folder)
     return path
@@ -79,7 +81,7 @@ def load_file(path: Path) -> dict[str, Any]:
 def load_latest(folder: Path, warn: Callable[[str], None] = lambda message: None) -> tuple[Path, dict[str, Any]]:
     """The newest readable checkpoint; an unreadable newer one is skipped and reported through `warn`."""
     candidates = listing(folder)
-    best = folder / "best.pt"
+    best = folder / BEST
     if best.exists():
         candidates.append(best)
     if not candidates:
@@ -94,3 +96,26 @@ def load_latest(folder: Path, warn: Callable[[str], None] = lambda message: None
             continue
         return path, state
     raise UserError(f"every checkpoint in {folder} is unreadable ({errors[0]})")
+
+
+# --------------------------------------------------------------------------- a run's choice
+
+
+def load_chosen(run, best: bool, warn: Callable[[str], None] = lambda message: None) -> tuple[Path, dict[str, Any]]:
+    """A pretrain run's checkpoint to export or score: its best (best.pt) or its newest readable one."""
+    if not best:
+        return load_latest(run.checkpoints, warn=warn)
+    path = run.checkpoints / BEST
+    if not path.is_file():
+        raise UserError(f"run {run.name} has no best checkpoint yet (it is written when an eval improves val loss)")
+    return path, load_file(path)
+
+
+def chosen_model_folder(run, best: bool) -> Path:
+    """A finetune run's model folder to export or score: model-best/ or model/ (newest), once
+    written (a full model's folder, or a LoRA run's adapter folder)."""
+    folder = run.path / BEST_DIR if best else run.model_dir
+    if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
+        raise UserError(f"run {run.name} has no {folder.name}/ folder yet (a finetune run writes it at each "
+                        f"checkpoint{' that improves val loss' if best else ''}); try again after one")
+    return folder

@@ -99,14 +99,11 @@ def install(tmp: Path, dest: Path) -> None:
 
 
 def export_finetune(run_dir, dest: Path, best: bool) -> str:
-    from .finetune import BEST_DIR
+    from .checkpoint import chosen_model_folder
 
-    src = run_dir.path / BEST_DIR if best else run_dir.model_dir
+    src = chosen_model_folder(run_dir, best)
     if lora.is_adapter_folder(src):
         return export_merged(src, dest)
-    if not (src / "config.json").is_file():
-        raise UserError(f"run {run_dir.name} has no {src.name}/ folder yet (a finetune run writes it at each "
-                        f"checkpoint{' that improves val loss' if best else ''}); export it after one")
     tmp = _staging(dest)
     shutil.copytree(src, tmp)
     install(tmp, dest)
@@ -130,13 +127,7 @@ def export_merged(src: Path, dest: Path) -> str:
 def export_pretrain(run_dir, dest: Path, best: bool, warn=lambda message: None) -> str:
     from . import checkpoint as ckpt
 
-    if best:
-        path = run_dir.checkpoints / "best.pt"
-        if not path.is_file():
-            raise UserError(f"run {run_dir.name} has no best checkpoint yet (it is written when an eval improves val loss)")
-        state = ckpt.load_file(path)
-    else:
-        path, state = ckpt.load_latest(run_dir.checkpoints, warn=warn)
+    path, state = ckpt.load_chosen(run_dir, best, warn)
     cfg = cfgmod.from_dict(state["config"], f"{path} (its config)")
     rows = state["model"]["transformer.wte.weight"].shape[0]
     if cfg.data.tokenizer == "gpt2":

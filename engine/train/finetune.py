@@ -44,8 +44,8 @@ from ..data.sources import hub_reachable
 from ..errors import NetworkUnavailable, UserError
 from ..machine.hardware import flops_per_token
 from . import lora
+from .checkpoint import BEST_DIR
 
-BEST_DIR = "model-best"
 
 
 # --------------------------------------------------------------------------- model and tokenizer

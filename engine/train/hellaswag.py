@@ -437,21 +437,11 @@ def load_target(target: str, best: bool = False, warn=lambda message: None) -> t
 
 def _from_run(run, best: bool, device: str, warn) -> tuple[Model, str]:
     from . import checkpoint as ckpt
-    from .finetune import BEST_DIR
 
     if run.config().engine == "finetune":
-        folder = run.path / BEST_DIR if best else run.model_dir
-        if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):  # LoRA: an adapter
-            raise UserError(f"run {run.name} has no {folder.name}/ folder yet (a finetune run writes it at each "
-                            f"checkpoint{' that improves val loss' if best else ''})")
+        folder = ckpt.chosen_model_folder(run, best)
         return _from_folder(str(folder), device), f"run {run.name} (finetune, {folder.name}/)"
-    if best:
-        path = run.checkpoints / "best.pt"
-        if not path.is_file():
-            raise UserError(f"run {run.name} has no best checkpoint yet (it is written when an eval improves val loss)")
-        state = ckpt.load_file(path)
-    else:
-        path, state = ckpt.load_latest(run.checkpoints, warn=warn)
+    path, state = ckpt.load_chosen(run, best, warn)
     return (_from_checkpoint(state, path, run.name, device),
             f"run {run.name} (pretrain, iter {int(state['iter'])}, {path.name})")
 
