@@ -5,6 +5,7 @@ server and an event log in a test thread) or a recorded event log. CPU-only, off
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 from fakerun import (POLL, FakeRun, fake, fake_doctor, grad_norm_at, loss_at, lr_at, make_run,  # noqa: F401 (fake)
@@ -299,6 +300,19 @@ def test_gpu_pane_shows_readings_with_na_for_missing_figures(fake):
         text = gpu.text
         assert "97%" in text and "10.5/12.0 GiB" in text and "N/A °C" in text and "N/A W" in text
         assert "RTX 4070 Ti" in text  # big enough for the detailed view
+
+
+def test_an_old_gpu_reading_says_its_age_in_words(fake):
+    f = fake(steps=5)
+    f.events.emit("gpu", index=0, name="A100", util=50, mem_used=None, mem_total=None, temp=None, power=None,
+                  time=time.time() - 3 * 86400)  # a run that stopped three days ago
+    app = make_app("run", str(f.run.path), poll_interval=POLL)
+
+    @run_app(app, size=(160, 48))
+    async def _(pilot):
+        gpu = app.screen.query_one(GpuPane)
+        await wait_for(pilot, lambda: "50%" in gpu.text, what="the reading in the GPU pane")
+        assert "(last reading 3d ago)" in gpu.text
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])

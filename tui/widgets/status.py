@@ -8,7 +8,7 @@ from textual.content import Content
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from gpt2_cockpit.engine.fmt import NA, fmt_mem, fmt_pct
+from gpt2_cockpit.engine.fmt import NA, fmt_age, fmt_mem, fmt_pct
 
 from ..model import RunModel, sparkline
 from .panes import TextPane
@@ -131,7 +131,7 @@ class GpuPane(TextPane):
                 parts.append((f"{idx} {util} {mem} {temp} {power}", ""))
         newest = max((r.time or 0) for r in m.gpus.values())
         if newest and time.time() - newest > self.STALE_AFTER:
-            parts.append((f"\n(last reading {time.time() - newest:.0f}s ago)", "$text-muted"))
+            parts.append((f"\n(last reading {fmt_age(time.time() - newest)} ago)", "$text-muted"))
         self._set_body(parts)
 
     def _set_body(self, parts: list[tuple[str, str]]) -> None:
