@@ -219,6 +219,19 @@ def test_without_nanogpt_the_section_says_why_it_skipped(tmp_path):
     assert got["nvml"]["status"] == "skipped" and "no NVIDIA GPU" in got["nvml"]["reason"]
 
 
+def test_the_hellaswag_section_scores_items_shaped_as_the_validation_set(tmp_path):
+    from gpt2_cockpit.engine.train.hellaswag import VAL_ITEMS
+
+    run_suite(tmp_path, SECTIONS, only=["hellaswag"])
+    got = _by_name(_report(tmp_path))["hellaswag"]
+    assert got["status"] == "ok", got
+    f = got["figures"]
+    assert f["items"] == 60 and f["items_per_sec"] > 0
+    assert f["full_eval_seconds"] == pytest.approx(VAL_ITEMS / f["items_per_sec"])
+    assert 40 < f["mean_row_tokens"] <= 64  # rows of ~85 tokens, cut to the CPU shape's context of 64
+    assert "mfu" not in f  # no peak to measure against on a CPU
+
+
 @pytest.mark.slow
 def test_the_whole_suite_on_this_cpu(tmp_path, cockpit_home):
     """The issue's CPU bar: every section ok or skipped with a reason, these five ok, within the

@@ -54,6 +54,7 @@ BUDGET_SECONDS: dict[str, tuple[int, int]] = {  # section: (one H100, 2-core CPU
     "memory": (15, 45),  # GPU: eager steps (the compiled peak comes from throughput); CPU: 4 fake traces
     "oom": (45, 5),  # the 12 GB rehearsal, then a cap too small for micro-batch 16: OOM, recompile, go on
     "sampling": (10, 5),  # two steps, 200 tokens, one more step
+    "hellaswag": (15, 5),  # 2,000 HellaSwag-shaped items scored (60 on a CPU, on the tiny shape)
     "resume": (15, 10),  # 12 steps unbroken against 6 + stop + resume 6, eager
     "finetune": (20, 15),  # a tokenizer and a random GPT-2 built; ours, then the Trainer, 13 steps each
     "ddp": (40, 40),  # two processes (plain; torchrun with one rank), each importing torch and compiling

@@ -587,6 +587,67 @@ def sampling(s: Suite, out: Outcome) -> None:
     _shape_note(s, out)
 
 
+# --------------------------------------------------------------------------- 8b. hellaswag
+
+
+def hellaswag(s: Suite, out: Outcome) -> None:
+    """HellaSwag's scoring on gpt2-124m's model (random weights; rows of random ids shaped as the
+    validation set's, ~85 tokens each: nothing downloaded): items/s, the seconds of one full
+    evaluation (10,042 items), and its MFU against the planner's, which counts HellaSwag's forward
+    FLOPs at training's MFU (planner.hellaswag_cost)."""
+    import random
+
+    from ..data.tokenizers import GPT2_VOCAB
+    from ..machine.hardware import peak_tflops
+    from ..machine.planner import DEFAULT_MFU, HELLASWAG_ROW_TOKENS
+    from . import hellaswag as hs
+
+    cfg = s.config("gpt2-124m", **{"train.compile": False})  # scoring runs the raw model
+    stepper = _stepper(s, cfg)
+    raw, window = stepper.raw_model, cfg.model.block_size
+    vocab = GPT2_VOCAB if cfg.data.tokenizer == "gpt2" else stepper.workload.vocab  # not the padding rows
+    model = hs.Model(raw, lambda x: raw(x, every_position=True)[0], lambda text: [], window,
+                     vocab, s.device, stepper.autocast)
+    rng = random.Random(cfg.train.seed)
+    rows = []
+    for _ in range(2000 if s.gpu else 60):
+        ctx = [rng.randrange(vocab) for _ in range(rng.randint(40, 90))]
+        tokens, starts = [], []
+        for _ending in range(4):
+            row = ctx + [rng.randrange(vocab) for _ in range(rng.randint(10, 35))]
+            cut = max(0, len(row) - window)  # as hs.encode cuts: from the left
+            tokens.append(row[cut:])
+            starts.append(max(1, len(ctx) - cut))
+        rows.append(hs.Rows(tokens, starts, rng.randrange(4)))
+    hs.score(model, rows[:len(rows) // 10])  # warm-up: kernels, allocator
+    _sync(s)
+    result = hs.score(model, rows)
+    _sync(s)
+    params = sum(p.numel() for n, p in raw.named_parameters() if "wpe" not in n)  # the planner's N
+    tokens = sum(len(t) for r in rows for t in r.tokens)
+    out.figure("items", result.n)
+    out.figure("items_per_sec", result.items_per_sec)
+    out.figure("mean_row_tokens", tokens / (4 * len(rows)))
+    out.figure("full_eval_seconds", hs.VAL_ITEMS / result.items_per_sec)
+    peak = peak_tflops(_gpu_name()) if s.gpu else None
+    if peak:
+        mfu = tokens * 2 * params / result.seconds / (peak * 1e12)
+        planned = hs.VAL_ITEMS * 4 * min(HELLASWAG_ROW_TOKENS, window) * 2 * params / (peak * 1e12 * DEFAULT_MFU)
+        out.figure("mfu", mfu)
+        out.figure("planned_full_eval_seconds", planned)
+        out.note(f"one evaluation of the 10,042 items: {hs.VAL_ITEMS / result.items_per_sec:.1f} s measured, "
+                 f"{planned:.1f} s planned (the planner counts it at MFU {DEFAULT_MFU:g}; measured {mfu:.2f})")
+    del stepper, model, raw
+    _free(s)
+    _shape_note(s, out)
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
 # --------------------------------------------------------------------------- 9. resume
 
 
@@ -883,7 +944,7 @@ def ddp_worker(argv: list[str]) -> int:
 
 SECTIONS: dict[str, Callable[[Suite, Outcome], None]] = {
     "env": env, "nvml": nvml, "throughput": throughput, "nanogpt": nanogpt, "levers": levers, "memory": memory,
-    "oom": oom, "sampling": sampling, "resume": resume, "finetune": finetune, "ddp": ddp,
+    "oom": oom, "sampling": sampling, "hellaswag": hellaswag, "resume": resume, "finetune": finetune, "ddp": ddp,
 }
 
 
