@@ -125,10 +125,8 @@ _WANTED = {
                       rb'\s*"loss"\s*:\s*(-?\d[^,}\s]*|null)\s*[,}])?[^\n]*)'),
 }
 _GPU = {True: re.compile(rb'\n(\{"type":"gpu"[^\n]*)'), False: re.compile(rb"\n(" + _TYPE + rb'gpu"[^\n]*)')}
-
-
-# lines other than steps, GPU readings and progress in a read of the compact layout: more (or more
-# than the steps), and the layout is checked
+# A read with the compact pattern that finds more lines other than steps (GPU readings and
+# progress left out) than this, or more than steps, checks its layout (a part in another one).
 FEW_OTHER_LINES = 256
 _NOT_COMPACT = re.compile(rb'\n(?!\{"type":")')
 
