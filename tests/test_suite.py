@@ -227,7 +227,7 @@ def test_the_hellaswag_section_scores_items_shaped_as_the_validation_set(tmp_pat
     assert got["status"] == "ok", got
     f = got["figures"]
     assert f["items"] == 60 and f["items_per_sec"] > 0
-    assert f["full_eval_seconds"] == pytest.approx(VAL_ITEMS / f["items_per_sec"])
+    assert f["full_eval_seconds"] == pytest.approx(VAL_ITEMS / f["items_per_sec"], rel=1e-3)  # (the report rounds)
     assert 40 < f["mean_row_tokens"] <= 64  # rows of ~85 tokens, cut to the CPU shape's context of 64
     assert "mfu" not in f  # no peak to measure against on a CPU
 
