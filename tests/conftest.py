@@ -11,7 +11,8 @@ import pytest
 # Every run in the tests, in this process or a child, trains on one thread that never changes: a
 # run on the CPU otherwise adapts its thread count to what else the box does (cpushare.py), and
 # torch's gradients differ in the last bits between thread counts, which the bit-for-bit tests
-# (exact resume, a remote-controlled run against one left alone) would see as a failure. Set
+# (exact resume, a remote-controlled run against one left alone) would see as a failure. One
+# thread also suits the tests' tiny models (thread hand-offs cost more than their matmuls). Set
 # before torch loads; tests of the adapting share build CpuShare themselves.
 os.environ["OMP_NUM_THREADS"] = "1"
 

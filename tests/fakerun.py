@@ -178,6 +178,21 @@ class FakeRun:
             cmd.refuse(f"unknown command {cmd.cmd}")
 
 
+def fake_spawns(monkeypatch) -> list[FakeRun]:
+    """launch.spawn replaced: a run the cockpit starts is a FakeRun with 3 steps of history, live;
+    the list holds them in the order started (close each at the end)."""
+    started: list[FakeRun] = []
+
+    def spawn(run, resume, gpus, wait=20.0):
+        f = FakeRun(run)
+        f.history(3)
+        started.append(f.start())
+        return 1234
+
+    monkeypatch.setattr(launch, "spawn", spawn)
+    return started
+
+
 # --------------------------------------------------------------------------- driving the app
 
 POLL = 0.05  # seconds between the run screen's reads of the log, in tests that fix it

@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from gpt2_cockpit.engine.runs import launch
 from gpt2_cockpit.engine.runs.events import read_all
 
@@ -76,18 +74,6 @@ def finds_its_disk_full(run) -> bool:
 
     reply = control.request(run.socket_path, {"cmd": "resume"})
     return not reply["ok"] and "free some space first" in reply["error"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread hand-offs cost more than the matmuls (and a busy box makes it worse).
-    Autouse in every test module that imports it (`from helpers import one_thread`), only there."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def save_tiny_gpt2(folder: Path, n_positions: int = 64, vocab: int = 300) -> Path:

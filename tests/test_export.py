@@ -15,7 +15,7 @@ from gpt2_cockpit.engine.train.export import to_hf, tokenizer_from_tiktoken
 from gpt2_cockpit.engine.train.model import GPT, GPTConfig
 from gpt2_cockpit.engine.train.pretrain import PretrainWorkload
 from conftest import TINY_TEXT, tiny_overrides
-from helpers import export_run, exportable_char_run, one_thread  # noqa: F401 (one_thread: an autouse fixture)
+from helpers import export_run, exportable_char_run
 
 
 @pytest.fixture

@@ -25,15 +25,6 @@ from helpers import of_type, save_tiny_gpt2, step_losses
 VOCAB = 300
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread hand-offs cost more than the matmuls (and a busy CI box makes it worse)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
     """A 2-layer GPT-2 and a byte-level BPE tokenizer trained on the spot, saved as a model folder."""

@@ -21,7 +21,6 @@ from gpt2_cockpit.engine.train import hellaswag as hs
 from gpt2_cockpit.engine.train.dist import Dist
 from conftest import TINY_TEXT
 from helpers import export_run, exportable_char_run, of_type, run_inprocess, save_tiny_gpt2
-from helpers import one_thread  # noqa: F401 (an autouse fixture)
 
 SENTENCES = [f"The {a} {b} sat on the {c}. It was {d}." for a in ("quick", "lazy", "small", "old")
              for b in ("cat", "dog", "fox") for c in ("mat", "log", "hill") for d in ("warm", "cold")]

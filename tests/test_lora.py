@@ -24,7 +24,7 @@ from gpt2_cockpit.engine.train import optim, runner
 from gpt2_cockpit.engine.train.finetune import FinetuneWorkload, load_pretrained
 from gpt2_cockpit.engine.train.step import Stepper
 from helpers import of_type, step_losses
-from test_finetune import ft_overrides, one_thread, run_ft, tiny_gpt2  # noqa: F401  (fixtures)
+from test_finetune import ft_overrides, run_ft, tiny_gpt2  # noqa: F401  (tiny_gpt2: a fixture)
 
 LORA = ["train.lora_r=4", "train.lora_alpha=8", "train.lora_dropout=0.1"]
 # the tiny GPT-2 is 2 layers x 32 wide: r (in + out) for c_attn (32, 96), attn.c_proj (32, 32),

@@ -8,13 +8,12 @@ import sys
 import time
 
 import pytest
-from fakerun import (POLL, FakeRun, fake, fake_doctor, grad_norm_at, loss_at, lr_at, make_run,  # noqa: F401 (fake)
+from fakerun import (POLL, fake, fake_doctor, fake_spawns, grad_norm_at, loss_at, lr_at, make_run,  # noqa: F401 (fake)
                      more_polls, notifications, run_app, shown_iter, status_text, text_of, wait_for)
 from helpers import wait_until
 
 from gpt2_cockpit.engine import presets
 from gpt2_cockpit.engine.fmt import fmt_count, fmt_lr
-from gpt2_cockpit.engine.runs import launch
 from gpt2_cockpit.engine.runs.events import EventWriter
 from gpt2_cockpit.tui.app import make_app
 from gpt2_cockpit.tui.screens.home import HomeScreen, RunsTable
@@ -411,15 +410,7 @@ def test_home_copes_with_a_failing_doctor(home):
 
 
 def test_enter_on_a_preset_starts_it_and_opens_the_run_screen(home, monkeypatch):
-    started = []
-
-    def fake_spawn(run, resume, gpus, wait=20.0):
-        f = FakeRun(run)
-        f.history(3)
-        started.append(f.start())
-        return 1234
-
-    monkeypatch.setattr(launch, "spawn", fake_spawn)
+    started = fake_spawns(monkeypatch)
     app = make_app("home", doctor_argv=fake_doctor(CHECKS), poll_interval=POLL)
     try:
         @run_app(app)

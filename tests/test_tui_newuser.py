@@ -7,7 +7,7 @@ Driven with Pilot against a FakeRun, a recorded log, or (tests at the end) a rea
 from __future__ import annotations
 
 import pytest
-from fakerun import (POLL, START, FakeRun, fake, fake_doctor, kill_if_running, make_run,  # noqa: F401 (fake)
+from fakerun import (POLL, START, fake, fake_doctor, fake_spawns, kill_if_running, make_run,  # noqa: F401 (fake)
                      notifications, process_gone, run_app, shown_iter, spawn_real_run, status_text, text_of,
                      wait_for)
 from helpers import wait_until
@@ -82,15 +82,7 @@ def test_the_preset_editor_offers_a_new_name_and_asks_before_replacing_your_pres
 
 
 def test_enter_on_a_preset_says_what_would_start_and_asks_once(monkeypatch):
-    started = []
-
-    def fake_spawn(run, resume, gpus, wait=20.0):
-        f = FakeRun(run)
-        f.history(3)
-        started.append(f.start())
-        return 1234
-
-    monkeypatch.setattr(launch, "spawn", fake_spawn)
+    started = fake_spawns(monkeypatch)
     app = make_app("home", doctor_argv=fake_doctor([]), poll_interval=POLL)
     try:
         @run_app(app, size=(80, 24))
