@@ -26,7 +26,6 @@ from itertools import chain
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .. import config as cfgmod
-from ..errors import UserError
 from .events import LogReader, StepLines
 from .rundir import LogSummary, RunDir
 
@@ -543,12 +542,13 @@ class LogFold:
 
     def metrics(self, run: RunDir, now: float | None = None) -> RunMetrics:
         """The run's figures: `now` as in load()."""
-        summary = self.summary.summary(run)
+        cfg = run.config_or_none()  # read once, for the summary and the config shown
+        summary = self.summary.summary(run, cfg)
         if now is None and summary.alive:
             now = time.time()
         h = self.history()
         s = RunStats(name=run.name, preset=summary.preset, engine=summary.engine, state=summary.state,
-                     max_iters=summary.max_iters, path=str(run.path), config=resolved_config(run, self.config))
+                     max_iters=summary.max_iters, path=str(run.path), config=resolved_config(cfg, self.config))
         if h.steps:
             last = h.steps[-1]
             s.iter, s.tokens, s.last_train_loss = last.iter, last.tokens, last.loss
@@ -567,13 +567,10 @@ class LogFold:
 # --------------------------------------------------------------------------- configs
 
 
-def resolved_config(run: RunDir, logged: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run's config.toml as a TOML-shaped dict (config.to_raw); if the file cannot be read
-    or validated, `logged`, the config its newest `run` event logged; {} if neither exists."""
-    try:
-        return cfgmod.to_raw(run.config())
-    except UserError:
-        return logged or {}
+def resolved_config(cfg: cfgmod.Config | None, logged: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's config.toml (`cfg`, as read) as a TOML-shaped dict (config.to_raw); if it could
+    not be read or validated, `logged`, the config its newest `run` event logged; {} if neither."""
+    return cfgmod.to_raw(cfg) if cfg is not None else logged or {}
 
 
 def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

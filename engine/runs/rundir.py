@@ -65,6 +65,13 @@ class RunDir:
     def config(self) -> cfgmod.Config:
         return cfgmod.load(self.config_path)
 
+    def config_or_none(self) -> cfgmod.Config | None:
+        """config.toml, or None when it cannot be read or validated (the log then says what it can)."""
+        try:
+            return self.config()
+        except UserError:
+            return None
+
     def write_config(self, cfg: cfgmod.Config) -> None:
         """The one writer of config.toml (atomic): at creation, before a restart with --set, and
         from the run process itself (the resolved config at start, then live `set` and OOM splits)."""
@@ -220,14 +227,12 @@ class LogSummary:
             return
         self.updated = e.get("time", self.updated)
 
-    def summary(self, run: RunDir) -> RunSummary:
-        """The run as its config.toml, this log and its process say now."""
+    def summary(self, run: RunDir, cfg: cfgmod.Config | None) -> RunSummary:
+        """The run as its config.toml (`cfg`, as read: run.config_or_none()), this log and its
+        process say now."""
         s = RunSummary(run.name, run.path)
-        try:
-            cfg = run.config()
+        if cfg is not None:
             s.preset, s.engine, s.max_iters = cfg.name, cfg.engine, cfg.train.max_iters
-        except UserError:
-            pass
         s.preset, s.engine = self.preset or s.preset, self.engine or s.engine
         s.max_iters = self.max_iters if self.max_iters is not None else s.max_iters
         s.state, s.reason, s.iter, s.loss, s.val_loss = self.state, self.reason, self.iter or 0, self.loss, self.val_loss
@@ -246,7 +251,7 @@ def summarize(run: RunDir, events: Iterable[dict[str, Any]] | None = None) -> Ru
             log.add(batch)
     else:
         log.add(events)
-    return log.summary(run)
+    return log.summary(run, run.config_or_none())
 
 
 class RunIndex:
@@ -264,7 +269,7 @@ class RunIndex:
                 reader, log = self._seen[run.path] = LogReader(run.events_path), LogSummary()
             for batch in reader.batches():
                 log.add(batch)
-            out.append(log.summary(run))
+            out.append(log.summary(run, run.config_or_none()))
         return out
 
 

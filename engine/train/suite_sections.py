@@ -637,7 +637,7 @@ def hellaswag(s: Suite, out: Outcome) -> None:
         out.figure("planned_full_eval_seconds", planned)
         out.note(f"one evaluation of the 10,042 items: {hs.VAL_ITEMS / result.items_per_sec:.1f} s measured, "
                  f"{planned:.1f} s planned (the planner counts it at MFU {DEFAULT_MFU:g}; measured {mfu:.2f})")
-    del stepper, model, raw
+    del stepper, model
     _free(s)
     _shape_note(s, out)
 

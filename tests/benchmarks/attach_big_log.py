@@ -181,8 +181,6 @@ def measure(run_path: Path, size: tuple[int, int]) -> dict:
 
 def time_command(args: list[str], env: dict[str, str]) -> str:
     """One command in a fresh process: its wall time and peak memory (VmHWM, via getrusage)."""
-    import resource
-
     script = ("import resource, sys, time; t = time.perf_counter(); from gpt2_cockpit.cli.main import main; "
               "sys.stdout = open('/dev/null', 'w'); code = main(sys.argv[1:]); "
               "sys.stderr.write(f'{time.perf_counter() - t:.2f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}\\n'); "
